@@ -1,0 +1,414 @@
+"""The native config schema: nested frozen dataclasses, one per section of the model.
+
+Every field that changes the forward pass is declared with :func:`architecture`; the rest with
+:func:`setting`. ``native.architecture_fields(cfg)`` lists the dotted paths of the former, and the
+converter coverage checks are built on that list.
+
+Per-layer heterogeneity is expressed by ``decoder.blocks`` (the distinct block kinds) and
+``decoder.pattern`` (one block index per layer). The pair is canonicalised on construction, so two
+configs describing the same model compare equal.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Union
+
+from .schema import ConfigError, Section, architecture, from_plain, setting, to_plain
+
+FORMAT_VERSION = 1
+
+ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
+PLACEMENTS = ("pre", "post", "sandwich", "parallel")
+QK_NORM_SCOPES = ("head", "full")
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _positive(section: str, name: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    _check(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
+           f"{section}.{name}={value!r} must be positive")
+
+
+def _positive_int(section: str, name: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    _check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+           f"{section}.{name}={value!r} must be a positive integer")
+
+
+# ----------------------------------------------------------------------------------------- norms
+@dataclass(frozen=True)
+class RMSNormConfig(Section):
+    """RMSNorm. Gemma's ``(1 + w)`` is not a kind: weights always store the effective multiplier."""
+
+    kind = "rms_norm"
+    eps: float = architecture(1e-5)
+
+    def __post_init__(self):
+        _positive("norm", "eps", self.eps)
+
+
+@dataclass(frozen=True)
+class LayerNormConfig(Section):
+    """LayerNorm, with or without an additive bias."""
+
+    kind = "layer_norm"
+    eps: float = architecture(1e-5)
+    bias: bool = architecture(True)
+
+    def __post_init__(self):
+        _positive("norm", "eps", self.eps)
+
+
+NormConfig = Union[RMSNormConfig, LayerNormConfig]
+
+
+# --------------------------------------------------------------------------------------- rotary
+@dataclass(frozen=True)
+class NoRotary(Section):
+    """No positional rotation at all."""
+
+    kind = "none"
+
+    def rotary_dim(self, head_dim: int) -> int:
+        return 0
+
+
+@dataclass(frozen=True)
+class DefaultRotary(Section):
+    """Plain RoPE. ``fraction`` < 1 rotates only the first ``int(head_dim * fraction)`` dims."""
+
+    kind = "default"
+    theta: float = architecture(10000.0)
+    fraction: float = architecture(1.0)
+
+    def __post_init__(self):
+        _positive("rotary", "theta", self.theta)
+        _check(isinstance(self.fraction, (int, float)) and 0 < self.fraction <= 1,
+               f"rotary.fraction={self.fraction!r} must be in (0, 1]")
+
+    def rotary_dim(self, head_dim: int) -> int:
+        return int(head_dim * self.fraction)
+
+
+@dataclass(frozen=True)
+class LinearRotary(DefaultRotary):
+    """Position interpolation: positions divided by ``factor``."""
+
+    kind = "linear"
+    factor: float = architecture(1.0)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _positive("rotary", "factor", self.factor)
+
+
+@dataclass(frozen=True)
+class DynamicRotary(LinearRotary):
+    """Dynamic NTK: theta grows once the sequence passes the model's ``max_position_embeddings``."""
+
+    kind = "dynamic"
+
+
+@dataclass(frozen=True)
+class Llama3Rotary(LinearRotary):
+    """Llama 3.1 wavelength-banded frequency scaling."""
+
+    kind = "llama3"
+    low_freq_factor: float = architecture(1.0)
+    high_freq_factor: float = architecture(4.0)
+    original_max_position_embeddings: int = architecture(8192)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _positive("rotary", "low_freq_factor", self.low_freq_factor)
+        _positive("rotary", "high_freq_factor", self.high_freq_factor)
+        _check(self.high_freq_factor > self.low_freq_factor,
+               f"rotary.high_freq_factor={self.high_freq_factor} must exceed low_freq_factor={self.low_freq_factor}")
+        _positive_int("rotary", "original_max_position_embeddings", self.original_max_position_embeddings)
+
+
+@dataclass(frozen=True)
+class YarnRotary(DefaultRotary):
+    """YaRN. ``factor=None`` means ``max_position_embeddings / original_max_position_embeddings``;
+    ``attention_factor=None`` means the paper's mscale formula."""
+
+    kind = "yarn"
+    factor: float | None = architecture(None)
+    original_max_position_embeddings: int = architecture(4096)
+    beta_fast: float = architecture(32.0)
+    beta_slow: float = architecture(1.0)
+    mscale: float | None = architecture(None)
+    mscale_all_dim: float | None = architecture(None)
+    attention_factor: float | None = architecture(None)
+    truncate: bool = architecture(True)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _positive("rotary", "factor", self.factor, allow_none=True)
+        _positive_int("rotary", "original_max_position_embeddings", self.original_max_position_embeddings)
+        _positive("rotary", "beta_fast", self.beta_fast)
+        _positive("rotary", "beta_slow", self.beta_slow)
+        _check(self.beta_fast > self.beta_slow,
+               f"rotary.beta_fast={self.beta_fast} must exceed beta_slow={self.beta_slow}")
+        _positive("rotary", "mscale", self.mscale, allow_none=True)
+        _positive("rotary", "mscale_all_dim", self.mscale_all_dim, allow_none=True)
+        _positive("rotary", "attention_factor", self.attention_factor, allow_none=True)
+
+
+@dataclass(frozen=True)
+class LongRopeRotary(DefaultRotary):
+    """Phi-3 LongRoPE: per-frequency ``short_factor`` up to ``original_max_position_embeddings``
+    tokens, ``long_factor`` beyond. ``factor``/``attention_factor`` as for YaRN."""
+
+    kind = "longrope"
+    short_factor: tuple[float, ...] = architecture(())
+    long_factor: tuple[float, ...] = architecture(())
+    original_max_position_embeddings: int = architecture(4096)
+    factor: float | None = architecture(None)
+    attention_factor: float | None = architecture(None)
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._tuple("short_factor", float)
+        self._tuple("long_factor", float)
+        _check(len(self.short_factor) == len(self.long_factor),
+               f"rotary.short_factor has {len(self.short_factor)} entries but long_factor has {len(self.long_factor)}")
+        _check(all(v > 0 for v in self.short_factor + self.long_factor), "rotary.short_factor/long_factor must be positive")
+        _positive_int("rotary", "original_max_position_embeddings", self.original_max_position_embeddings)
+        _positive("rotary", "factor", self.factor, allow_none=True)
+        _positive("rotary", "attention_factor", self.attention_factor, allow_none=True)
+
+
+RotaryConfig = Union[NoRotary, DefaultRotary, LinearRotary, DynamicRotary, Llama3Rotary, YarnRotary, LongRopeRotary]
+ROTARY_KINDS = {cls.kind: cls for cls in (NoRotary, DefaultRotary, LinearRotary, DynamicRotary, Llama3Rotary, YarnRotary, LongRopeRotary)}
+
+
+# ------------------------------------------------------------------------------------ attention
+@dataclass(frozen=True)
+class AttentionConfig(Section):
+    """Causal self-attention. MHA/GQA/MQA by ``kv_heads``; ``head_dim`` is free of hidden/heads."""
+
+    heads: int = architecture(8)
+    kv_heads: int = architecture(8)
+    head_dim: int = architecture(64)
+    q_bias: bool = architecture(False)
+    k_bias: bool = architecture(False)
+    v_bias: bool = architecture(False)
+    o_bias: bool = architecture(False)
+    qk_norm: RMSNormConfig | LayerNormConfig | None = architecture(None)
+    qk_norm_scope: str = architecture("head")  # "head": per head (Qwen3, Gemma3); "full": whole projection (OLMo2)
+    softmax_scale: float | None = architecture(None)  # None: head_dim ** -0.5
+    logit_softcap: float | None = architecture(None)
+    window: int | None = architecture(None)  # query i sees keys j with i - window < j <= i
+    rotary: RotaryConfig = architecture(DefaultRotary())
+
+    def __post_init__(self):
+        _positive_int("attention", "heads", self.heads)
+        _positive_int("attention", "kv_heads", self.kv_heads)
+        _positive_int("attention", "head_dim", self.head_dim)
+        _check(self.heads % self.kv_heads == 0, f"attention.kv_heads={self.kv_heads} must divide heads={self.heads}")
+        _check(self.qk_norm_scope in QK_NORM_SCOPES, f"attention.qk_norm_scope={self.qk_norm_scope!r} must be one of {QK_NORM_SCOPES}")
+        _positive("attention", "softmax_scale", self.softmax_scale, allow_none=True)
+        _positive("attention", "logit_softcap", self.logit_softcap, allow_none=True)
+        _positive_int("attention", "window", self.window, allow_none=True)
+        rotary_dim = self.rotary.rotary_dim(self.head_dim)
+        _check(rotary_dim % 2 == 0, f"attention.rotary: rotary dim {rotary_dim} (head_dim={self.head_dim} x fraction) must be even")
+        _check(isinstance(self.rotary, NoRotary) or rotary_dim > 0,
+               f"attention.rotary.fraction gives a rotary dim of 0 for head_dim={self.head_dim}")
+        if isinstance(self.rotary, LongRopeRotary):
+            _check(len(self.rotary.short_factor) == rotary_dim // 2,
+                   f"attention.rotary.short_factor has {len(self.rotary.short_factor)} entries, rotary dim {rotary_dim} needs {rotary_dim // 2}")
+
+    @property
+    def group(self) -> int:
+        return self.heads // self.kv_heads
+
+
+# ------------------------------------------------------------------------------------ MLP / MoE
+@dataclass(frozen=True)
+class MLPConfig(Section):
+    """Dense feed-forward. Gated: ``fc2(act(gate) * up)`` with ``fc1 = [gate; up]``."""
+
+    kind = "mlp"
+    intermediate: int = architecture(256)
+    gated: bool = architecture(True)
+    activation: str = architecture("silu")
+    bias: bool = architecture(False)
+
+    def __post_init__(self):
+        _positive_int("mlp", "intermediate", self.intermediate)
+        _check(self.activation in ACTIVATIONS, f"mlp.activation={self.activation!r} must be one of {ACTIVATIONS}")
+
+
+@dataclass(frozen=True)
+class MoEConfig(Section):
+    """Softmax router, top-k, optional renormalisation, gated experts; optional shared expert."""
+
+    kind = "moe"
+    experts: int = architecture(4)
+    top_k: int = architecture(2)
+    intermediate: int = architecture(128)
+    activation: str = architecture("silu")
+    normalize_top_k: bool = architecture(True)
+    shared_intermediate: int | None = architecture(None)
+    shared_gate: bool = architecture(False)  # sigmoid(Linear(hidden, 1)) scaling the shared expert
+
+    def __post_init__(self):
+        _positive_int("moe", "experts", self.experts)
+        _positive_int("moe", "top_k", self.top_k)
+        _check(self.top_k <= self.experts, f"moe.top_k={self.top_k} must not exceed experts={self.experts}")
+        _positive_int("moe", "intermediate", self.intermediate)
+        _check(self.activation in ACTIVATIONS, f"moe.activation={self.activation!r} must be one of {ACTIVATIONS}")
+        _positive_int("moe", "shared_intermediate", self.shared_intermediate, allow_none=True)
+        _check(not (self.shared_gate and self.shared_intermediate is None),
+               "moe.shared_gate=True requires shared_intermediate")
+
+
+FeedForwardConfig = Union[MLPConfig, MoEConfig]
+
+
+# ---------------------------------------------------------------------------------------- block
+@dataclass(frozen=True)
+class BlockConfig(Section):
+    """One decoder layer. ``placement``:
+    - ``pre``: ``h = x + attn(n1(x)); y = h + mlp(n2(h))`` (Llama)
+    - ``post``: ``h = x + n1(attn(x)); y = h + n2(mlp(h))`` (OLMo2)
+    - ``sandwich``: ``h = x + n1b(attn(n1(x))); y = h + n2b(mlp(n2(h)))`` (Gemma2/3)
+    - ``parallel``: ``y = x + attn(n1(x)) + mlp(n2(x))`` (GPT-NeoX)
+    """
+
+    placement: str = architecture("pre")
+    norm: NormConfig = architecture(RMSNormConfig())
+    attention: AttentionConfig = architecture(AttentionConfig())
+    mlp: FeedForwardConfig = architecture(MLPConfig())
+
+    def __post_init__(self):
+        _check(self.placement in PLACEMENTS, f"block.placement={self.placement!r} must be one of {PLACEMENTS}")
+
+
+@dataclass(frozen=True)
+class DecoderConfig(Section):
+    """``blocks`` are the distinct layer kinds; ``pattern[i]`` is the block index of layer ``i``.
+    Canonical on construction: duplicate blocks merged, blocks ordered by first use, unused ones
+    dropped, so equality of configs is equality of models."""
+
+    blocks: tuple[BlockConfig, ...] = architecture((BlockConfig(),))
+    pattern: tuple[int, ...] = architecture((0, 0))
+
+    def __post_init__(self):
+        blocks = tuple(self.blocks)
+        pattern = tuple(self.pattern)
+        _check(len(blocks) > 0, "decoder.blocks must not be empty")
+        _check(len(pattern) > 0, "decoder.pattern must name at least one layer")
+        for i, index in enumerate(pattern):
+            _check(isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(blocks),
+                   f"decoder.pattern[{i}]={index!r} is not a block index (0..{len(blocks) - 1})")
+        for i, block in enumerate(blocks):
+            _check(isinstance(block, BlockConfig), f"decoder.blocks[{i}] must be a BlockConfig")
+        canonical: list[BlockConfig] = []
+        new_pattern = []
+        for index in pattern:
+            block = blocks[index]
+            if block not in canonical:
+                canonical.append(block)
+            new_pattern.append(canonical.index(block))
+        self._set("blocks", tuple(canonical))
+        self._set("pattern", tuple(new_pattern))
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.pattern)
+
+    def layer(self, i: int) -> BlockConfig:
+        return self.blocks[self.pattern[i]]
+
+    def layers(self) -> list[BlockConfig]:
+        return [self.blocks[i] for i in self.pattern]
+
+    @classmethod
+    def from_layers(cls, layers: list[BlockConfig]) -> "DecoderConfig":
+        """Build from one BlockConfig per layer (converters use this)."""
+        return cls(blocks=tuple(layers), pattern=tuple(range(len(layers))))
+
+
+# ------------------------------------------------------------------------------ embedding, head
+@dataclass(frozen=True)
+class EmbeddingConfig(Section):
+    vocab_size: int = architecture(256)
+    multiplier: float | None = architecture(None)  # Gemma: sqrt(hidden), cast to the weight dtype
+
+    def __post_init__(self):
+        _positive_int("embeddings", "vocab_size", self.vocab_size)
+        _positive("embeddings", "multiplier", self.multiplier, allow_none=True)
+
+
+@dataclass(frozen=True)
+class HeadConfig(Section):
+    tied: bool = architecture(False)  # logits = h @ embedding^T; no output weight stored
+    final_softcap: float | None = architecture(None)
+
+    def __post_init__(self):
+        _positive("head", "final_softcap", self.final_softcap, allow_none=True)
+
+
+# ---------------------------------------------------------------------------------------- model
+@dataclass(frozen=True)
+class ModelConfig(Section):
+    hidden_size: int = architecture(256)
+    max_position_embeddings: int = architecture(2048)  # read by dynamic/yarn/longrope rotary
+    embeddings: EmbeddingConfig = architecture(EmbeddingConfig())
+    decoder: DecoderConfig = architecture(DecoderConfig())
+    final_norm: NormConfig = architecture(RMSNormConfig())
+    head: HeadConfig = architecture(HeadConfig())
+    init_std: float = setting(0.02)
+    metadata: dict = setting(None)  # carried HF keys that do not change the forward pass
+
+    def __post_init__(self):
+        _positive_int("model", "hidden_size", self.hidden_size)
+        _positive_int("model", "max_position_embeddings", self.max_position_embeddings)
+        _positive("model", "init_std", self.init_std)
+        if self.metadata is None:
+            self._set("metadata", {})
+        _check(isinstance(self.metadata, dict), "model.metadata must be a dict")
+        json.dumps(self.metadata)  # metadata must stay JSON-serialisable (lossless to_dict)
+
+    # -- convenience --------------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return self.decoder.num_layers
+
+    @property
+    def vocab_size(self) -> int:
+        return self.embeddings.vocab_size
+
+    def to_dict(self) -> dict[str, Any]:
+        """Lossless JSON form, with the format version."""
+        return {"format_version": FORMAT_VERSION, **to_plain(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        data = dict(data)
+        version = data.pop("format_version", None)
+        if version != FORMAT_VERSION:
+            raise ConfigError(f"format_version={version!r}: this convcheck reads format version {FORMAT_VERSION}")
+        return from_plain(cls, data, "")
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        return cls.from_dict(json.loads(text))
+
+
+def default_embedding_multiplier(hidden_size: int) -> float:
+    """Gemma's embedding normaliser, as a float (cast to the weight dtype at run time)."""
+    return math.sqrt(hidden_size)
