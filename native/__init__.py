@@ -22,3 +22,4 @@ from .config import (
     YarnRotary,
 )
 from .schema import ConfigError, architecture_fields, get_path, replace_path
+from .layout import layer_shapes, state_shapes
