@@ -23,3 +23,4 @@ from .config import (
 )
 from .schema import ConfigError, architecture_fields, get_path, replace_path
 from .layout import layer_shapes, state_shapes
+from .checkpoint import CheckpointError, NativeCheckpointReader, load_checkpoint, open_checkpoint, save_checkpoint

@@ -1,0 +1,429 @@
+"""The native checkpoint format: ``config.json`` plus weights in torch.distributed.checkpoint (DCP).
+
+On disk::
+
+    ckpt/config.json            ModelConfig.to_json() (carries format_version)
+    ckpt/.metadata, __0_0.distcp    DCP files, when saved as one stage
+
+or, when saved in pipeline stages::
+
+    ckpt/config.json
+    ckpt/pp0/stage.json         {"stage": 0, "num_stages": 3, "layers": [0, 4]}   (half-open)
+    ckpt/pp0/.metadata, ...     DCP directory holding embedding.* and layers 0..3
+    ckpt/pp1/...                layers 4..7
+    ckpt/pp2/...                layers 8..11, final_norm.*, output.*
+
+Stage ``k`` holds the contiguous layer range of its ``stage.json``; the embedding goes with the
+first stage and everything after the last layer (final norm, output) with the last one.
+
+Everything is single process: DCP is called with ``no_dist=True``; no process group is needed.
+Reading validates the whole checkpoint against ``layout.state_shapes(config)`` from metadata alone
+(no tensor data is read), so a broken checkpoint is refused before any tensor is loaded, and the
+lazy reader (:func:`open_checkpoint`) gives the same guarantees as :func:`load_checkpoint`.
+There is no fallback to random initialisation anywhere.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
+
+from . import layout
+from .atomic import atomic_directory
+from .config import ModelConfig
+
+CONFIG_FILE = "config.json"
+STAGE_FILE = "stage.json"
+DCP_METADATA_FILE = ".metadata"
+_STAGE_DIR = re.compile(r"pp(0|[1-9][0-9]*)")
+
+
+class CheckpointError(ValueError):
+    """A native checkpoint that cannot be written or read faithfully. Names the stage/tensor/file."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One DCP directory of a checkpoint and the layers it holds (``layers`` is a range)."""
+
+    name: str  # "pp1", or "." for a checkpoint saved as a single stage
+    path: Path
+    index: int
+    layers: range
+    first: bool
+    last: bool
+
+    def owns(self, tensor: str) -> bool:
+        layer = layout.layer_of(tensor)
+        if layer is not None:
+            return layer in self.layers
+        return self.first if tensor.startswith("embedding.") else self.last
+
+    def describe(self) -> str:
+        return "checkpoint" if self.name == "." else f"stage {self.name}"
+
+
+def stage_ranges(num_layers: int, stages: int) -> list[range]:
+    """Split ``num_layers`` into ``stages`` contiguous ranges, the first ones one layer longer."""
+    base, extra = divmod(num_layers, stages)
+    ranges, start = [], 0
+    for k in range(stages):
+        stop = start + base + (1 if k < extra else 0)
+        ranges.append(range(start, stop))
+        start = stop
+    return ranges
+
+
+# --------------------------------------------------------------------------------------- saving
+class _DeterministicWriter(FileSystemWriter):
+    """DCP's writer stores the (temporary) path and a random save id in ``.metadata``; dropping
+    them makes the bytes a function of the tensors alone and keeps the temp path off the disk."""
+
+    def storage_meta(self):
+        return None
+
+
+@contextmanager
+def _quiet_dcp():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def _save_dcp(directory: Path, tensors: dict[str, torch.Tensor]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    with _quiet_dcp():
+        dcp.save(tensors, storage_writer=_DeterministicWriter(directory, sync_files=False), no_dist=True)
+
+
+def _prepare(name: str, value, expected: tuple[int, ...]) -> torch.Tensor:
+    """A detached, dense, CPU tensor owning exactly its bytes (DCP would otherwise write a view's
+    whole storage, and two names sharing storage would alias on disk)."""
+    if not isinstance(value, torch.Tensor):
+        raise CheckpointError(f"tensor {name!r}: expected a torch.Tensor, got {type(value).__name__}")
+    if tuple(value.shape) != tuple(expected):
+        raise CheckpointError(f"tensor {name!r}: shape {tuple(value.shape)} but the config's layout says {tuple(expected)}")
+    t = value.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    if (not t.is_contiguous() or t.storage_offset() != 0
+            or t.untyped_storage().nbytes() != t.numel() * t.element_size()):
+        t = t.clone(memory_format=torch.contiguous_format)
+    return t
+
+
+def check_state_keys(cfg: ModelConfig, names: Iterable[str]) -> None:
+    """Raise CheckpointError naming the first missing/extra tensors against the config's layout."""
+    expected = layout.state_shapes(cfg)
+    names = list(names)
+    present = set(names)
+    missing = [n for n in expected if n not in present]
+    extra = sorted(n for n in present if n not in expected)
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing tensor(s) {_few(missing)}")
+        if extra:
+            parts.append(f"extra tensor(s) {_few(extra)} not in the config's layout")
+        raise CheckpointError("state does not match the config: " + "; ".join(parts))
+
+
+def _few(names: list[str], k: int = 5) -> str:
+    shown = ", ".join(repr(n) for n in names[:k])
+    return shown + (f" and {len(names) - k} more" if len(names) > k else "")
+
+
+def save_checkpoint(path: str | os.PathLike, cfg: ModelConfig, state: Mapping[str, torch.Tensor],
+                    pipeline_stages: int = 1, *, overwrite: bool = False) -> Path:
+    """Write ``cfg`` and ``state`` as a native checkpoint at ``path``, atomically.
+
+    ``state`` must hold exactly ``layout.state_shapes(cfg)`` (names and shapes; any dtype, kept
+    as is). ``pipeline_stages=k > 1`` writes stage folders ``pp0..pp{k-1}``; ``state`` may be a
+    lazy mapping (e.g. a reader), and is then materialised one stage at a time. Nothing appears at
+    ``path`` unless everything was written; an existing ``path`` is refused unless ``overwrite``.
+    """
+    if not isinstance(cfg, ModelConfig):
+        raise CheckpointError(f"config: expected a native ModelConfig, got {type(cfg).__name__}")
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"state: expected a mapping of tensor name to tensor, got {type(state).__name__}")
+    if (not isinstance(pipeline_stages, int) or isinstance(pipeline_stages, bool)
+            or not 1 <= pipeline_stages <= cfg.num_layers):
+        raise CheckpointError(f"pipeline_stages={pipeline_stages!r} must be an integer in 1..{cfg.num_layers} (the number of layers)")
+    check_state_keys(cfg, state.keys())
+    shapes = layout.state_shapes(cfg)
+    ranges = stage_ranges(cfg.num_layers, pipeline_stages)
+    with atomic_directory(path, overwrite=overwrite, error=CheckpointError) as tmp:
+        (tmp / CONFIG_FILE).write_text(cfg.to_json() + "\n", encoding="utf-8")
+        for k, layers in enumerate(ranges):
+            stage = Stage(f"pp{k}", tmp / f"pp{k}", k, layers, k == 0, k == len(ranges) - 1)
+            names = [n for n in shapes if stage.owns(n)]
+            tensors = {n: _prepare(n, state[n], shapes[n]) for n in names}
+            if pipeline_stages == 1:
+                _save_dcp(tmp, tensors)
+            else:
+                _save_dcp(stage.path, tensors)
+                manifest = {"stage": k, "num_stages": pipeline_stages, "layers": [layers.start, layers.stop]}
+                (stage.path / STAGE_FILE).write_text(json.dumps(manifest, sort_keys=True) + "\n", encoding="utf-8")
+            del tensors
+    return Path(path)
+
+
+# -------------------------------------------------------------------------------------- reading
+class _StageReader(FileSystemReader):
+    """A FileSystemReader that serves the metadata already read and validated at open time."""
+
+    def __init__(self, path: Path, metadata: Metadata):
+        super().__init__(path)
+        self._validated = metadata
+
+    def read_metadata(self, *args, **kwargs) -> Metadata:
+        return self._validated
+
+
+def _read_config(root: Path) -> ModelConfig:
+    file = root / CONFIG_FILE
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing (a native checkpoint needs its config.json)")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{file}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{file}: expected a JSON object, got {type(data).__name__}")
+    try:
+        return ModelConfig.from_dict(data)
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise CheckpointError(f"{file}: not a valid native config ({exc})") from None
+
+
+def _read_metadata(stage: Stage) -> Metadata:
+    file = stage.path / DCP_METADATA_FILE
+    if not file.is_file():
+        raise CheckpointError(f"{stage.describe()}: missing DCP metadata file {file}")
+    try:
+        metadata = FileSystemReader(stage.path).read_metadata()
+    except Exception as exc:  # unpickling garbage raises almost anything
+        raise CheckpointError(f"{stage.describe()}: corrupt DCP metadata file {file} ({type(exc).__name__}: {exc})") from None
+    if not isinstance(metadata, Metadata) or not isinstance(getattr(metadata, "state_dict_metadata", None), dict):
+        raise CheckpointError(f"{stage.describe()}: corrupt DCP metadata file {file} (not a DCP Metadata object)")
+    for name, entry in metadata.state_dict_metadata.items():
+        if not isinstance(entry, TensorStorageMetadata):
+            raise CheckpointError(f"{stage.describe()}: entry {name!r} in {file} is not a tensor")
+    return metadata
+
+
+def _check_storage(stage: Stage, metadata: Metadata) -> None:
+    """Every tensor's bytes must lie inside an existing data file (catches truncation cheaply)."""
+    sizes: dict[str, int | None] = {}
+    for index, info in (getattr(metadata, "storage_data", None) or {}).items():
+        rel, offset, length = getattr(info, "relative_path", None), getattr(info, "offset", None), getattr(info, "length", None)
+        if not isinstance(rel, str) or not isinstance(offset, int) or not isinstance(length, int):
+            continue  # a storage layout this check does not know; DCP itself will judge it
+        if rel not in sizes:
+            file = stage.path / rel
+            sizes[rel] = file.stat().st_size if file.is_file() else None
+        name = getattr(index, "fqn", index)
+        if sizes[rel] is None:
+            raise CheckpointError(f"{stage.describe()}: data file {stage.path / rel} (holding tensor {name!r}) is missing")
+        if offset < 0 or length < 0 or offset + length > sizes[rel]:
+            raise CheckpointError(f"{stage.describe()}: data file {stage.path / rel} is truncated: tensor {name!r} "
+                                  f"needs bytes {offset}..{offset + length}, the file has {sizes[rel]}")
+
+
+def _read_stage_manifest(root: Path, name: str, index: int, num_layers: int) -> tuple[int, range]:
+    file = root / name / STAGE_FILE
+    if not file.is_file():
+        raise CheckpointError(f"stage {name}: missing stage manifest {file}")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+        stage, num_stages, (start, stop) = data["stage"], data["num_stages"], data["layers"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"stage {name}: corrupt stage manifest {file} ({type(exc).__name__}: {exc})") from None
+    ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (stage, num_stages, start, stop))
+    if not ints or stage != index or num_stages < 1 or not 0 <= start <= stop <= num_layers:
+        raise CheckpointError(f"stage {name}: stage manifest {file} is inconsistent ({data}; the folder is stage "
+                              f"{index} and the config has {num_layers} layers)")
+    return num_stages, range(start, stop)
+
+
+def _discover_stages(root: Path, cfg: ModelConfig) -> list[Stage]:
+    stage_dirs = {}
+    for entry in root.iterdir():
+        if entry.name.startswith("pp") and entry.name[2:].isdigit():
+            if not _STAGE_DIR.fullmatch(entry.name) or not entry.is_dir():
+                raise CheckpointError(f"{entry}: not a valid stage folder name (expected pp0, pp1, ...)")
+            stage_dirs[int(entry.name[2:])] = entry.name
+    flat = (root / DCP_METADATA_FILE).exists()
+    if flat and stage_dirs:
+        raise CheckpointError(f"{root}: holds both top-level DCP weights ({DCP_METADATA_FILE}) and stage folders "
+                              f"{sorted(stage_dirs.values())}; which one is the checkpoint is ambiguous")
+    if flat:
+        return [Stage(".", root, 0, range(cfg.num_layers), True, True)]
+    if not stage_dirs:
+        raise CheckpointError(f"{root}: no weights (neither {root / DCP_METADATA_FILE} nor stage folders pp0/, pp1/, ...)")
+    manifests = {k: _read_stage_manifest(root, name, k, cfg.num_layers) for k, name in sorted(stage_dirs.items())}
+    declared = {n for n, _ in manifests.values()}
+    if len(declared) != 1:
+        raise CheckpointError(f"{root}: stage manifests disagree on the number of stages: "
+                              + ", ".join(f"pp{k} says {n}" for k, (n, _) in sorted(manifests.items())))
+    num_stages = declared.pop()
+    present = sorted(stage_dirs)
+    for k in range(num_stages):
+        if k not in stage_dirs:
+            raise CheckpointError(f"{root}: stage pp{k} is missing (present: {', '.join(f'pp{i}' for i in present)}; "
+                                  f"the manifests declare {num_stages} stages)")
+    beyond = [k for k in present if k >= num_stages]
+    if beyond:
+        raise CheckpointError(f"{root}: stage pp{beyond[0]} is beyond the {num_stages} stages the manifests declare")
+    owner: dict[int, int] = {}
+    for k, (_, layers) in sorted(manifests.items()):
+        for layer in layers:
+            if layer in owner:
+                raise CheckpointError(f"{root}: layer {layer} is in two stages, pp{owner[layer]} and pp{k}")
+            owner[layer] = k
+    for layer in range(cfg.num_layers):
+        if layer not in owner:
+            raise CheckpointError(f"{root}: layer {layer} is in no stage")
+    return [Stage(f"pp{k}", root / f"pp{k}", k, layers, k == 0, k == num_stages - 1)
+            for k, (_, layers) in sorted(manifests.items())]
+
+
+class NativeCheckpointReader(Mapping):
+    """A validated, lazy view of a native checkpoint: ``Mapping[str, Tensor]`` in layout order.
+
+    Opening reads config.json, the stage manifests and the DCP metadata only, and checks them
+    against ``layout.state_shapes(config)``. ``reader[name]`` loads that one tensor (DCP load of
+    the single key into a preallocated tensor); :meth:`load_many` loads several with one DCP call
+    per stage. Every returned tensor is freshly allocated and owned by the caller.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise CheckpointError(f"{self.path}: not a directory (a native checkpoint is a directory)")
+        self.config: ModelConfig = _read_config(self.path)
+        self.stages: list[Stage] = _discover_stages(self.path, self.config)
+        expected = layout.state_shapes(self.config)
+        self._entries: dict[str, TensorStorageMetadata] = {}
+        self._stage_of: dict[str, Stage] = {}
+        self._metadata: dict[str, Metadata] = {}
+        for stage in self.stages:
+            metadata = _read_metadata(stage)
+            self._metadata[stage.name] = metadata
+            for name, entry in metadata.state_dict_metadata.items():
+                if name not in expected:
+                    raise CheckpointError(f"{stage.describe()}: extra tensor {name!r} not in the config's layout")
+                if name in self._stage_of:
+                    raise CheckpointError(f"tensor {name!r} is in two stages, {self._stage_of[name].name} and {stage.name}")
+                if not stage.owns(name):
+                    raise CheckpointError(f"{stage.describe()}: tensor {name!r} does not belong there "
+                                          f"(the stage holds layers {stage.layers.start}..{stage.layers.stop - 1})")
+                if tuple(entry.size) != tuple(expected[name]):
+                    raise CheckpointError(f"{stage.describe()}: tensor {name!r} has shape {tuple(entry.size)} but the "
+                                          f"config's layout says {tuple(expected[name])}")
+                self._entries[name] = entry
+                self._stage_of[name] = stage
+            _check_storage(stage, metadata)
+        for name in expected:
+            if name not in self._entries:
+                layer = layout.layer_of(name)
+                where = next((s for s in self.stages if s.owns(name)), None)
+                holder = f" ({where.describe()} should hold it)" if where and where.name != "." else ""
+                raise CheckpointError(f"missing tensor {name!r}{holder}"
+                                      + (f" of layer {layer}" if layer is not None else ""))
+        self._names = list(expected)  # layout order, identical to the stored set after the checks
+
+    # -- Mapping ------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._entries:
+            raise KeyError(name)
+        return self.load_many([name])[name]
+
+    def __repr__(self) -> str:
+        return f"NativeCheckpointReader({str(self.path)!r}, {len(self)} tensors, {len(self.stages)} stage(s))"
+
+    # -- metadata without data ----------------------------------------------------------------
+    def shape_of(self, name: str) -> torch.Size:
+        return torch.Size(self._entry(name).size)
+
+    def dtype_of(self, name: str) -> torch.dtype:
+        return self._entry(name).properties.dtype
+
+    def stage_of(self, name: str) -> str:
+        """The stage folder holding ``name`` ("." for a single-stage checkpoint)."""
+        self._entry(name)
+        return self._stage_of[name].name
+
+    def _entry(self, name: str) -> TensorStorageMetadata:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise KeyError(name) from None
+
+    # -- loading ------------------------------------------------------------------------------
+    def load_many(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
+        """Load several tensors with one DCP call per stage; returns them in the order asked."""
+        names = list(dict.fromkeys(names))
+        by_stage: dict[str, dict[str, torch.Tensor]] = {}
+        for name in names:
+            entry = self._entry(name)
+            by_stage.setdefault(self._stage_of[name].name, {})[name] = torch.empty(
+                tuple(entry.size), dtype=entry.properties.dtype)
+        out: dict[str, torch.Tensor] = {}
+        for stage_name, tensors in by_stage.items():
+            stage = self._stage_of[next(iter(tensors))]
+            try:
+                with _quiet_dcp():
+                    dcp.load(tensors, storage_reader=_StageReader(stage.path, self._metadata[stage_name]), no_dist=True)
+            except Exception as exc:
+                raise CheckpointError(f"{stage.describe()}: could not read tensor(s) {_few(list(tensors))} from "
+                                      f"{stage.path} ({type(exc).__name__}: {exc})") from None
+            out.update(tensors)
+        return {name: out[name] for name in names}
+
+    def load_all(self) -> dict[str, torch.Tensor]:
+        return self.load_many(self._names)
+
+
+def open_checkpoint(path: str | os.PathLike) -> NativeCheckpointReader:
+    """Open and validate a native checkpoint for lazy, tensor-at-a-time reading."""
+    return NativeCheckpointReader(path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """Read a whole native checkpoint (merging stage folders). Raises CheckpointError if anything
+    is missing, extra, misshapen, duplicated across stages or unreadable."""
+    reader = open_checkpoint(path)
+    return reader.config, reader.load_all()
+
+
+def is_native_checkpoint(path: str | os.PathLike) -> bool:
+    """Cheap detection (for the CLI): a directory with config.json carrying ``format_version`` and
+    no HF ``model_type``, plus DCP weights or stage folders. Does not validate."""
+    root = Path(path)
+    try:
+        data = json.loads((root / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    if not isinstance(data, dict) or "format_version" not in data or "model_type" in data:
+        return False
+    return (root / DCP_METADATA_FILE).exists() or (root / "pp0").is_dir()
