@@ -1,0 +1,120 @@
+"""Llama: the parent declaration of the family (Mistral, Qwen2, Qwen3 override it by key)."""
+from __future__ import annotations
+
+from .base import Converter
+from .config_primitives import (
+    Carried,
+    ConstantImport,
+    Custom,
+    Default,
+    Dispatch,
+    Mapped,
+    Rename,
+    Variant,
+)
+from .errors import ConversionError
+from .rope import rotary_dispatch
+
+#: native activation ↔ HF ``hidden_act``
+ACTIVATIONS = (("silu", "silu"), ("gelu", "gelu"), ("gelu_tanh", "gelu_pytorch_tanh"), ("relu", "relu"))
+
+#: HF keys that do not change the forward pass, carried through native metadata
+CARRIED = ("bos_token_id", "eos_token_id", "pad_token_id", "initializer_range", "attention_dropout",
+           "use_cache", "pretraining_tp")
+
+ALL_ROPE_KINDS = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
+
+
+def rms_norm(native_path: str, eps_key: str, default) -> Dispatch:
+    """A norm section that must be RMSNorm, its eps under ``eps_key``."""
+    return Dispatch(native_path, "", (Variant("rms_norm", None, {"eps": Rename("eps", eps_key, default=default)}),))
+
+
+def fixed_biases(q: bool, k: bool, v: bool, o: bool, reason: str) -> Custom:
+    """A bias pattern the HF class hard-codes: set on import, any other pattern refused on export."""
+    expected = {"attention.q_bias": q, "attention.k_bias": k, "attention.v_bias": v, "attention.o_bias": o}
+
+    def export(get):
+        for path, value in expected.items():
+            if get(path) != value:
+                raise ConversionError(f"{path}={get(path)} cannot be expressed: {reason}")
+        return {}
+
+    return Custom(tuple(expected), (), export, lambda hf: dict(expected))
+
+
+def _head_dim_default(hf):
+    return hf.get("hidden_size") // hf.get("num_attention_heads")
+
+
+def all_or_nothing_bias(hf_key: str, names=("q_bias", "k_bias", "v_bias", "o_bias"), default=False) -> Custom:
+    """One HF flag for several native bias switches: they must agree on export."""
+    paths = tuple(f"attention.{n}" for n in names)
+
+    def export(get):
+        values = {p: get(p) for p in paths}
+        if len(set(values.values())) != 1:
+            raise ConversionError(f"attention biases {values} must be all on or all off for '{hf_key}'")
+        return {hf_key: values[paths[0]]}
+
+    def import_(hf):
+        value = hf.get(hf_key, default)
+        if not isinstance(value, bool):
+            raise ConversionError(f"config.json: {hf_key}={value!r} must be a boolean")
+        return {p: value for p in paths}
+
+    return Custom(paths, (hf_key,), export, import_)
+
+
+class LlamaConverter(Converter):
+    model_type = "llama"
+    architecture = "LlamaForCausalLM"
+    rope_kinds = ALL_ROPE_KINDS
+    carried = CARRIED
+    norm_eps_default = 1e-6
+    max_position_default = 2048
+
+    def model_section(self):
+        return {
+            **super().model_section(),
+            "hidden_size": Rename("hidden_size", "hidden_size"),
+            "max_position_embeddings": Rename("max_position_embeddings", "max_position_embeddings",
+                                              default=self.max_position_default),
+            "vocab_size": Rename("embeddings.vocab_size", "vocab_size"),
+            "multiplier": ConstantImport("embeddings.multiplier", None, "no embedding multiplier"),
+            "tied": Rename("head.tied", "tie_word_embeddings", default=False),
+            "final_softcap": ConstantImport("head.final_softcap", None, "no final logit softcapping"),
+            "final_norm": rms_norm("final_norm", "rms_norm_eps", self.norm_eps_default),
+            "carried": Carried(self.carried),
+        }
+
+    def layer_section(self):
+        return {
+            "placement": ConstantImport("placement", "pre", "pre-norm only"),
+            "norm": rms_norm("norm", "rms_norm_eps", self.norm_eps_default),
+            "heads": Rename("attention.heads", "num_attention_heads"),
+            "kv_heads": Default("attention.kv_heads", "num_key_value_heads",
+                                lambda hf: hf.get("num_attention_heads")),
+            "head_dim": Default("attention.head_dim", "head_dim", _head_dim_default),
+            "bias": all_or_nothing_bias("attention_bias"),
+            "qk_norm": ConstantImport("attention.qk_norm", None, "no q/k norm"),
+            "qk_norm_scope": ConstantImport("attention.qk_norm_scope", "head"),
+            "softmax_scale": ConstantImport("attention.softmax_scale", None, "softmax scale is head_dim**-0.5"),
+            "logit_softcap": ConstantImport("attention.logit_softcap", None, "no attention softcapping"),
+            "window": ConstantImport("attention.window", None, "no sliding window"),
+            "rotary": rotary_dispatch(self.rope_kinds),
+            "mlp": Dispatch("mlp", "", (Variant("mlp", None, self.mlp_section()),)),
+        }
+
+    def mlp_section(self):
+        return {
+            "intermediate": Rename("intermediate", "intermediate_size"),
+            "gated": ConstantImport("gated", True, "gated MLP only"),
+            "activation": Mapped("activation", "hidden_act", ACTIVATIONS, default="silu"),
+            "bias": Rename("bias", "mlp_bias", default=False),
+        }
+
+    def weight_rules(self, cfg):
+        from .llama_weights import llama_rules
+
+        return llama_rules(cfg)
