@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
 from . import layout
@@ -100,10 +101,29 @@ def _quiet_dcp():
         yield
 
 
+def _cause(exc: BaseException) -> BaseException:
+    """DCP wraps per-rank failures in CheckpointException (a BaseException); unwrap the first."""
+    if isinstance(exc, CheckpointException):
+        for inner, _ in exc.failures.values():
+            return inner
+    return exc
+
+
+def _describe(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+
+
 def _save_dcp(directory: Path, tensors: dict[str, torch.Tensor]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    with _quiet_dcp():
-        dcp.save(tensors, storage_writer=_DeterministicWriter(directory, sync_files=False), no_dist=True)
+    try:
+        with _quiet_dcp():
+            dcp.save(tensors, storage_writer=_DeterministicWriter(directory, sync_files=False), no_dist=True)
+    except CheckpointException as exc:
+        cause = _cause(exc)
+        if not isinstance(cause, Exception):  # KeyboardInterrupt and friends stay what they are
+            raise cause from None
+        raise CheckpointError(f"writing DCP weights to {directory} failed ({_describe(cause)})") from cause
 
 
 def _prepare(name: str, value, expected: tuple[int, ...]) -> torch.Tensor:
@@ -394,9 +414,12 @@ class NativeCheckpointReader(Mapping):
             try:
                 with _quiet_dcp():
                     dcp.load(tensors, storage_reader=_StageReader(stage.path, self._metadata[stage_name]), no_dist=True)
-            except Exception as exc:
+            except (Exception, CheckpointException) as exc:
+                cause = _cause(exc)
+                if not isinstance(cause, Exception):
+                    raise cause from None
                 raise CheckpointError(f"{stage.describe()}: could not read tensor(s) {_few(list(tensors))} from "
-                                      f"{stage.path} ({type(exc).__name__}: {exc})") from None
+                                      f"{stage.path} ({_describe(cause)})") from None
             out.update(tensors)
         return {name: out[name] for name in names}
 

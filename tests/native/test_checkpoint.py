@@ -1,0 +1,449 @@
+"""Native checkpoint format: exact round trips, stage folders, atomic writes, and refusals."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import native
+from native import checkpoint, layout
+from native.checkpoint import CheckpointError
+
+
+def tiny_config(num_layers: int = 4, *, tied: bool = False, moe: bool = False) -> native.ModelConfig:
+    attention = native.AttentionConfig(heads=4, kv_heads=2, head_dim=8, q_bias=True)
+    dense = native.BlockConfig(attention=attention, mlp=native.MLPConfig(intermediate=64))
+    blocks = [dense]
+    if moe:
+        blocks.append(native.BlockConfig(
+            norm=native.LayerNormConfig(), placement="sandwich", attention=attention,
+            mlp=native.MoEConfig(experts=3, top_k=2, intermediate=16, shared_intermediate=8, shared_gate=True)))
+    return native.ModelConfig(
+        hidden_size=32,
+        embeddings=native.EmbeddingConfig(vocab_size=40),
+        decoder=native.DecoderConfig(blocks=tuple(blocks), pattern=tuple(i % len(blocks) for i in range(num_layers))),
+        head=native.HeadConfig(tied=tied),
+    )
+
+
+def random_state(cfg: native.ModelConfig, dtype=torch.float32, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {n: torch.randn(s, generator=g, dtype=torch.float64).to(dtype) for n, s in layout.state_shapes(cfg).items()}
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    assert list(a) == list(b)
+    for name in a:
+        assert a[name].dtype == b[name].dtype, name
+        assert a[name].shape == b[name].shape, name
+        assert torch.equal(a[name].contiguous().view(torch.uint8), b[name].contiguous().view(torch.uint8)), name  # bit-exact
+
+
+def leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
+
+
+# ---------------------------------------------------------------------------------- round trips
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("stages", [1, 2, 3, 4])
+def test_roundtrip_exact(tmp_path, dtype, stages):
+    cfg = tiny_config(num_layers=4)
+    state = random_state(cfg, dtype)
+    dst = tmp_path / "ckpt"
+    assert native.save_checkpoint(dst, cfg, state, pipeline_stages=stages) == dst
+    loaded_cfg, loaded = native.load_checkpoint(dst)
+    assert loaded_cfg == cfg
+    assert_same_state(state, loaded)
+    if stages == 1:
+        assert (dst / ".metadata").is_file() and not (dst / "pp0").exists()
+    else:
+        assert sorted(p.name for p in dst.iterdir() if p.is_dir()) == [f"pp{k}" for k in range(stages)]
+    assert leftovers(tmp_path) == []
+
+
+def test_stage_split_and_manifests(tmp_path):
+    cfg = tiny_config(num_layers=5)
+    native.save_checkpoint(tmp_path / "c", cfg, random_state(cfg), pipeline_stages=3)
+    manifests = [json.loads((tmp_path / "c" / f"pp{k}" / "stage.json").read_text()) for k in range(3)]
+    assert [m["layers"] for m in manifests] == [[0, 2], [2, 4], [4, 5]]
+    reader = native.open_checkpoint(tmp_path / "c")
+    assert reader.stage_of("embedding.weight") == "pp0"
+    assert reader.stage_of("layers.3.attn.qkv.weight") == "pp1"
+    assert reader.stage_of("final_norm.weight") == reader.stage_of("output.weight") == "pp2"
+
+
+def test_heterogeneous_tied_config_roundtrip(tmp_path):
+    cfg = tiny_config(num_layers=3, tied=True, moe=True)
+    state = random_state(cfg, torch.bfloat16)
+    assert "output.weight" not in state and "layers.1.mlp.experts.fc1" in state
+    native.save_checkpoint(tmp_path / "c", cfg, state, pipeline_stages=2)
+    loaded_cfg, loaded = native.load_checkpoint(tmp_path / "c")
+    assert loaded_cfg == cfg
+    assert_same_state(state, loaded)
+
+
+def test_views_saved_as_their_own_values_and_inputs_untouched(tmp_path):
+    cfg = tiny_config(num_layers=2)
+    state = random_state(cfg)
+    big = torch.randn(4, *state["embedding.weight"].shape)
+    state["embedding.weight"] = big[2]  # a view into a 4x larger storage
+    state["layers.0.attn.o.weight"] = state["layers.0.attn.o.weight"].t().contiguous().t()  # non-contiguous
+    before = {n: t.clone() for n, t in state.items()}
+    native.save_checkpoint(tmp_path / "c", cfg, state)
+    _, loaded = native.load_checkpoint(tmp_path / "c")
+    assert_same_state(before, loaded)
+    assert_same_state(before, state)
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    assert (tmp_path / "c" / "__0_0.distcp").stat().st_size < total * 1.5  # not the view's whole storage
+
+
+def test_output_bytes_deterministic(tmp_path):
+    cfg = tiny_config(num_layers=3)
+    state = random_state(cfg)
+    for name in ("a", "b"):
+        native.save_checkpoint(tmp_path / name, cfg, state, pipeline_stages=2)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
+    for rel in files:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    assert str(tmp_path) not in (tmp_path / "a" / "pp0" / ".metadata").read_bytes().decode("latin-1")
+
+
+# ----------------------------------------------------------------------------------- lazy reader
+def test_lazy_reader_mapping(tmp_path, monkeypatch):
+    cfg = tiny_config(num_layers=3)
+    state = random_state(cfg, torch.float16)
+    native.save_checkpoint(tmp_path / "c", cfg, state, pipeline_stages=3)
+    reader = native.open_checkpoint(tmp_path / "c")
+    assert isinstance(reader, native.NativeCheckpointReader)
+    assert reader.config == cfg
+    assert list(reader) == list(reader.keys()) == list(layout.state_shapes(cfg))
+    assert len(reader) == len(state) and "embedding.weight" in reader and "nope" not in reader
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("metadata queries must not load tensor data")
+
+    monkeypatch.setattr(checkpoint.dcp, "load", no_data)
+    for name, tensor in state.items():
+        assert reader.shape_of(name) == tensor.shape and reader.dtype_of(name) == tensor.dtype
+    monkeypatch.undo()
+
+    assert torch.equal(reader["layers.1.mlp.fc1.weight"], state["layers.1.mlp.fc1.weight"])
+    some = ["output.weight", "layers.0.attn.qkv.weight", "embedding.weight", "layers.2.attn.q_bias"]
+    many = reader.load_many(some)
+    assert list(many) == some and all(torch.equal(many[n], state[n]) for n in some)
+    a, b = reader["embedding.weight"], reader["embedding.weight"]
+    assert a.data_ptr() != b.data_ptr()  # each load is a fresh tensor the caller owns
+    for bad in (reader.__getitem__, reader.shape_of, reader.dtype_of):
+        with pytest.raises(KeyError):
+            bad("layers.9.attn.qkv.weight")
+    assert dict(reader.items()).keys() == state.keys()
+
+
+def test_save_from_lazy_reader(tmp_path):
+    cfg = tiny_config(num_layers=4)
+    state = random_state(cfg, torch.bfloat16)
+    native.save_checkpoint(tmp_path / "a", cfg, state, pipeline_stages=4)
+    native.save_checkpoint(tmp_path / "b", cfg, native.open_checkpoint(tmp_path / "a"), pipeline_stages=2)
+    assert_same_state(state, native.load_checkpoint(tmp_path / "b")[1])
+
+
+# ------------------------------------------------------------------------------ save refusals
+def test_save_refuses_state_not_matching_layout(tmp_path):
+    cfg = tiny_config(num_layers=2)
+    state = random_state(cfg)
+    missing = dict(state)
+    del missing["layers.1.mlp.fc2.weight"]
+    extra = {**state, "layers.0.attn.k_bias": torch.zeros(16)}
+    wrong = {**state, "layers.0.attn.o.weight": torch.zeros(32, 31)}
+    not_tensor = {**state, "final_norm.weight": [1.0] * 32}
+    cases = [(missing, "layers.1.mlp.fc2.weight"), (extra, "layers.0.attn.k_bias"),
+             (wrong, "layers.0.attn.o.weight"), (not_tensor, "final_norm.weight")]
+    for bad, name in cases:
+        with pytest.raises(CheckpointError, match=name.replace(".", r"\.")):
+            native.save_checkpoint(tmp_path / "c", cfg, bad, pipeline_stages=2)
+        assert not (tmp_path / "c").exists() and leftovers(tmp_path) == []
+    for stages in (0, 3, True, 1.0):
+        with pytest.raises(CheckpointError, match="pipeline_stages"):
+            native.save_checkpoint(tmp_path / "c", cfg, state, pipeline_stages=stages)
+
+
+def test_overwrite(tmp_path):
+    cfg = tiny_config(num_layers=2)
+    first, second = random_state(cfg, seed=1), random_state(cfg, seed=2)
+    native.save_checkpoint(tmp_path / "c", cfg, first)
+    with pytest.raises(CheckpointError, match="already exists"):
+        native.save_checkpoint(tmp_path / "c", cfg, second)
+    assert_same_state(first, native.load_checkpoint(tmp_path / "c")[1])
+    native.save_checkpoint(tmp_path / "c", cfg, second, pipeline_stages=2, overwrite=True)
+    assert_same_state(second, native.load_checkpoint(tmp_path / "c")[1])
+    assert not (tmp_path / "c" / ".metadata").exists()  # the old layout is gone, not merged
+    assert leftovers(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------------- atomicity
+class Boom(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_failure_mid_write_leaves_nothing(tmp_path, monkeypatch, overwrite):
+    cfg = tiny_config(num_layers=3)
+    old = random_state(cfg, seed=5)
+    if overwrite:
+        native.save_checkpoint(tmp_path / "c", cfg, old)
+    calls = []
+    real = checkpoint._save_dcp
+
+    def failing(directory, tensors):
+        calls.append(directory)
+        if len(calls) == 2:
+            raise Boom("disk full")
+        real(directory, tensors)
+
+    monkeypatch.setattr(checkpoint, "_save_dcp", failing)
+    with pytest.raises(Boom):
+        native.save_checkpoint(tmp_path / "c", cfg, random_state(cfg), pipeline_stages=3, overwrite=overwrite)
+    assert len(calls) == 2 and (calls[0] / ".metadata").exists() is False  # stage 0 was written, then removed
+    assert leftovers(tmp_path) == []
+    if overwrite:
+        assert_same_state(old, native.load_checkpoint(tmp_path / "c")[1])
+    else:
+        assert not (tmp_path / "c").exists()
+
+
+def test_failure_from_lazy_state_and_interrupt(tmp_path):
+    cfg = tiny_config(num_layers=2)
+    state = random_state(cfg)
+
+    class Failing(dict):
+        def __init__(self, error):
+            super().__init__(state)
+            self.error = error
+
+        def __getitem__(self, name):
+            if name == "final_norm.weight":
+                raise self.error
+            return super().__getitem__(name)
+
+    for error in (Boom("source vanished"), KeyboardInterrupt()):
+        with pytest.raises(type(error)):
+            native.save_checkpoint(tmp_path / "c", cfg, Failing(error), pipeline_stages=2)
+        assert not (tmp_path / "c").exists() and leftovers(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------ load refusals
+@pytest.fixture
+def staged(tmp_path):
+    """A 4-layer checkpoint in 3 stages (layers [0,2), [2,3), [3,4)) and its state."""
+    cfg = tiny_config(num_layers=4)
+    state = random_state(cfg)
+    native.save_checkpoint(tmp_path / "c", cfg, state, pipeline_stages=3)
+    return tmp_path / "c", cfg, state
+
+
+def rewrite_stage(root: Path, stage: str, tensors: dict) -> None:
+    manifest = (root / stage / "stage.json").read_bytes()
+    shutil.rmtree(root / stage)
+    checkpoint._save_dcp(root / stage, tensors)
+    (root / stage / "stage.json").write_bytes(manifest)
+
+
+def stage_tensors(state: dict, root: Path, stage: str) -> dict:
+    reader = native.open_checkpoint(root)
+    return {n: state[n] for n in state if reader.stage_of(n) == stage}
+
+
+def refused(path, *fragments):
+    with pytest.raises(CheckpointError) as info:
+        native.load_checkpoint(path)
+    with pytest.raises(CheckpointError):
+        native.open_checkpoint(path)
+    for fragment in fragments:
+        assert fragment in str(info.value), (fragment, str(info.value))
+    return str(info.value)
+
+
+def test_missing_stage(staged):
+    root, _, _ = staged
+    shutil.rmtree(root / "pp1")
+    refused(root, "pp1", "missing")
+
+
+def test_missing_last_stage(staged):
+    root, _, _ = staged
+    shutil.rmtree(root / "pp2")
+    refused(root, "pp2", "missing")
+
+
+def test_overlapping_stages_by_manifest(staged):
+    root, _, _ = staged
+    (root / "pp1" / "stage.json").write_text(json.dumps({"stage": 1, "num_stages": 3, "layers": [1, 3]}))
+    refused(root, "layer 1", "pp0", "pp1")
+
+
+def test_same_tensor_in_two_stages(staged):
+    root, _, state = staged
+    tensors = stage_tensors(state, root, "pp1")
+    rewrite_stage(root, "pp1", {**tensors, "layers.0.attn.o.weight": state["layers.0.attn.o.weight"]})
+    refused(root, "layers.0.attn.o.weight", "pp0", "pp1")
+
+
+def test_tensor_in_wrong_stage(staged):
+    root, _, state = staged
+    pp0 = stage_tensors(state, root, "pp0")
+    pp1 = stage_tensors(state, root, "pp1")
+    moved = "layers.1.mlp.fc1.weight"
+    rewrite_stage(root, "pp1", {**pp1, moved: pp0.pop(moved)})
+    rewrite_stage(root, "pp0", pp0)
+    refused(root, moved, "pp1")
+
+
+def test_layer_in_no_stage(staged):
+    root, _, _ = staged
+    (root / "pp1" / "stage.json").write_text(json.dumps({"stage": 1, "num_stages": 3, "layers": [2, 2]}))
+    refused(root, "layer 2", "no stage")
+
+
+def test_stage_beyond_declared_and_disagreeing_manifests(staged):
+    root, _, _ = staged
+    shutil.copytree(root / "pp2", root / "pp3")
+    refused(root, "pp3")  # its manifest says stage 2
+    (root / "pp3" / "stage.json").write_text(json.dumps({"stage": 3, "num_stages": 3, "layers": [4, 4]}))
+    refused(root, "pp3", "beyond")
+    (root / "pp3" / "stage.json").write_text(json.dumps({"stage": 3, "num_stages": 4, "layers": [4, 4]}))
+    refused(root, "disagree")
+
+
+@pytest.mark.parametrize("content", [None, b"{not json", b'{"stage": 1}', b"[1, 2]"])
+def test_missing_or_corrupt_stage_manifest(staged, content):
+    root, _, _ = staged
+    file = root / "pp1" / "stage.json"
+    if content is None:
+        file.unlink()
+    else:
+        file.write_bytes(content)
+    refused(root, "pp1", "stage.json")
+
+
+def test_missing_tensor(staged):
+    root, _, state = staged
+    tensors = stage_tensors(state, root, "pp2")
+    del tensors["final_norm.weight"]
+    rewrite_stage(root, "pp2", tensors)
+    refused(root, "missing tensor", "final_norm.weight", "pp2")
+
+
+def test_missing_tensor_single_stage(tmp_path):
+    cfg = tiny_config(num_layers=2)
+    state = random_state(cfg)
+    native.save_checkpoint(tmp_path / "c", cfg, state)
+    (tmp_path / "c" / ".metadata").unlink()
+    (tmp_path / "c" / "__0_0.distcp").unlink()
+    del state["layers.1.attn.q_bias"]
+    checkpoint._save_dcp(tmp_path / "c", state)
+    refused(tmp_path / "c", "missing tensor", "layers.1.attn.q_bias")
+
+
+def test_extra_tensor(staged):
+    root, _, state = staged
+    tensors = stage_tensors(state, root, "pp0")
+    rewrite_stage(root, "pp0", {**tensors, "layers.0.attn.k_bias": torch.zeros(16)})
+    refused(root, "extra tensor", "layers.0.attn.k_bias", "pp0")
+
+
+def test_wrong_shape(staged):
+    root, _, state = staged
+    tensors = stage_tensors(state, root, "pp1")
+    tensors["layers.2.mlp.fc2.weight"] = torch.zeros(32, 63)
+    rewrite_stage(root, "pp1", tensors)
+    refused(root, "layers.2.mlp.fc2.weight", "(32, 63)", "(32, 64)", "pp1")
+
+
+@pytest.mark.parametrize("content", [None, b"", b"{\"hidden_size\": ", b"[]", b'{"format_version": 99}',
+                                     b'{"format_version": 1, "hidden_size": -3}', b'{"format_version": 1, "bogus": 1}'])
+def test_missing_or_corrupt_config(staged, content):
+    root, _, _ = staged
+    if content is None:
+        (root / "config.json").unlink()
+    else:
+        (root / "config.json").write_bytes(content)
+    refused(root, "config.json")
+
+
+def test_config_for_another_model(staged):
+    root, cfg, _ = staged
+    (root / "config.json").write_text(tiny_config(num_layers=4, tied=True).to_json())
+    refused(root, "extra tensor", "output.weight")
+
+
+@pytest.mark.parametrize("how", ["missing", "garbage", "truncated", "empty", "not-metadata"])
+def test_corrupt_dcp_metadata(staged, how):
+    root, _, _ = staged
+    file = root / "pp1" / ".metadata"
+    data = file.read_bytes()
+    if how == "missing":
+        file.unlink()
+    elif how == "garbage":
+        file.write_bytes(os.urandom(len(data)))
+    elif how == "truncated":
+        file.write_bytes(data[: len(data) // 2])
+    elif how == "empty":
+        file.write_bytes(b"")
+    else:
+        import pickle
+        file.write_bytes(pickle.dumps({"state_dict_metadata": 1}))
+    refused(root, "pp1", ".metadata")
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 0.999])
+def test_truncated_or_missing_data_file(staged, fraction):
+    root, _, _ = staged
+    file = root / "pp2" / "__0_0.distcp"
+    data = file.read_bytes()
+    file.write_bytes(data[: int(len(data) * fraction)])
+    refused(root, "pp2", "__0_0.distcp", "truncated")
+    file.unlink()
+    refused(root, "pp2", "__0_0.distcp", "missing")
+
+
+def test_corrupt_data_bytes_reported_at_load(tmp_path):
+    cfg = tiny_config(num_layers=2)
+    native.save_checkpoint(tmp_path / "c", cfg, random_state(cfg))
+    file = tmp_path / "c" / "__0_0.distcp"
+    file.write_bytes(b"\0" * file.stat().st_size)  # same size, so only reading the data can tell
+    reader = native.open_checkpoint(tmp_path / "c")
+    with pytest.raises(CheckpointError, match="embedding.weight"):
+        reader["embedding.weight"]
+
+
+def test_not_a_checkpoint(tmp_path):
+    refused(tmp_path / "absent", "not a directory")
+    (tmp_path / "empty").mkdir()
+    refused(tmp_path / "empty", "config.json")
+    cfg = tiny_config(num_layers=2)
+    (tmp_path / "empty" / "config.json").write_text(cfg.to_json())
+    refused(tmp_path / "empty", "no weights")
+
+
+def test_flat_and_staged_together_is_ambiguous(tmp_path):
+    cfg = tiny_config(num_layers=2)
+    state = random_state(cfg)
+    native.save_checkpoint(tmp_path / "c", cfg, state)
+    native.save_checkpoint(tmp_path / "s", cfg, state, pipeline_stages=2)
+    shutil.copytree(tmp_path / "s" / "pp0", tmp_path / "c" / "pp0")
+    refused(tmp_path / "c", "ambiguous")
+
+
+def test_is_native_checkpoint(tmp_path, staged):
+    root, cfg, state = staged
+    assert checkpoint.is_native_checkpoint(root)
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    assert not checkpoint.is_native_checkpoint(hf)
+    assert not checkpoint.is_native_checkpoint(tmp_path / "absent")
