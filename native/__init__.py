@@ -24,3 +24,5 @@ from .config import (
 from .schema import ConfigError, architecture_fields, get_path, replace_path
 from .layout import layer_shapes, state_shapes
 from .checkpoint import CheckpointError, NativeCheckpointReader, load_checkpoint, open_checkpoint, save_checkpoint
+from .model import NativeModel
+from .init import random_state

@@ -1,0 +1,114 @@
+"""The native decoder-only model, written from the maths. Its ``state_dict`` is exactly
+``native.layout.state_shapes(cfg)``."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .attention import Attention, visibility_mask
+from .config import BlockConfig, ModelConfig
+from .feedforward import make_feedforward
+from .layout import block_norm_names
+from .norms import make_norm
+from .rotary import rotary_tables
+
+
+class Block(nn.Module):
+    """One decoder layer; ``placement`` says where the norms sit (see BlockConfig)."""
+
+    def __init__(self, hidden: int, cfg: BlockConfig):
+        super().__init__()
+        self.placement = cfg.placement
+        for name in block_norm_names(cfg):
+            setattr(self, name, make_norm(cfg.norm, hidden))
+        self.attn = Attention(hidden, cfg.attention)
+        self.mlp = make_feedforward(hidden, cfg.mlp)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        def attn(h):
+            return self.attn(h, cos, sin, allowed)
+
+        if self.placement == "pre":
+            h = x + attn(self.attn_norm(x))
+            return h + self.mlp(self.mlp_norm(h))
+        if self.placement == "post":
+            h = x + self.attn_norm(attn(x))
+            return h + self.mlp_norm(self.mlp(h))
+        if self.placement == "sandwich":
+            h = x + self.attn_post_norm(attn(self.attn_norm(x)))
+            return h + self.mlp_post_norm(self.mlp(self.mlp_norm(h)))
+        if self.placement == "parallel":
+            return x + attn(self.attn_norm(x)) + self.mlp(self.mlp_norm(x))
+        raise ValueError(f"unknown placement {self.placement!r}")
+
+
+class NativeModel(nn.Module):
+    """``model(input_ids[, attention_mask]) -> logits (B, T, V)``; positions are ``0..T-1`` whatever
+    the padding, and the compute dtype is the parameters' dtype."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg.hidden_size, block) for block in cfg.decoder.layers())
+        self.final_norm = make_norm(cfg.final_norm, cfg.hidden_size)
+        if not cfg.head.tied:
+            self.output = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """Matrices ~ N(0, init_std); norms 1 and biases 0 (as constructed). For tests with every
+        tensor non-trivial use :func:`native.init.random_state`."""
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                nn.init.zeros_(p)
+            elif p.dim() >= 2:
+                nn.init.normal_(p, std=self.cfg.init_std)
+
+    @classmethod
+    def from_checkpoint(cls, path, *, device=None, dtype: torch.dtype | None = None) -> "NativeModel":
+        """Build from a native checkpoint; tensors are adopted as loaded (dtype kept unless given)."""
+        from .checkpoint import load_checkpoint
+
+        cfg, state = load_checkpoint(path)
+        with torch.device("meta"):
+            model = cls(cfg)
+        model.load_state_dict(dict(state), strict=True, assign=True)
+        if device is not None or dtype is not None:
+            model.to(device=device, dtype=dtype)
+        return model
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Output projection (``h @ embedding^T`` when tied), then the final softcap."""
+        weight = self.embedding.weight if self.cfg.head.tied else self.output.weight
+        logits = h @ weight.T
+        cap = self.cfg.head.final_softcap
+        return logits if cap is None else torch.tanh(logits / cap) * cap
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, return_hidden: bool = False
+    ):
+        """``attention_mask`` (B, T): 1 for tokens, 0 for padding keys. With ``return_hidden``,
+        returns ``(logits, hidden)`` where ``hidden[0]`` is the scaled embedding and
+        ``hidden[i + 1]`` the residual stream after layer ``i`` (before the final norm)."""
+        T = input_ids.shape[1]
+        x = self.embedding(input_ids)
+        if self.cfg.embeddings.multiplier is not None:
+            x = x * torch.tensor(self.cfg.embeddings.multiplier, dtype=x.dtype, device=x.device)
+        hidden = [x]
+        tables: dict = {}  # rotary tables and masks are shared by layers with the same settings
+        masks: dict = {}
+        for layer in self.layers:
+            a = layer.attn.cfg
+            rope_key = (a.rotary, a.head_dim)
+            if rope_key not in tables:
+                tables[rope_key] = rotary_tables(
+                    a.rotary, a.head_dim, self.cfg.max_position_embeddings, T, x.dtype, x.device
+                )
+            if a.window not in masks:
+                masks[a.window] = visibility_mask(T, a.window, attention_mask, x.device)
+            x = layer(x, *tables[rope_key], masks[a.window])
+            hidden.append(x)
+        logits = self.head(self.final_norm(x))
+        return (logits, hidden) if return_hidden else logits
+
