@@ -1,0 +1,480 @@
+"""HF checkpoint directories on disk: a validated lazy reader and a streaming, atomic writer.
+
+Reading (:func:`open_hf_checkpoint`) understands, in transformers' order of preference:
+
+- ``model.safetensors``
+- ``model.safetensors.index.json`` + ``model-0000k-of-0000n.safetensors`` shards
+- read-only fallback: ``pytorch_model.bin``, or ``pytorch_model.bin.index.json`` + shards
+
+Opening parses every safetensors header itself (8-byte length + JSON) and checks that each
+tensor's byte range lies inside its file, so a truncated or corrupt file is refused at open time
+rather than half-way through a conversion. Tensor data is read only on ``reader[name]``.
+
+Writing (:func:`write_hf_checkpoint`) streams: tensors accumulate into the current shard until
+the next would overflow ``max_shard_size``; the shard is written and freed. Output is atomic
+(``native.atomic``) and byte-deterministic.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import shutil
+import struct
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from native.atomic import atomic_directory
+
+from .errors import ConversionError
+
+CONFIG_FILE = "config.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+BIN_FILE = "pytorch_model.bin"
+BIN_INDEX = "pytorch_model.bin.index.json"
+
+#: Files copied verbatim from ``copy_files_from`` (tokenizer and chat template), by glob.
+TOKENIZER_PATTERNS = ("tokenizer*.json", "tokenizer.model", "*.model", "special_tokens_map.json",
+                      "added_tokens.json", "vocab.json", "merges.txt", "chat_template*")
+
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+for _name, _attr in (("U16", "uint16"), ("U32", "uint32"), ("U64", "uint64")):
+    if hasattr(torch, _attr):
+        SAFETENSORS_DTYPES[_name] = getattr(torch, _attr)
+
+_MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
+
+
+# ----------------------------------------------------------------------------------- sizes
+_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]i?b?|b)?\s*", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+          "t": 10**12, "tb": 10**12, "ki": 2**10, "kib": 2**10, "mi": 2**20, "mib": 2**20,
+          "gi": 2**30, "gib": 2**30, "ti": 2**40, "tib": 2**40}
+
+
+def parse_size(text: str | int) -> int:
+    """``"5GB"`` → 5·10⁹, ``"2GiB"`` → 2·2³⁰, ``"500MB"``, ``"1.5GB"``, ``"123"`` (bytes). Case-insensitive."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        match = _SIZE.fullmatch(str(text))
+        if not match:
+            raise ConversionError(f"max shard size {text!r}: expected a size like 500MB, 5GB, 2GiB or a number of bytes")
+        number, unit = match.group(1), (match.group(2) or "").lower()
+        value = int(float(number) * _UNITS[unit]) if "." in number else int(number) * _UNITS[unit]
+    if value <= 0:
+        raise ConversionError(f"max shard size {text!r} must be positive")
+    return value
+
+
+# --------------------------------------------------------------------------------- reading
+def _read_json(file: Path, what: str) -> Any:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConversionError(f"{file}: missing ({what})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConversionError(f"{file}: unreadable ({exc})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConversionError(f"{file}: not valid JSON ({exc})") from None
+
+
+def _read_json_object(file: Path, what: str) -> dict:
+    data = _read_json(file, what)
+    if not isinstance(data, dict):
+        raise ConversionError(f"{file}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def read_safetensors_header(file: Path) -> dict[str, tuple[torch.dtype, tuple[int, ...], int, int]]:
+    """Parse and check a safetensors header without reading tensor data.
+
+    Returns ``name -> (dtype, shape, begin, end)`` with absolute byte offsets in the file. Raises
+    ConversionError naming the file (and tensor) if the header is truncated, not JSON, or a
+    tensor's bytes fall outside the file or disagree with its dtype and shape.
+    """
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise ConversionError(f"{file}: truncated safetensors file ({size} bytes, no header length)")
+            (length,) = struct.unpack("<Q", head)
+            if length > _MAX_HEADER or 8 + length > size:
+                raise ConversionError(f"{file}: truncated or corrupt safetensors file (header of {length} bytes "
+                                      f"declared, file has {size} bytes)")
+            raw = f.read(length)
+    except OSError as exc:
+        raise ConversionError(f"{file}: unreadable ({exc})") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConversionError(f"{file}: corrupt safetensors header, not valid JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise ConversionError(f"{file}: corrupt safetensors header (not a JSON object)")
+    base = 8 + length
+    out: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype_name, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+            shape = tuple(int(d) for d in shape)
+            begin, end = int(begin), int(end)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConversionError(f"{file}: corrupt safetensors header entry for tensor {name!r} ({exc!r})") from None
+        if dtype_name not in SAFETENSORS_DTYPES:
+            raise ConversionError(f"{file}: tensor {name!r} has unsupported dtype {dtype_name!r}")
+        dtype = SAFETENSORS_DTYPES[dtype_name]
+        numel = 1
+        for d in shape:
+            if d < 0:
+                raise ConversionError(f"{file}: tensor {name!r} has a negative dimension in shape {shape}")
+            numel *= d
+        if not 0 <= begin <= end or end - begin != numel * dtype.itemsize:
+            raise ConversionError(f"{file}: tensor {name!r} has data offsets [{begin}, {end}) inconsistent with "
+                                  f"dtype {dtype_name} and shape {list(shape)}")
+        if base + end > size:
+            raise ConversionError(f"{file}: truncated safetensors file: tensor {name!r} needs bytes up to "
+                                  f"{base + end}, the file has {size}")
+        out[name] = (dtype, shape, base + begin, base + end)
+    return out
+
+
+def _shard_name(index_file: Path, name: Any) -> str:
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", ".."):
+        raise ConversionError(f"{index_file}: weight_map names {name!r}, which is not a file in this directory")
+    return name
+
+
+class HFCheckpointReader(Mapping):
+    """A validated, lazy view of an HF checkpoint directory: ``Mapping[str, Tensor]``.
+
+    ``config`` is config.json as a dict; ``generation_config`` the generation_config.json dict or
+    None. Keys iterate in sorted order. ``reader[name]`` reads that one tensor (a fresh tensor
+    owned by the caller); ``shape_of``/``dtype_of`` answer from headers without reading data.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise ConversionError(f"{self.path}: not a directory (an HF checkpoint is a directory)")
+        self.config: dict = _read_json_object(self.path / CONFIG_FILE, "an HF checkpoint needs config.json")
+        gen = self.path / GENERATION_CONFIG_FILE
+        self.generation_config: dict | None = _read_json_object(gen, "") if gen.is_file() else None
+        self._file_of: dict[str, str] = {}
+        self._info: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
+        self._bins: dict[str, dict[str, torch.Tensor]] = {}
+        if (self.path / SAFETENSORS_FILE).is_file():
+            self.format, self.index = "safetensors", None
+            self._open_safetensors({SAFETENSORS_FILE: None})
+        elif (self.path / SAFETENSORS_INDEX).is_file():
+            self.format, self.index = "safetensors", SAFETENSORS_INDEX
+            self._open_safetensors(self._read_index(SAFETENSORS_INDEX))
+        elif (self.path / BIN_FILE).is_file():
+            self.format, self.index = "bin", None
+            self._open_bins({BIN_FILE: None})
+        elif (self.path / BIN_INDEX).is_file():
+            self.format, self.index = "bin", BIN_INDEX
+            self._open_bins(self._read_index(BIN_INDEX))
+        else:
+            raise ConversionError(f"{self.path}: no weights ({SAFETENSORS_FILE}, {SAFETENSORS_INDEX}, {BIN_FILE} "
+                                  f"or {BIN_INDEX})")
+        self._names = sorted(self._file_of)
+
+    # -- opening ------------------------------------------------------------------------------
+    def _read_index(self, name: str) -> dict[str, list[str] | None]:
+        """``shard -> the tensor names the index assigns to it``."""
+        file = self.path / name
+        data = _read_json_object(file, "")
+        weight_map = data.get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ConversionError(f"{file}: missing or empty 'weight_map'")
+        shards: dict[str, list[str] | None] = {}
+        for tensor, shard in weight_map.items():
+            shards.setdefault(_shard_name(file, shard), []).append(tensor)
+        for shard, tensors in shards.items():
+            if not (self.path / shard).is_file():
+                raise ConversionError(f"{file}: names shard {shard} (holding {tensors[0]!r}), which is missing "
+                                      f"from {self.path}")
+        return shards
+
+    def _claim(self, name: str, shard: str, listed: set[str] | None) -> None:
+        if name in self._file_of:
+            raise ConversionError(f"{self.path}: tensor {name!r} is in two shards, {self._file_of[name]} and {shard}")
+        if listed is not None and name not in listed:
+            raise ConversionError(f"{self.path / shard}: holds tensor {name!r}, which the index "
+                                  f"{self.index} does not assign to it")
+        self._file_of[name] = shard
+
+    def _check_listed(self, shard: str, listed: list[str] | None, present: Iterable[str]) -> None:
+        if listed is None:
+            return
+        present = set(present)
+        for name in listed:
+            if name not in present:
+                raise ConversionError(f"{self.path / self.index}: lists tensor {name!r} in shard {shard}, "
+                                      f"but {shard} does not hold it")
+
+    def _open_safetensors(self, shards: dict[str, list[str] | None]) -> None:
+        self._headers: dict[str, dict] = {}
+        for shard, listed in shards.items():
+            header = read_safetensors_header(self.path / shard)
+            self._check_listed(shard, listed, header)
+            wanted = set(listed) if listed is not None else None
+            for name, (dtype, shape, _, _) in header.items():
+                self._claim(name, shard, wanted)
+                self._info[name] = (dtype, shape)
+            self._headers[shard] = header
+
+    def _open_bins(self, shards: dict[str, list[str] | None]) -> None:
+        for shard, listed in shards.items():
+            file = self.path / shard
+            try:
+                try:
+                    data = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError as exc:
+                    if "mmap" not in str(exc):
+                        raise
+                    data = torch.load(file, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+            except Exception as exc:
+                raise ConversionError(f"{file}: unreadable PyTorch weights file ({type(exc).__name__}: "
+                                      f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
+            if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+                raise ConversionError(f"{file}: expected a dict of tensor name to tensor")
+            self._check_listed(shard, listed, data)
+            wanted = set(listed) if listed is not None else None
+            for name, tensor in data.items():
+                self._claim(name, shard, wanted)
+                self._info[name] = (tensor.dtype, tuple(tensor.shape))
+            self._bins[shard] = data
+
+    # -- Mapping ------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._file_of
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._file_of:
+            raise KeyError(name)
+        return self.load_many([name])[name]
+
+    def __repr__(self) -> str:
+        return f"HFCheckpointReader({str(self.path)!r}, {len(self)} tensors, {self.format})"
+
+    def shape_of(self, name: str) -> torch.Size:
+        return torch.Size(self._entry(name)[1])
+
+    def dtype_of(self, name: str) -> torch.dtype:
+        return self._entry(name)[0]
+
+    def file_of(self, name: str) -> str:
+        """The weights file (relative to the directory) holding ``name``."""
+        self._entry(name)
+        return self._file_of[name]
+
+    def _entry(self, name: str) -> tuple[torch.dtype, tuple[int, ...]]:
+        try:
+            return self._info[name]
+        except KeyError:
+            raise KeyError(name) from None
+
+    def load_many(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
+        """Read several tensors, opening each file once; returned in the order asked."""
+        names = list(dict.fromkeys(names))
+        by_file: dict[str, list[str]] = {}
+        for name in names:
+            self._entry(name)
+            by_file.setdefault(self._file_of[name], []).append(name)
+        out: dict[str, torch.Tensor] = {}
+        for shard, wanted in by_file.items():
+            file = self.path / shard
+            if self.format == "bin":
+                for name in wanted:
+                    out[name] = self._bins[shard][name].clone(memory_format=torch.contiguous_format)
+                continue
+            try:
+                with safe_open(file, framework="pt") as f:
+                    for name in wanted:
+                        out[name] = f.get_tensor(name)
+            except Exception as exc:
+                raise ConversionError(f"{file}: could not read tensor(s) {', '.join(map(repr, wanted[:3]))} "
+                                      f"({type(exc).__name__}: {exc})") from None
+        return {name: out[name] for name in names}
+
+    def close(self) -> None:
+        """Drop the memory maps of ``.bin`` files (safetensors files are opened per read)."""
+        self._bins.clear()
+
+    def __enter__(self) -> "HFCheckpointReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_hf_checkpoint(path: str | os.PathLike) -> HFCheckpointReader:
+    """Open and validate an HF checkpoint directory for lazy reading."""
+    return HFCheckpointReader(path)
+
+
+def is_hf_checkpoint(path: str | os.PathLike) -> bool:
+    """Cheap detection (for the CLI): config.json is a JSON object with ``model_type``."""
+    try:
+        data = json.loads((Path(path) / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and "model_type" in data
+
+
+# --------------------------------------------------------------------------------- writing
+def _json_text(value: Any, file: str) -> str:
+    try:
+        return json.dumps(value, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise ConversionError(f"{file}: cannot be written as JSON ({exc})") from None
+
+
+def shard_file_name(k: int, n: int) -> str:
+    """The name of shard ``k`` (0-based) of ``n``: ``model-0000{k+1}-of-0000{n}.safetensors``."""
+    return f"model-{k + 1:05d}-of-{n:05d}.safetensors"
+
+
+def tokenizer_files(src: str | os.PathLike) -> list[Path]:
+    """Top-level regular files of ``src`` matching :data:`TOKENIZER_PATTERNS`, sorted by name."""
+    root = Path(src)
+    if not root.is_dir():
+        raise ConversionError(f"{root}: not a directory to copy tokenizer files from")
+    return sorted(p for p in root.iterdir()
+                  if p.is_file() and any(fnmatch.fnmatchcase(p.name, pat) for pat in TOKENIZER_PATTERNS))
+
+
+class _ShardWriter:
+    """Accumulates tensors into shards of at most ``max_bytes`` (one oversized tensor gets a shard
+    of its own) and writes each full shard under a temporary name."""
+
+    def __init__(self, directory: Path, max_bytes: int):
+        self.directory, self.max_bytes = directory, max_bytes
+        self.current: dict[str, torch.Tensor] = {}
+        self.current_bytes = 0
+        self.storages: set[int] = set()
+        self.shard_of: dict[str, int] = {}
+        self.count = 0
+        self.total = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> int:
+        if not isinstance(name, str) or not name:
+            raise ConversionError(f"tensor name {name!r}: expected a non-empty string")
+        if not isinstance(tensor, torch.Tensor):
+            raise ConversionError(f"tensor {name!r}: expected a torch.Tensor, got {type(tensor).__name__}")
+        if name in self.shard_of or name in self.current:
+            raise ConversionError(f"tensor {name!r} was produced twice")
+        t = tensor.detach()
+        if t.device.type != "cpu":
+            t = t.cpu()
+        nbytes = t.numel() * t.element_size()
+        storage = t.untyped_storage()
+        if (not t.is_contiguous() or t.storage_offset() != 0 or storage.nbytes() != nbytes
+                or (nbytes and storage.data_ptr() in self.storages)):
+            t = t.clone(memory_format=torch.contiguous_format)  # own, dense, unshared bytes
+        if self.current and self.current_bytes + nbytes > self.max_bytes:
+            self.flush()
+        self.current[name] = t
+        if nbytes:
+            self.storages.add(t.untyped_storage().data_ptr())
+        self.current_bytes += nbytes
+        self.total += nbytes
+        return nbytes
+
+    def temp_name(self, k: int) -> Path:
+        return self.directory / f".shard-{k:05d}.safetensors.part"
+
+    def flush(self) -> None:
+        if not self.current:
+            return
+        try:
+            save_file(self.current, self.temp_name(self.count), metadata={"format": "pt"})
+        except Exception as exc:
+            raise ConversionError(f"writing shard {self.count + 1} ({', '.join(list(self.current)[:3])}, ...) "
+                                  f"failed ({type(exc).__name__}: {exc})") from None
+        for name in self.current:
+            self.shard_of[name] = self.count
+        self.count += 1
+        self.current, self.current_bytes, self.storages = {}, 0, set()
+
+    def finish(self) -> dict[str, str]:
+        """Rename the shards to their final names; returns ``tensor -> file`` (sorted by name)."""
+        self.flush()
+        if self.count == 0:
+            raise ConversionError("no tensors to write: the tensor stream was empty")
+        names = [SAFETENSORS_FILE] if self.count == 1 else [shard_file_name(k, self.count) for k in range(self.count)]
+        for k, final in enumerate(names):
+            os.replace(self.temp_name(k), self.directory / final)
+        return {name: names[k] for name, k in sorted(self.shard_of.items())}
+
+
+def write_hf_checkpoint(dst: str | os.PathLike, config: dict, tensors: Iterable[tuple[str, torch.Tensor]], *,
+                        max_shard_size: int | str = 5 * 10**9, generation_config: dict | None = None,
+                        copy_files_from: str | os.PathLike | None = None, overwrite: bool = False,
+                        progress: Callable[[str, int], None] | None = None) -> Path:
+    """Write an HF checkpoint directory at ``dst``, streaming ``tensors`` shard by shard.
+
+    Tensors accumulate into the current shard until the next one would push it past
+    ``max_shard_size`` bytes (an int, or a string for :func:`parse_size`); the shard is then
+    written with ``safetensors.torch.save_file`` (metadata ``{"format": "pt"}``) and freed, so
+    memory holds one shard at most. One shard is written as ``model.safetensors``; several as
+    ``model-0000k-of-0000n.safetensors`` with ``model.safetensors.index.json`` (``total_size``
+    and a sorted ``weight_map``). ``config.json`` (and ``generation_config.json`` when given)
+    are written with sorted keys and indent 2; tokenizer files are copied from
+    ``copy_files_from``. Same input, same bytes. Atomic: nothing appears at ``dst`` unless
+    everything was written; an existing ``dst`` is refused unless ``overwrite``.
+    ``progress(name, nbytes)`` is called after each tensor is taken.
+    """
+    max_bytes = parse_size(max_shard_size)
+    if not isinstance(config, dict):
+        raise ConversionError(f"config.json: expected a dict, got {type(config).__name__}")
+    config_text = _json_text(config, CONFIG_FILE)
+    generation_text = None if generation_config is None else _json_text(generation_config, GENERATION_CONFIG_FILE)
+    extra_files = tokenizer_files(copy_files_from) if copy_files_from is not None else []
+    with atomic_directory(dst, overwrite=overwrite, error=ConversionError) as tmp:
+        writer = _ShardWriter(tmp, max_bytes)
+        for item in tensors:
+            try:
+                name, tensor = item
+            except (TypeError, ValueError):
+                raise ConversionError(f"tensor stream yielded {type(item).__name__}, expected (name, tensor)") from None
+            nbytes = writer.add(name, tensor)
+            del item, tensor
+            if progress is not None:
+                progress(name, nbytes)
+        weight_map = writer.finish()
+        if writer.count > 1:
+            index = {"metadata": {"total_size": writer.total}, "weight_map": weight_map}
+            (tmp / SAFETENSORS_INDEX).write_text(_json_text(index, SAFETENSORS_INDEX), encoding="utf-8")
+        (tmp / CONFIG_FILE).write_text(config_text, encoding="utf-8")
+        if generation_text is not None:
+            (tmp / GENERATION_CONFIG_FILE).write_text(generation_text, encoding="utf-8")
+        for file in extra_files:
+            if file.name in (CONFIG_FILE, GENERATION_CONFIG_FILE) or (tmp / file.name).exists():
+                continue
+            shutil.copyfile(file, tmp / file.name)
+    return Path(dst)
