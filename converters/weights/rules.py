@@ -101,12 +101,12 @@ class WeightRule:
         sources = self.sources(direction)
         if len(tensors) != len(sources):
             raise ConversionError(f"{', '.join(sources)}: rule expects {len(sources)} tensors, got {len(tensors)}")
-        try:
-            with torch.no_grad():
+        with torch.no_grad():
+            try:
                 outputs = self.transform.export(tensors) if direction == "export" else self.transform.import_(tensors)
-        except ConversionError as e:
-            raise ConversionError(f"{', '.join(sources)}: {e}") from None
-        return owned(outputs, tensors)
+            except ConversionError as e:
+                raise ConversionError(f"{', '.join(sources)}: {e}") from None
+            return owned(outputs, tensors)
 
     # -- the driver's view (see converters.weights.convert_stream) -------------------------------
     def sources(self, direction: str) -> tuple[str, ...]:

@@ -20,6 +20,7 @@ prefixes the tensor names.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -343,8 +344,13 @@ def exact_offset_range(dtype: torch.dtype) -> tuple[float, float]:
     ``x - 1`` stays on ``x``'s grid until the grid spacing exceeds 1). Outside it the round trip is
     exact iff ``x - 1`` is representable, e.g. for ``x`` in ``(0, 0.5)`` iff ``x`` is a multiple of
     ``2**-p``. Verified exhaustively for bf16/fp16 and for fp32 on ``[0.5, 2**24]``."""
-    p = torch.finfo(dtype).nmant + 1
+    p = significand_bits(dtype)
     return 0.5, float(2 ** p)
+
+
+def significand_bits(dtype: torch.dtype) -> int:
+    """Precision ``p`` of a float dtype, implicit bit included (8 bf16, 11 fp16, 24 fp32, 53 fp64)."""
+    return 1 - int(math.log2(torch.finfo(dtype).eps))
 
 
 @dataclass(frozen=True)
