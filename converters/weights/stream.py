@@ -45,10 +45,14 @@ def _check_shape(name: str, shape: tuple[int, ...], expected_shapes: Mapping[str
 
 
 def convert_stream(rules: Iterable[WeightRule], source: Mapping[str, Tensor], direction: str,
-                   expected_shapes: Mapping[str, Sequence[int]] | None = None) -> Iterator[tuple[str, Tensor]]:
+                   expected_shapes: Mapping[str, Sequence[int]] | None = None, *, copy: bool = True
+                   ) -> Iterator[tuple[str, Tensor]]:
     """Convert ``source`` (native names for ``"export"``, HF names for ``"import"``) by ``rules``.
 
-    Yields ``(target_name, tensor)`` in rule order; every tensor owns its storage. Raises
+    Yields ``(target_name, tensor)`` in rule order; every tensor is contiguous and owns its storage,
+    shared with no other output and, with ``copy=True``, with no source tensor (``copy=False``:
+    renamed tensors pass through uncopied — for sources whose tensors are the caller's alone, such
+    as a lazy reader of files). Raises
     :class:`ConversionError` naming the tensor for: a name claimed twice by the rules, a required
     source missing, a source key claimed by no rule (extra), a source shape different from
     ``expected_shapes[name]`` (names absent from ``expected_shapes`` are not checked), a rule
@@ -76,7 +80,7 @@ def convert_stream(rules: Iterable[WeightRule], source: Mapping[str, Tensor], di
             shape = _shape_of(source, name)
             if shape is not None:
                 _check_shape(name, shape, expected_shapes)
-    return _stream(rules, source, direction, present, expected_shapes)
+    return _stream(rules, source, direction, present, expected_shapes, copy)
 
 
 def _load(source, name, expected_shapes) -> Tensor:
@@ -85,14 +89,14 @@ def _load(source, name, expected_shapes) -> Tensor:
     return tensor
 
 
-def _stream(rules, source, direction, present, expected_shapes) -> Iterator[tuple[str, Tensor]]:
+def _stream(rules, source, direction, present, expected_shapes, copy) -> Iterator[tuple[str, Tensor]]:
     for rule in rules:
         names = list(rule.sources(direction)) + [n for n in rule.optional_sources(direction) if n in present]
         tensors = [_load(source, name, expected_shapes) for name in names]
         if len({t.dtype for t in tensors}) > 1:
             raise ConversionError(f"{names[0]}: dtypes differ within one rule: "
                                   + ", ".join(f"{n} {t.dtype}" for n, t in zip(names, tensors)))
-        outputs = rule.run(direction, tensors)
+        outputs = rule.run(direction, tensors, copy)
         del tensors
         targets = rule.targets(direction)
         outputs.reverse()

@@ -534,3 +534,16 @@ def test_requires_grad_inputs_give_plain_outputs():
     (out,) = w.rename("a", "b").export([p])
     assert not out.requires_grad and torch.equal(out, p.detach())
     assert out.untyped_storage().data_ptr() != p.untyped_storage().data_ptr()
+
+
+def test_copy_false_passes_renames_through_but_never_shares_between_outputs():
+    x = torch.randn(6, 3)
+    (same,) = w.rename("a", "b").export([x], copy=False)
+    assert same.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+    gate, up = w.split_gate_up("fc1", ("g", "u")).export([x], copy=False)
+    assert_no_sharing([gate, up], [])  # chunk views are materialised: each output owns its bytes
+    rules, shapes, state = small_llama()
+    hf = dict(w.convert_stream(rules, state, "export", shapes, copy=False))
+    back = dict(w.convert_stream(rules, hf, "import", copy=False))
+    assert all(torch.equal(back[n], state[n]) for n in state)
+    assert_no_sharing(list(hf.values()), [])
