@@ -165,8 +165,10 @@ class HFCheckpointReader(Mapping):
     """A validated, lazy view of an HF checkpoint directory: ``Mapping[str, Tensor]``.
 
     ``config`` is config.json as a dict; ``generation_config`` the generation_config.json dict or
-    None. Keys iterate in sorted order. ``reader[name]`` reads that one tensor (a fresh tensor
-    owned by the caller); ``shape_of``/``dtype_of`` answer from headers without reading data.
+    None. Keys iterate in sorted order. ``reader[name]`` returns that one tensor, shared with no
+    other returned tensor: from safetensors it is backed by a private (copy-on-write) memory map,
+    so pages are read as they are touched and in-place edits never reach the file; from ``.bin``
+    it is a copy. ``shape_of``/``dtype_of`` answer from the headers without reading data.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -432,7 +434,8 @@ class _ShardWriter:
         return {name: names[k] for name, k in sorted(self.shard_of.items())}
 
 
-def write_hf_checkpoint(dst: str | os.PathLike, config: dict, tensors: Iterable[tuple[str, torch.Tensor]], *,
+def write_hf_checkpoint(dst: str | os.PathLike, config: dict,
+                        tensors: Iterable[tuple[str, torch.Tensor]] | Mapping[str, torch.Tensor], *,
                         max_shard_size: int | str = 5 * 10**9, generation_config: dict | None = None,
                         copy_files_from: str | os.PathLike | None = None, overwrite: bool = False,
                         progress: Callable[[str, int], None] | None = None) -> Path:
@@ -441,7 +444,7 @@ def write_hf_checkpoint(dst: str | os.PathLike, config: dict, tensors: Iterable[
     Tensors accumulate into the current shard until the next one would push it past
     ``max_shard_size`` bytes (an int, or a string for :func:`parse_size`); the shard is then
     written with ``safetensors.torch.save_file`` (metadata ``{"format": "pt"}``) and freed, so
-    memory holds one shard at most. One shard is written as ``model.safetensors``; several as
+    memory holds one shard at most. ``tensors`` may also be a mapping (its ``items()`` are used). One shard is written as ``model.safetensors``; several as
     ``model-0000k-of-0000n.safetensors`` with ``model.safetensors.index.json`` (``total_size``
     and a sorted ``weight_map``). ``config.json`` (and ``generation_config.json`` when given)
     are written with sorted keys and indent 2; tokenizer files are copied from
@@ -450,6 +453,8 @@ def write_hf_checkpoint(dst: str | os.PathLike, config: dict, tensors: Iterable[
     ``progress(name, nbytes)`` is called after each tensor is taken.
     """
     max_bytes = parse_size(max_shard_size)
+    if isinstance(tensors, Mapping):
+        tensors = tensors.items()
     if not isinstance(config, dict):
         raise ConversionError(f"config.json: expected a dict, got {type(config).__name__}")
     config_text = _json_text(config, CONFIG_FILE)

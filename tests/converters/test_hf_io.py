@@ -159,6 +159,19 @@ def test_reader_loads_one_tensor_without_touching_others(tmp_path, monkeypatch):
             bad("nope")
 
 
+def test_reshard_streaming_from_a_reader(tmp_path):
+    tensors = sample_tensors()
+    write_hf_checkpoint(tmp_path / "a", CONFIG, tensors, max_shard_size=150)  # a mapping works too
+    reader = open_hf_checkpoint(tmp_path / "a")
+    write_hf_checkpoint(tmp_path / "b", reader.config, reader, max_shard_size=10**9)
+    again = open_hf_checkpoint(tmp_path / "b")
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["config.json", "model.safetensors"]
+    assert_bit_equal(tensors, dict(again.items()))
+    edited = again["lm_head.weight"]
+    edited.add_(1)  # in-place edits of a returned tensor never reach the file
+    assert_bit_equal(tensors, dict(open_hf_checkpoint(tmp_path / "b").items()))
+
+
 # ----------------------------------------------------------------------------- bin fallback
 @pytest.mark.parametrize("legacy", [False, True])
 def test_bin_fallback_single(tmp_path, legacy):
