@@ -1,0 +1,316 @@
+"""Pieces shared by the MoE converters (Mixtral, Qwen2-MoE, Qwen3-MoE).
+
+- :class:`HeadDim`: ``head_dim`` for classes that read it with ``getattr(config, "head_dim", …)``
+  and default it to ``hidden_size // num_attention_heads``. Written only where it carries
+  information; an explicit default value read from config.json is remembered in metadata so the
+  round trip reproduces it.
+- :class:`QwenMoeLayers`: the per-layer choice dense MLP vs sparse MoE as Qwen2-MoE/Qwen3-MoE
+  express it (``num_experts``, ``decoder_sparse_step``, ``mlp_only_layers``) together with the
+  MoE and dense sizes and ``hidden_act``, all of which live in one native ``mlp`` section per layer.
+- :func:`kv_heads`, :func:`merge_alias`: small config helpers.
+- :func:`moe_rules`: stacked native experts ↔ per-expert tensors as ``save_pretrained`` writes them.
+
+Metadata convention (as :class:`~converters.config_primitives.Carried`): a metadata key is the HF
+key it stands for. A key that is *inert* in a given config (it cannot change the forward pass, e.g.
+``moe_intermediate_size`` when no layer is sparse), or an *encoding choice* (``decoder_sparse_step``
+when explicit ``mlp_only_layers`` would say the same), is recorded on import only when export would
+not reproduce it by itself, and export writes it back. A native config without metadata therefore
+exports to the canonical form and imports back to itself.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import native
+from native.schema import to_plain
+
+from .config_primitives import Default, HFView
+from .declaration import LayerwisePrimitive
+from .errors import ConversionError
+from .llama import ACTIVATIONS
+from .weights.rules import WeightRule, experts, rename
+
+
+def merge_alias(hf: dict[str, Any], alias: str, key: str) -> dict[str, Any]:
+    """HF ``attribute_map`` aliases (``num_experts`` → ``num_local_experts``): read either, refuse
+    both with different values (transformers itself would pick one silently, and not consistently
+    across classes)."""
+    if alias not in hf:
+        return hf
+    out = dict(hf)
+    value = out.pop(alias)
+    if key in out and out[key] != value:
+        raise ConversionError(f"config.json: {alias}={value!r} and {key}={out[key]!r} are the same setting "
+                              "and disagree")
+    out[key] = value
+    return out
+
+
+def kv_heads(class_default: int, none_means_heads: bool) -> Default:
+    """``num_key_value_heads``: absent → the HF class default (not ``num_attention_heads``: these
+    classes default it to a number); ``null`` → ``num_attention_heads`` where the class's
+    ``__post_init__`` does that, else refused (the model would not build)."""
+
+    def compute(hf: HFView):
+        if not hf.has("num_key_value_heads"):
+            return class_default
+        if none_means_heads:
+            return hf.get("num_attention_heads")
+        raise ConversionError("config.json: num_key_value_heads=null is not supported by this class")
+
+    return Default("attention.kv_heads", "num_key_value_heads", compute)
+
+
+def _hf_head_dim_default(hidden_size: int, heads: int) -> int:
+    return hidden_size // heads
+
+
+class HeadDim(LayerwisePrimitive):
+    """``head_dim`` read as ``getattr(config, "head_dim", None) or hidden // heads``.
+
+    Export writes it when it differs from ``hidden_size // num_attention_heads`` or when metadata
+    says config.json had it explicitly; otherwise ``absent`` (``None``: write ``"head_dim": null``,
+    as MixtralConfig saves it; ``OMIT``: leave the key out, as for classes without the field).
+    Import: absent (or ``null`` where ``null_is_default``) means the default."""
+
+    OMIT = object()
+    native_paths = ("attention.head_dim",)
+    hf_keys = ("head_dim",)
+
+    def __init__(self, absent: Any = OMIT, null_is_default: bool = False):
+        self.absent = absent
+        self.null_is_default = null_is_default
+
+    def export(self, layers, get_model):
+        dims = sorted({block.attention.head_dim for block in layers})
+        if len(dims) > 1:
+            raise ConversionError(f"attention.head_dim differs between layers ({dims}); this format has one head_dim")
+        head_dim = dims[0]
+        default = _hf_head_dim_default(get_model("hidden_size"), layers[0].attention.heads)
+        if head_dim != default or get_model("metadata").get("head_dim") == head_dim:
+            return {"head_dim": head_dim}
+        return {} if self.absent is self.OMIT else {"head_dim": self.absent}
+
+    def import_(self, hf, num_layers):
+        default = _hf_head_dim_default(hf.get("hidden_size"), hf.get("num_attention_heads"))
+        value = hf.get("head_dim", None)
+        if value is None:
+            if hf.has("head_dim") and not self.null_is_default:
+                raise ConversionError("config.json: head_dim=null is not supported by this class (omit it)")
+            return [{"attention.head_dim": default}] * num_layers, {}
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConversionError(f"config.json: head_dim={value!r} must be a positive integer")
+        metadata = {"metadata.head_dim": value} if value == default else {}
+        return [{"attention.head_dim": value}] * num_layers, metadata
+
+
+def _activation_to_hf(value: str) -> str:
+    for native_value, hf_value in ACTIVATIONS:
+        if native_value == value:
+            return hf_value
+    raise ConversionError(f"mlp.activation={value!r} cannot be expressed as 'hidden_act' "
+                          f"(supported: {sorted(n for n, _ in ACTIVATIONS)})")
+
+
+def _activation_to_native(value: Any) -> str:
+    for native_value, hf_value in ACTIVATIONS:
+        if hf_value == value:
+            return native_value
+    raise ConversionError(f"config.json: hidden_act={value!r} is not supported "
+                          f"(supported: {sorted(h for _, h in ACTIVATIONS)})")
+
+
+def _int(hf: HFView, key: str, default: Any, minimum: int) -> int:
+    value = hf.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConversionError(f"config.json: {key}={value!r} must be an integer >= {minimum}")
+    return value
+
+
+class QwenMoeLayers(LayerwisePrimitive):
+    """Dense vs sparse per layer, as Qwen2-MoE/Qwen3-MoE decide it:
+    layer ``i`` is sparse iff ``i not in mlp_only_layers and num_experts > 0 and
+    (i + 1) % decoder_sparse_step == 0``.
+
+    Every sparse layer shares one set of MoE keys and every dense layer ``intermediate_size``;
+    ``hidden_act`` is shared by both. ``shared``: Qwen2-MoE's always-present shared expert with its
+    sigmoid gate (``shared_expert_intermediate_size``); without it (Qwen3-MoE) a native shared
+    expert is refused.
+
+    Canonical export: ``decoder_sparse_step=1`` and ``mlp_only_layers`` = the dense layers, which
+    can express every pattern. An imported encoding that differs from that (say
+    ``decoder_sparse_step=2``) is kept in metadata and written back when it still describes the
+    native pattern."""
+
+    def __init__(self, *, experts_key: str, defaults: dict[str, Any], shared: bool):
+        self.experts_key = experts_key
+        self.defaults = defaults  # HF class defaults of every key below
+        self.shared = shared
+        moe = [experts_key, "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob"]
+        if shared:
+            moe.append("shared_expert_intermediate_size")
+        self.moe_keys = tuple(moe)
+        self.hf_keys = (*self.moe_keys, "intermediate_size", "hidden_act", "decoder_sparse_step", "mlp_only_layers")
+
+    native_paths = ("mlp", "mlp.kind", "mlp.intermediate", "mlp.gated", "mlp.activation", "mlp.bias",
+                    "mlp.experts", "mlp.top_k", "mlp.normalize_top_k", "mlp.shared_intermediate", "mlp.shared_gate")
+
+    # -- the rule --------------------------------------------------------------------------------
+    @staticmethod
+    def sparse_pattern(num_layers: int, num_experts: int, step: int, mlp_only: Sequence[int]) -> list[bool]:
+        return [i not in mlp_only and num_experts > 0 and (i + 1) % step == 0 for i in range(num_layers)]
+
+    @staticmethod
+    def canonical_encoding(pattern: Sequence[bool], num_experts: int) -> tuple[int, list[int]]:
+        return 1, ([i for i, sparse in enumerate(pattern) if not sparse] if num_experts > 0 else [])
+
+    # -- export ----------------------------------------------------------------------------------
+    def _check_moe(self, moe: native.MoEConfig) -> None:
+        if self.shared:
+            if moe.shared_intermediate is None or not moe.shared_gate:
+                raise ConversionError(
+                    f"mlp.shared_intermediate={moe.shared_intermediate!r}, mlp.shared_gate={moe.shared_gate!r} "
+                    "cannot be expressed: every Qwen2-MoE sparse layer has a shared expert with a sigmoid gate")
+        elif moe.shared_intermediate is not None or moe.shared_gate:
+            raise ConversionError(f"mlp.shared_intermediate={moe.shared_intermediate!r} cannot be expressed: "
+                                  "this format has no shared expert")
+
+    @staticmethod
+    def _check_dense(mlp: native.MLPConfig) -> None:
+        if not mlp.gated:
+            raise ConversionError("mlp.gated=False cannot be expressed (this format requires True): gated MLP only")
+        if mlp.bias:
+            raise ConversionError("mlp.bias=True cannot be expressed (this format requires False): no MLP biases")
+
+    @staticmethod
+    def _one(sections: list, what: str):
+        distinct = []
+        for section in sections:
+            if section not in distinct:
+                distinct.append(section)
+        if len(distinct) > 1:
+            a, b = (to_plain(s) for s in distinct[:2])
+            raise ConversionError(f"the {what} layers differ in mlp ({a} vs {b}); this format has one set of "
+                                  f"{what} keys")
+        return distinct[0] if distinct else None
+
+    def export(self, layers, get_model):
+        metadata = get_model("metadata")
+        mlps = [block.mlp for block in layers]
+        pattern = [isinstance(m, native.MoEConfig) for m in mlps]
+        moe = self._one([m for m in mlps if isinstance(m, native.MoEConfig)], "sparse")
+        dense = self._one([m for m in mlps if not isinstance(m, native.MoEConfig)], "dense")
+        activations = sorted({m.activation for m in mlps})
+        if len(activations) > 1:
+            raise ConversionError(f"mlp.activation differs between layers ({activations}); "
+                                  "this format has one hidden_act for dense and expert MLPs")
+        out: dict[str, Any] = {"hidden_act": _activation_to_hf(activations[0])}
+        if moe is not None:
+            self._check_moe(moe)
+            out[self.experts_key] = moe.experts
+            out["num_experts_per_tok"] = moe.top_k
+            out["moe_intermediate_size"] = moe.intermediate
+            out["norm_topk_prob"] = moe.normalize_top_k
+            if self.shared:
+                out["shared_expert_intermediate_size"] = moe.shared_intermediate
+        else:  # no sparse layer: the MoE keys are inert
+            out.update({k: metadata[k] for k in self.moe_keys if k in metadata})
+        if dense is not None:
+            self._check_dense(dense)
+            out["intermediate_size"] = dense.intermediate
+        elif "intermediate_size" in metadata:
+            out["intermediate_size"] = metadata["intermediate_size"]
+
+        num_experts = out.get(self.experts_key, self.defaults[self.experts_key])
+        step, mlp_only = self.canonical_encoding(pattern, num_experts)
+        hinted = (metadata.get("decoder_sparse_step", step), metadata.get("mlp_only_layers", mlp_only))
+        if _valid_step(hinted[0]) and self.sparse_pattern(len(layers), num_experts, *hinted) == pattern:
+            step, mlp_only = hinted
+        if self.sparse_pattern(len(layers), num_experts, step, mlp_only) != pattern:
+            raise ConversionError(f"mlp: the sparse/dense layer pattern {pattern} cannot be expressed with "
+                                  f"{self.experts_key}={num_experts}")
+        out["decoder_sparse_step"] = step
+        out["mlp_only_layers"] = list(mlp_only)
+        return out
+
+    # -- import ----------------------------------------------------------------------------------
+    def import_(self, hf, num_layers):
+        d = self.defaults
+        num_experts = _int(hf, self.experts_key, d[self.experts_key], 0)
+        step = _int(hf, "decoder_sparse_step", d["decoder_sparse_step"], 1)
+        mlp_only = hf.get("mlp_only_layers", None)
+        mlp_only = [] if mlp_only is None else mlp_only
+        if not isinstance(mlp_only, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in mlp_only):
+            raise ConversionError(f"config.json: mlp_only_layers={mlp_only!r} must be a list of layer indices")
+        activation = _activation_to_native(hf.get("hidden_act", d["hidden_act"]))
+        pattern = self.sparse_pattern(num_layers, num_experts, step, mlp_only)
+
+        metadata: dict[str, Any] = {}
+        if any(pattern):
+            moe = {
+                "kind": "moe",
+                "experts": num_experts,
+                "top_k": _int(hf, "num_experts_per_tok", d["num_experts_per_tok"], 1),
+                "intermediate": _int(hf, "moe_intermediate_size", d["moe_intermediate_size"], 1),
+                "activation": activation,
+                "normalize_top_k": _bool(hf, "norm_topk_prob", d["norm_topk_prob"]),
+                "shared_intermediate": None,
+                "shared_gate": False,
+            }
+            if self.shared:
+                moe["shared_intermediate"] = _int(hf, "shared_expert_intermediate_size",
+                                                  d["shared_expert_intermediate_size"], 1)
+                moe["shared_gate"] = True
+        else:
+            moe = None
+            metadata.update({f"metadata.{k}": hf.get(k) for k in self.moe_keys if hf.has(k)})
+        if all(pattern):
+            dense = None
+            if hf.has("intermediate_size"):
+                metadata["metadata.intermediate_size"] = hf.get("intermediate_size")
+        else:
+            dense = {"kind": "mlp", "intermediate": _int(hf, "intermediate_size", d["intermediate_size"], 1),
+                     "gated": True, "activation": activation, "bias": False}
+
+        canonical_step, canonical_mlp_only = self.canonical_encoding(pattern, num_experts)
+        if step != canonical_step:
+            metadata["metadata.decoder_sparse_step"] = step
+        if mlp_only != canonical_mlp_only:
+            metadata["metadata.mlp_only_layers"] = list(mlp_only)
+        per_layer = [{"mlp": dict(moe if sparse else dense)} for sparse in pattern]
+        return per_layer, metadata
+
+
+def _valid_step(step: Any) -> bool:
+    return isinstance(step, int) and not isinstance(step, bool) and step >= 1
+
+
+def _bool(hf: HFView, key: str, default: bool) -> bool:
+    value = hf.get(key, default)
+    if not isinstance(value, bool):
+        raise ConversionError(f"config.json: {key}={value!r} must be a boolean")
+    return value
+
+
+# ---------------------------------------------------------------------------------------- weights
+def moe_rules(moe: native.MoEConfig, *, router: str, fc1: Sequence[str], fc2: str,
+              shared: str | None = None, shared_gate: str | None = None) -> list[WeightRule]:
+    """One sparse layer (layer-relative names): the router, the stacked experts split per expert
+    (``fc1`` = the gate and up templates with ``{e}``, ``fc2`` the down template), and the shared
+    expert (``shared`` = the HF prefix of its gate/up/down projections) with its gate."""
+    from .llama_weights import gated_mlp_rules
+
+    rules = [rename("mlp.router.weight", router),
+             *experts("mlp.experts.fc1", "mlp.experts.fc2", experts=moe.experts, fc1=tuple(fc1), fc2=fc2)]
+    if moe.shared_intermediate is not None:
+        if shared is None:
+            raise ConversionError("mlp.shared_intermediate: this format has no shared expert")
+        rules += gated_mlp_rules(False, "mlp.shared.", shared)
+    if moe.shared_gate:
+        if shared_gate is None:
+            raise ConversionError("mlp.shared_gate: this format has no shared expert gate")
+        rules.append(rename("mlp.shared_gate.weight", shared_gate))
+    return rules
+
+
+__all__ = ["HeadDim", "QwenMoeLayers", "kv_heads", "merge_alias", "moe_rules"]
