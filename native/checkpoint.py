@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -163,13 +164,28 @@ def _few(names: list[str], k: int = 5) -> str:
     return shown + (f" and {len(names) - k} more" if len(names) > k else "")
 
 
+def _extra_file_path(relative: str | os.PathLike) -> Path:
+    """A relative path inside the checkpoint that cannot collide with the format's own files."""
+    rel = Path(relative)
+    parts = rel.parts
+    if (not parts or rel.is_absolute() or any(p in ("", ".", "..") for p in parts)
+            or parts[0] in (CONFIG_FILE, DCP_METADATA_FILE) or _STAGE_DIR.fullmatch(parts[0])
+            or (len(parts) == 1 and (rel.suffix == ".distcp" or parts[0].startswith(".")))):
+        raise CheckpointError(f"extra file {str(relative)!r}: must be a relative path inside the checkpoint that "
+                              f"does not collide with {CONFIG_FILE}, DCP files or stage folders")
+    return rel
+
+
 def save_checkpoint(path: str | os.PathLike, cfg: ModelConfig, state: Mapping[str, torch.Tensor],
-                    pipeline_stages: int = 1, *, overwrite: bool = False) -> Path:
+                    pipeline_stages: int = 1, *, overwrite: bool = False,
+                    extra_files: Mapping[str, str | os.PathLike] | None = None) -> Path:
     """Write ``cfg`` and ``state`` as a native checkpoint at ``path``, atomically.
 
     ``state`` must hold exactly ``layout.state_shapes(cfg)`` (names and shapes; any dtype, kept
     as is). ``pipeline_stages=k > 1`` writes stage folders ``pp0..pp{k-1}``; ``state`` may be a
-    lazy mapping (e.g. a reader), and is then materialised one stage at a time. Nothing appears at
+    lazy mapping (e.g. a reader), and is then materialised one stage at a time. ``extra_files``
+    maps relative paths inside the checkpoint to files copied in (tokenizer files kept for the way
+    back to HF), inside the same atomic write. Nothing appears at
     ``path`` unless everything was written; an existing ``path`` is refused unless ``overwrite``.
     """
     if not isinstance(cfg, ModelConfig):
@@ -182,6 +198,7 @@ def save_checkpoint(path: str | os.PathLike, cfg: ModelConfig, state: Mapping[st
     check_state_keys(cfg, state.keys())
     shapes = layout.state_shapes(cfg)
     ranges = stage_ranges(cfg.num_layers, pipeline_stages)
+    extras = sorted((_extra_file_path(relative), Path(source)) for relative, source in (extra_files or {}).items())
     with atomic_directory(path, overwrite=overwrite, error=CheckpointError) as tmp:
         (tmp / CONFIG_FILE).write_text(cfg.to_json() + "\n", encoding="utf-8")
         for k, layers in enumerate(ranges):
@@ -195,6 +212,13 @@ def save_checkpoint(path: str | os.PathLike, cfg: ModelConfig, state: Mapping[st
                 manifest = {"stage": k, "num_stages": pipeline_stages, "layers": [layers.start, layers.stop]}
                 (stage.path / STAGE_FILE).write_text(json.dumps(manifest, sort_keys=True) + "\n", encoding="utf-8")
             del tensors
+        for relative, source in extras:
+            target = tmp / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                shutil.copyfile(source, target)
+            except OSError as exc:
+                raise CheckpointError(f"extra file {str(relative)!r}: cannot copy {source} ({exc})") from None
     return Path(path)
 
 

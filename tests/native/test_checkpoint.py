@@ -447,3 +447,22 @@ def test_is_native_checkpoint(tmp_path, staged):
     (hf / "config.json").write_text(json.dumps({"model_type": "llama"}))
     assert not checkpoint.is_native_checkpoint(hf)
     assert not checkpoint.is_native_checkpoint(tmp_path / "absent")
+
+
+def test_extra_files_copied_inside_the_atomic_write(tmp_path):
+    cfg = tiny_config(num_layers=2)
+    state = random_state(cfg)
+    src = tmp_path / "tok.json"
+    src.write_text('{"tok": 1}')
+    native.save_checkpoint(tmp_path / "c", cfg, state, pipeline_stages=2,
+                           extra_files={"hf/tokenizer.json": src, "notes.txt": src})
+    assert (tmp_path / "c" / "hf" / "tokenizer.json").read_text() == '{"tok": 1}'
+    assert (tmp_path / "c" / "notes.txt").is_file()
+    assert_same_state(state, native.load_checkpoint(tmp_path / "c")[1])  # the reader ignores them
+    for bad in ("config.json", ".metadata", "pp0/x", "__0_0.distcp", "../escape", "/abs/path", "a/../../b"):
+        with pytest.raises(CheckpointError, match="extra file"):
+            native.save_checkpoint(tmp_path / "d", cfg, state, extra_files={bad: src})
+        assert not (tmp_path / "d").exists() and leftovers(tmp_path) == []
+    with pytest.raises(CheckpointError, match="cannot copy"):
+        native.save_checkpoint(tmp_path / "d", cfg, state, extra_files={"x.json": tmp_path / "absent"})
+    assert not (tmp_path / "d").exists() and leftovers(tmp_path) == []
