@@ -11,7 +11,6 @@ configs describing the same model compare equal.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -410,5 +409,7 @@ class ModelConfig(Section):
 
 
 def default_embedding_multiplier(hidden_size: int) -> float:
-    """Gemma's embedding normaliser, as a float (cast to the weight dtype at run time)."""
-    return math.sqrt(hidden_size)
+    """Gemma's embedding normaliser, as a float (cast to the weight dtype at run time). Computed as
+    transformers does, ``hidden_size ** 0.5``: ``math.sqrt`` differs from it by one ulp for some sizes
+    (2921, 3541, …), and the converters compare the multiplier exactly."""
+    return hidden_size ** 0.5

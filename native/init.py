@@ -1,7 +1,10 @@
 """Random native state dicts for tests: every tensor random and away from its default, so a single
 wrong, swapped or dropped tensor visibly changes the logits.
 
-- norm weights ``1 + 0.1 N`` (never exactly the identity), biases ``0.2 N`` (never zero);
+- norm weights ``1 + 0.1 N`` with ``N`` clipped to ``[-4, 4]`` (never exactly the identity, always in
+  ``[0.6, 1.4]``: inside every dtype's exact range for Gemma's stored ``multiplier - 1``, so that
+  offset round-trips bit-exactly, see ``converters.weights.exact_offset_range``), biases ``0.2 N``
+  (never zero);
 - matrices ``N(0, 1/fan_in)`` so activations stay O(1) through depth and logits are O(1);
 - the embedding ``N(0, 1)``, divided by the embedding multiplier when there is one (Gemma) and by
   ``sqrt(hidden)`` when tied, so both the residual stream and tied logits stay O(1).
@@ -34,7 +37,7 @@ def random_state(
     for name, shape in state_shapes(cfg).items():
         noise = torch.randn(shape, generator=generator, dtype=torch.float32)
         if "norm." in name and name.endswith("weight"):
-            value = 1.0 + 0.1 * noise
+            value = 1.0 + 0.1 * noise.clamp(-4.0, 4.0)
         elif name.endswith("bias"):
             value = 0.2 * noise
         else:
