@@ -17,6 +17,12 @@ from converters.hf_io import open_hf_checkpoint, parse_size, write_hf_checkpoint
 CONFIG = {"model_type": "llama", "vocab_size": 11, "architectures": ["LlamaForCausalLM"], "hidden_size": 8}
 
 
+@pytest.fixture(autouse=True)
+def _no_fsync(monkeypatch):
+    """Durability is native.atomic's own test; here fsync would only cost time."""
+    monkeypatch.setenv("CONVCHECK_FSYNC", "0")
+
+
 def sample_tensors(seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     out = {}

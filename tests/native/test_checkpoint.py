@@ -14,6 +14,12 @@ from native import checkpoint, layout
 from native.checkpoint import CheckpointError
 
 
+@pytest.fixture(autouse=True)
+def _no_fsync(monkeypatch):
+    """Durability is native.atomic's own test; here fsync would only cost time."""
+    monkeypatch.setenv("CONVCHECK_FSYNC", "0")
+
+
 def tiny_config(num_layers: int = 4, *, tied: bool = False, moe: bool = False) -> native.ModelConfig:
     attention = native.AttentionConfig(heads=4, kv_heads=2, head_dim=8, q_bias=True)
     dense = native.BlockConfig(attention=attention, mlp=native.MLPConfig(intermediate=64))

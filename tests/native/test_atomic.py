@@ -1,0 +1,93 @@
+"""native.atomic: the one atomic-output-directory helper (used by native and HF writers)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from native import atomic
+from native.atomic import atomic_directory
+
+
+def leftovers(parent):
+    return sorted(p.name for p in parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
+
+
+def test_commit_fsyncs_every_file_and_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONVCHECK_FSYNC", "1")
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real(fd))
+    with atomic_directory(tmp_path / "out") as tmp:
+        (tmp / "a").write_text("a")
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "b").write_text("b")
+    names = {os.path.basename(p) for p in synced}
+    assert {"a", "b", "sub"} <= names and str(tmp_path) in synced  # files, their dirs, and the parent
+    assert (tmp_path / "out" / "sub" / "b").read_text() == "b" and leftovers(tmp_path) == []
+
+
+def test_fsync_can_be_switched_off(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONVCHECK_FSYNC", "0")
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: pytest.fail("fsync called"))
+    with atomic_directory(tmp_path / "out") as tmp:
+        (tmp / "a").write_text("a")
+    assert (tmp_path / "out" / "a").is_file()
+
+
+def test_temp_dir_is_a_hidden_sibling_and_removed_on_error(tmp_path):
+    with pytest.raises(ZeroDivisionError):
+        with atomic_directory(tmp_path / "out") as tmp:
+            assert tmp.parent == tmp_path and tmp.name.startswith(".out.tmp-")
+            (tmp / "partial").write_text("x")
+            1 / 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_refuse_then_overwrite_file_or_directory(tmp_path):
+    (tmp_path / "out").write_text("a file")
+    with pytest.raises(FileExistsError, match="already exists"):
+        with atomic_directory(tmp_path / "out"):
+            pytest.fail("the body must not run")
+
+    class Refused(ValueError):
+        pass
+
+    with pytest.raises(Refused):
+        with atomic_directory(tmp_path / "out", error=Refused):
+            pass
+    with atomic_directory(tmp_path / "out", overwrite=True) as tmp:
+        (tmp / "new").write_text("new")
+    assert (tmp_path / "out" / "new").read_text() == "new" and leftovers(tmp_path) == []
+
+
+def test_destination_appearing_during_the_write_is_not_clobbered(tmp_path):
+    with pytest.raises(FileExistsError, match="appeared"):
+        with atomic_directory(tmp_path / "out") as tmp:
+            (tmp / "mine").write_text("x")
+            (tmp_path / "out").mkdir()
+            (tmp_path / "out" / "theirs").write_text("y")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["theirs"] and leftovers(tmp_path) == []
+
+
+def test_failed_swap_puts_the_old_one_back(tmp_path, monkeypatch):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old").write_text("old")
+    real = os.rename
+
+    def rename(src, dst):
+        if ".tmp-" in str(src):
+            raise OSError("injected")
+        return real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "rename", rename)
+    with pytest.raises(OSError, match="injected"):
+        with atomic_directory(tmp_path / "out", overwrite=True) as tmp:
+            (tmp / "new").write_text("new")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["old"] and leftovers(tmp_path) == []
+
+
+def test_parents_created(tmp_path):
+    with atomic_directory(tmp_path / "a" / "b" / "out") as tmp:
+        (tmp / "x").write_text("x")
+    assert (tmp_path / "a" / "b" / "out" / "x").is_file()
