@@ -1,0 +1,88 @@
+"""The ``convcheck`` command line: convert, gate, fuzz, replay.
+
+Exit codes (DESIGN §1): 0 success; 1 a property failed (gate, fuzz, replay); 2 bad input, reported
+as one line without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+EXIT_OK, EXIT_PROPERTY_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+#: subcommands implemented by the property suite: name → (module, function, one-line help)
+SUITE_COMMANDS = {
+    "gate": ("fixtures.commands", "gate_main", "run the CI gate: architecture x property matrix"),
+    "fuzz": ("fixtures.commands", "fuzz_main", "long randomized search on one architecture"),
+    "replay": ("fixtures.commands", "replay_main", "re-run one saved failing case with full diagnostics"),
+}
+
+
+def _convert_parser(sub) -> None:
+    p = sub.add_parser("convert", help="convert a checkpoint between HF and native formats",
+                       description="Convert SRC (an HF directory or a native checkpoint, detected from its "
+                                   "contents) into the other format at DST. The write is atomic: DST appears "
+                                   "complete or not at all.")
+    p.add_argument("src", metavar="SRC", help="source checkpoint directory")
+    p.add_argument("dst", metavar="DST", help="output directory (must not exist unless --overwrite)")
+    p.add_argument("--to", choices=("hf", "native"), help="target format (default: the other one)")
+    p.add_argument("--dtype", default="keep", choices=("keep", "bf16", "fp16", "fp32", "fp64"),
+                   help="cast floating tensors (integer and bool tensors are kept; default: keep)")
+    p.add_argument("--max-shard-size", default="5GB", help="HF output shard size, e.g. 500MB, 5GB (default 5GB)")
+    p.add_argument("--model-type", help="HF model_type for a native checkpoint that does not record one")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def run_convert(args) -> int:
+    from .pipeline import convert
+    from .progress import progress_bar
+
+    with progress_bar(disable=args.quiet) as progress:
+        summary = convert(args.src, args.dst, to=args.to, dtype=args.dtype, max_shard_size=args.max_shard_size,
+                          overwrite=args.overwrite, model_type=args.model_type, progress=progress)
+    print(summary.line())
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="convcheck", description="Checkpoint converters between a native PyTorch "
+                                     "LLM format and HF transformers, and the property suite that proves them right.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _convert_parser(sub)
+    for name, (_, _, help_text) in SUITE_COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SUITE_COMMANDS:
+        module, function, _ = SUITE_COMMANDS[argv[0]]
+        return getattr(importlib.import_module(module), function)(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    return _guarded(run_convert, args)
+
+
+def _guarded(command, args) -> int:
+    """Bad input is one line on stderr and exit 2, never a traceback."""
+    from native.checkpoint import CheckpointError
+    from native.schema import ConfigError
+
+    from .errors import ConversionError
+
+    try:
+        return command(args)
+    except (ConversionError, CheckpointError, ConfigError) as exc:
+        message = " ".join(str(exc).split())
+        print(f"convcheck: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
