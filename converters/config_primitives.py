@@ -363,6 +363,9 @@ class Dispatch(ConfigPrimitive):
 
     def export(self, get):
         section_value = get(self.native)
+        if section_value is None:  # an optional section (q/k norm) that this format requires
+            raise ConversionError(f"{self.native}=None cannot be expressed "
+                                  f"(supported: {[v.native_kind for v in self.variants]})")
         variant = self._by_native(section_value.kind)
         out = {self.hf_key: variant.hf_value} if self.hf_key else {}
         out.update(Nested(self.native, variant.section).export(get))
