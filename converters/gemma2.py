@@ -77,7 +77,8 @@ class GemmaLayerTypes(LayerwisePrimitive):
     ``sliding_window``) or ``full_attention`` (no window). Explicit ``layer_types`` are always
     written; when absent on import they are derived as the HF class does (``default_layer_types``).
     ``sliding_window`` must be a positive integer when a layer slides (transformers cannot build the
-    mask otherwise); with no sliding layer it is inert and carried in metadata."""
+    mask otherwise); with no sliding layer it is inert and carried in metadata (unless it is the class
+    default, which export writes when metadata has none)."""
 
     native_paths: tuple[str, ...] = ("attention.window",)
     hf_keys: tuple[str, ...] = ("sliding_window", "layer_types")
@@ -105,7 +106,7 @@ class GemmaLayerTypes(LayerwisePrimitive):
             if not _positive_int(window):
                 raise ConversionError(f"config.json: sliding_window={window!r} must be a positive integer "
                                       "when layer_types has sliding_attention layers")
-        elif hf.has("sliding_window"):
+        elif window != self.window_default:
             metadata["metadata.sliding_window"] = window  # inert without sliding layers
         per_layer = [{"attention.window": window if t == SLIDING else None} for t in layer_types]
         return per_layer, metadata

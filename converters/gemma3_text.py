@@ -7,7 +7,8 @@ per layer type.
   ``rope_local_base_freq`` (local) + ``rope_scaling`` (merged into the global one), is read the way
   ``Gemma3TextConfig`` reads it; contradictions between the two forms are refused. A flat (un-nested)
   ``rope_parameters`` is refused: transformers would mix it with the nested defaults.
-- The parameters of a layer type no layer uses are inert: carried in ``metadata["rope_parameters"]``.
+- The parameters of a layer type no layer uses are inert: carried in ``metadata["rope_parameters"]``
+  (unless they are transformers' default for that type, which export writes when none is carried).
 - ``layer_types`` default: every ``sliding_window_pattern``-th layer full (default 6).
   ``sliding_window_pattern`` and the private ``_sliding_window_pattern`` that transformers writes are
   inert beside explicit ``layer_types`` (always written) and carried.
@@ -102,7 +103,8 @@ class Gemma3LayerTypes(GemmaLayerTypes):
         rotary = {t: self.rotary[t].import_(hf) for t in LAYER_TYPES}  # validates both, used or not
         for layer, layer_type in zip(per_layer, layer_types):
             layer.update(rotary[layer_type])
-        unused = {t: copy.deepcopy(hf.get(f"rope_parameters.{t}")) for t in LAYER_TYPES if t not in layer_types}
+        unused = {t: copy.deepcopy(hf.get(f"rope_parameters.{t}")) for t in LAYER_TYPES
+                  if t not in layer_types and hf.get(f"rope_parameters.{t}") != _default_rope(t)}
         if unused:
             metadata["metadata.rope_parameters"] = unused
         return per_layer, metadata
@@ -125,10 +127,13 @@ class Gemma3LayerTypes(GemmaLayerTypes):
                 prefix = f"rope_parameters.{layer_type}."
                 rope[layer_type] = {k.removeprefix(prefix): v for k, v in items.items()}
             else:
-                rope[layer_type] = copy.deepcopy(carried.get(layer_type)) or \
-                    {"rope_type": "default", "rope_theta": DEFAULT_THETAS[layer_type]}
+                rope[layer_type] = copy.deepcopy(carried.get(layer_type)) or _default_rope(layer_type)
         out["rope_parameters"] = rope
         return out
+
+
+def _default_rope(layer_type: str) -> dict[str, Any]:
+    return {"rope_type": "default", "rope_theta": DEFAULT_THETAS[layer_type]}
 
 
 def _get(block, path):

@@ -1,0 +1,291 @@
+"""Gemma (``model_type: gemma``): native configs its converter must accept, HF dicts in both rope
+forms, and native configs the format cannot express.
+
+What HF Gemma (transformers 5.x ``GemmaConfig``/``modeling_gemma``) can express, and so what is drawn:
+
+- pre-norm blocks, RMSNorm everywhere with one ``rms_norm_eps``, stored as ``multiplier - 1``;
+- embeddings scaled by ``hidden_size ** 0.5`` (always); tied or untied output;
+- gated MLP with ``hidden_act`` ``gelu_pytorch_tanh`` (the legacy ``gelu`` means the same), ``silu``
+  or ``relu``; no MLP bias; exact GELU is not expressible (``"gelu"`` is rewritten to tanh);
+- ``attention_bias``: q, k, v and o all on or all off; GQA/MQA/MHA with a free ``head_dim`` and a
+  free ``hidden_size`` (GemmaConfig does not validate ``hidden % heads``);
+- rotary: default, linear, dynamic, llama3, yarn, longrope over the whole head;
+- no window, softcap, softmax scale, q/k norm.
+
+The HF strategies here (:func:`rope_forms`, :func:`hf_extras`) are shared by the Gemma2 and Gemma3
+modules. HF dicts are written independently of the converter: rotary parameters are drawn as native
+rotaries (``building_blocks.rotaries(hf_valid=True)``) and spelled out by :func:`rotary_to_hf`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+from hypothesis import strategies as st
+
+import native
+
+from . import building_blocks as bb
+from .generic import native_configs as _native_configs
+
+MODEL_TYPE = "gemma"
+ROTARY_KINDS = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
+ACTIVATIONS = ("gelu_tanh", "silu", "relu")
+HF_ACTIVATIONS = ("gelu_pytorch_tanh", "gelu", "silu", "relu")  # "gelu": GemmaConfig's legacy tanh
+
+CONSTRAINTS = dict(
+    hidden="free",
+    placements=("pre",),
+    norm_kinds=("rms",),
+    shared_eps=True,
+    final_norm="same",
+    qk_norms=("none",),
+    rotary_kinds=ROTARY_KINDS,
+    rotary_fractions=("full",),
+    hf_valid_rotary=True,
+    attention_biases=bb.BIAS_ALL_OR_NOTHING,
+    mlp_biases=(False,),
+    feed_forwards=("mlp",),
+    gated=(True,),
+    activations=ACTIVATIONS,
+    windows=("none",),
+    layer_patterns=("uniform",),
+    varying=(),
+    tied=(True, False),
+    embedding_multipliers=("sqrt_hidden",),
+    softmax_scales=("none",),
+    attention_softcaps=("none",),
+    final_softcaps=("none",),
+)
+
+
+def native_configs(**overrides) -> st.SearchStrategy[native.ModelConfig]:
+    """Native configs a Gemma converter must accept (``overrides`` narrow or widen CONSTRAINTS)."""
+    return _native_configs(**{**CONSTRAINTS, **overrides})
+
+
+# ------------------------------------------------------------------------------- unrepresentable
+def _replace_blocks(cfg: native.ModelConfig, layers: list[native.BlockConfig]) -> native.ModelConfig:
+    return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers(layers))
+
+
+def _map_blocks(cfg: native.ModelConfig, fn) -> native.ModelConfig:
+    return _replace_blocks(cfg, [fn(b) for b in cfg.decoder.layers()])
+
+
+def _attention(cfg, **changes):
+    return _map_blocks(cfg, lambda b: dataclasses.replace(b, attention=dataclasses.replace(b.attention, **changes)))
+
+
+def _mlp(cfg, **changes):
+    return _map_blocks(cfg, lambda b: dataclasses.replace(b, mlp=dataclasses.replace(b.mlp, **changes)))
+
+
+def _partial_rotary(cfg):
+    def fn(block):
+        a = block.attention
+        if a.head_dim < 4:
+            a = dataclasses.replace(a, head_dim=4)
+        half = max(1, a.head_dim // 4)
+        rotary = native.DefaultRotary(theta=a.rotary.theta if hasattr(a.rotary, "theta") else 10000.0,
+                                      fraction=bb.fraction_for(2 * half, a.head_dim))
+        return dataclasses.replace(block, attention=dataclasses.replace(a, rotary=rotary))
+    return _map_blocks(cfg, fn)
+
+
+def _second_block(cfg, **changes):
+    """Layer 0 differs from the others (a two-layer minimum is enforced)."""
+    layers = cfg.decoder.layers()
+    if len(layers) < 2:
+        layers = layers * 2
+    first = layers[0]
+    layers[0] = dataclasses.replace(first, attention=dataclasses.replace(first.attention, **changes))
+    return _replace_blocks(cfg, layers)
+
+
+#: (native field the error must name, how to break a valid config). Shared with Gemma2/3, which
+#: override entries by key.
+BREAKS: dict[str, tuple[str, Any]] = {
+    "placement": ("placement", lambda cfg, draw: _map_blocks(cfg, lambda b: dataclasses.replace(
+        b, placement=draw(st.sampled_from(("post", "sandwich", "parallel")))))),
+    "layer_norm": ("norm", lambda cfg, draw: _map_blocks(cfg, lambda b: dataclasses.replace(
+        b, norm=native.LayerNormConfig(eps=b.norm.eps, bias=draw(st.booleans()))))),
+    "qk_norm": ("attention.qk_norm", lambda cfg, draw: _attention(cfg, qk_norm=native.RMSNormConfig(eps=1e-6))),
+    "partial_rotary": ("fraction", lambda cfg, draw: _partial_rotary(cfg)),
+    "no_rotary": ("rotary", lambda cfg, draw: _attention(cfg, rotary=native.NoRotary())),
+    "multiplier": ("embeddings.multiplier", lambda cfg, draw: dataclasses.replace(
+        cfg, embeddings=dataclasses.replace(cfg.embeddings, multiplier=draw(st.one_of(
+            st.none(), bb.positive_floats(0.5, 10.0)).filter(lambda m: m != cfg.hidden_size ** 0.5))))),
+    "window": ("attention.window", lambda cfg, draw: _attention(cfg, window=draw(bb.windows()))),
+    "softmax_scale": ("attention.softmax_scale", lambda cfg, draw: _attention(
+        cfg, softmax_scale=draw(bb.positive_floats(0.05, 1.0)))),
+    "attention_softcap": ("attention.logit_softcap", lambda cfg, draw: _attention(
+        cfg, logit_softcap=draw(bb.positive_floats(0.5, 60.0)))),
+    "final_softcap": ("head.final_softcap", lambda cfg, draw: dataclasses.replace(
+        cfg, head=native.HeadConfig(tied=cfg.head.tied, final_softcap=draw(bb.positive_floats(0.5, 60.0))))),
+    "mlp_bias": ("bias", lambda cfg, draw: _mlp(cfg, bias=True)),
+    "ungated": ("gated", lambda cfg, draw: _mlp(cfg, gated=False)),
+    "exact_gelu": ("activation", lambda cfg, draw: _mlp(cfg, activation="gelu")),
+    "moe": ("mlp", lambda cfg, draw: _map_blocks(cfg, lambda b: dataclasses.replace(
+        b, mlp=native.MoEConfig(experts=2, top_k=1, intermediate=4, activation="silu")))),
+    "bias_pattern": ("bias", lambda cfg, draw: _attention(cfg, q_bias=True, k_bias=True, v_bias=True, o_bias=False)),
+    "two_eps": ("rms_norm_eps", lambda cfg, draw: dataclasses.replace(
+        cfg, final_norm=native.RMSNormConfig(eps=cfg.final_norm.eps * 2))),
+    "heads_differ": ("attention.heads", lambda cfg, draw: _second_block(
+        cfg, heads=cfg.decoder.layer(0).attention.heads * 2, kv_heads=cfg.decoder.layer(0).attention.kv_heads * 2)),
+}
+
+
+@st.composite
+def _broken(draw, base: st.SearchStrategy, breaks: dict[str, tuple[str, Any]]):
+    name = draw(st.sampled_from(sorted(breaks)))
+    field, breaker = breaks[name]
+    return breaker(draw(base), draw), field
+
+
+def unrepresentable_configs(breaks: dict | None = None, base: st.SearchStrategy | None = None
+                            ) -> st.SearchStrategy[tuple[native.ModelConfig, str]]:
+    """``(cfg, field)``: a valid native config with one feature Gemma cannot express, and the native
+    field (dotted, relative to its section) the ``ConversionError`` must name."""
+    return _broken(base or native_configs(), breaks or BREAKS)
+
+
+# ------------------------------------------------------------------------------------- HF dicts
+def rotary_to_hf(rotary) -> dict[str, Any]:
+    """A native rotary as the v5 ``rope_parameters`` dict transformers reads (the test side's own
+    spelling, independent of the converter)."""
+    out: dict[str, Any] = {"rope_type": rotary.kind, "rope_theta": rotary.theta}
+    for name in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings",
+                 "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor", "truncate"):
+        value = getattr(rotary, name, None)
+        if value is not None:
+            out[name] = value
+    if rotary.kind == "longrope":
+        out["short_factor"], out["long_factor"] = list(rotary.short_factor), list(rotary.long_factor)
+    return out
+
+
+@st.composite
+def rope_dicts(draw, head_dim: int, max_position: int, kinds=ROTARY_KINDS) -> dict[str, Any]:
+    return rotary_to_hf(draw(bb.rotaries(head_dim, max_position, kinds=kinds, fractions=("full",), hf_valid=True)))
+
+
+@st.composite
+def rope_forms(draw, params: dict[str, Any]) -> dict[str, Any]:
+    """One rope dict in the v5 form (``rope_parameters``) or the v4 form (top-level ``rope_theta`` and
+    a ``rope_scaling`` keyed by ``type`` or ``rope_type``, or none for default rope)."""
+    form = draw(st.sampled_from(("v5", "v4")))
+    if form == "v5":
+        return {"rope_parameters": dict(params)}
+    scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+    out: dict[str, Any] = {"rope_theta": params["rope_theta"]}
+    if scaling["rope_type"] == "default":
+        if draw(st.booleans()):
+            out["rope_scaling"] = None
+    else:
+        if draw(st.booleans()):
+            scaling["type"] = scaling.pop("rope_type")
+        out["rope_scaling"] = scaling
+    return out
+
+
+@st.composite
+def hf_extras(draw, vocab_size: int, model_type: str, architecture: str) -> dict[str, Any]:
+    """The keys real configs carry that do not change the forward pass (token ids below the vocab)."""
+    out: dict[str, Any] = {}
+    ids = st.integers(0, vocab_size - 1)
+    for key in ("bos_token_id", "pad_token_id"):
+        if draw(st.booleans()):
+            out[key] = draw(st.one_of(ids, st.none()))
+    if draw(st.booleans()):
+        out["eos_token_id"] = draw(st.one_of(ids, st.lists(ids, min_size=1, max_size=2)))
+    if draw(st.booleans()):
+        out["initializer_range"] = draw(st.sampled_from((0.02, 0.01)))
+    if draw(st.booleans()):
+        out["attention_dropout"] = 0.0
+    if draw(st.booleans()):
+        out["use_cache"] = draw(st.booleans())
+    if draw(st.booleans()):
+        out.update(architectures=[architecture], torch_dtype=draw(st.sampled_from(("bfloat16", "float32"))),
+                   transformers_version=draw(st.sampled_from(("4.42.4", "5.0.0"))))
+    return out
+
+
+@st.composite
+def hf_configs(draw) -> dict[str, Any]:
+    """GemmaConfig dicts: sizes small, every architecture key sometimes left to its class default
+    (where that default is small enough), rope in the v4 or v5 form."""
+    layout = draw(bb.head_layouts())
+    hidden = draw(bb.hidden_sizes())
+    vocab = draw(bb.vocab_sizes())
+    max_position = draw(bb.max_positions())
+    h: dict[str, Any] = {
+        "model_type": MODEL_TYPE,
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": draw(bb.intermediate_sizes()),
+        "num_hidden_layers": draw(bb.layer_counts()),
+        "num_attention_heads": layout.heads,
+        "num_key_value_heads": layout.kv_heads,
+        "head_dim": layout.head_dim,
+        "max_position_embeddings": max_position,
+    }
+    optional = {
+        "rms_norm_eps": bb.epsilons(),
+        "tie_word_embeddings": st.booleans(),
+        "attention_bias": st.booleans(),
+        "hidden_act": st.sampled_from(HF_ACTIVATIONS),
+        "use_bidirectional_attention": st.sampled_from((None, False)),
+    }
+    for key, values in optional.items():
+        if draw(st.booleans()):
+            h[key] = draw(values)
+    if draw(st.booleans()):  # transformers 4's key, inert in 5: agreeing with hidden_act or null
+        act = h.get("hidden_act", "gelu_pytorch_tanh")
+        h["hidden_activation"] = draw(st.sampled_from((None, "gelu_pytorch_tanh" if act == "gelu" else act)))
+    h.update(draw(rope_forms(draw(rope_dicts(layout.head_dim, max_position)))))
+    h.update(draw(hf_extras(vocab, MODEL_TYPE, "GemmaForCausalLM")))
+    return h
+
+
+# ------------------------------------------------------------------------------ explicit examples
+REAL_CONFIGS_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "real_configs")
+
+#: google/gemma-7b's config.json as published (transformers 4.38 era), for ``@example``.
+GEMMA_7B = {
+    "architectures": ["GemmaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+    "bos_token_id": 2, "eos_token_id": 1, "head_dim": 256, "hidden_act": "gelu",
+    "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 3072, "initializer_range": 0.02,
+    "intermediate_size": 24576, "max_position_embeddings": 8192, "model_type": "gemma",
+    "num_attention_heads": 16, "num_hidden_layers": 28, "num_key_value_heads": 16, "pad_token_id": 0,
+    "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 10000.0, "torch_dtype": "bfloat16",
+    "transformers_version": "4.38.0.dev0", "use_cache": True, "vocab_size": 256000,
+}
+
+
+def real_config(name: str) -> dict[str, Any] | None:
+    """A config from ``../shared/real_configs/<name>.json`` (None when the folder is absent)."""
+    path = os.path.join(REAL_CONFIGS_DIR, f"{name}.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def scaled_down(h: dict[str, Any], *, hidden: int = 16, heads: int = 2, kv_heads: int = 1, head_dim: int = 8,
+                intermediate: int = 24, layers: int = 2, vocab: int = 37, **extra) -> dict[str, Any]:
+    """A real config with its sizes shrunk for a forward pass (token ids folded into the vocab);
+    every other key kept, ``extra`` keys set."""
+    out = dict(h)
+    out.update(hidden_size=hidden, num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
+               intermediate_size=intermediate, num_hidden_layers=layers, vocab_size=vocab)
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = out.get(key)
+        if isinstance(value, list):
+            out[key] = [v % vocab for v in value]
+        elif isinstance(value, int):
+            out[key] = value % vocab
+    out.update(extra)
+    return out

@@ -1,0 +1,163 @@
+"""Gemma2 (``model_type: gemma2``).
+
+Differences from :mod:`strategies.gemma`:
+
+- sandwich blocks (norms before and after attention and MLP), all RMSNorm with one epsilon;
+- ``hidden_size`` a multiple of ``num_attention_heads`` (``Gemma2Config.validate_architecture``);
+- ``softmax_scale`` is ``query_pre_attn_scalar ** -0.5`` for an integer scalar, one per model
+  (None when the scalar equals ``head_dim``);
+- optional attention and final logit softcaps (one attention softcap for all layers);
+- sliding windows on any subset of layers (explicit ``layer_types``), one window size;
+- ``hidden_activation``: any native activation (``gelu`` is exact GELU here, unlike Gemma's
+  ``hidden_act``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from hypothesis import strategies as st
+
+import native
+from native.config import ACTIVATIONS
+
+from . import building_blocks as bb
+from .gemma import (BREAKS as _GEMMA_BREAKS, CONSTRAINTS as _GEMMA, ROTARY_KINDS, _attention, _broken,
+                    hf_extras, real_config, rope_dicts, rope_forms)
+from .generic import native_configs as _native_configs
+
+MODEL_TYPE = "gemma2"
+ARCHITECTURE = "Gemma2ForCausalLM"
+SLIDING, FULL = "sliding_attention", "full_attention"
+HF_ACTIVATIONS = ("gelu_pytorch_tanh", "gelu", "silu", "relu")
+
+CONSTRAINTS = {
+    **_GEMMA,
+    "hidden": "multiple_of_heads",
+    "max_layers": 4,
+    "placements": ("sandwich",),
+    "activations": ("gelu_tanh",) + tuple(a for a in ACTIVATIONS if a != "gelu_tanh"),
+    "windows": ("patterned", "none", "uniform"),
+    "layer_patterns": ("alternating", "uniform", "every_k", "suffix", "prefix", "arbitrary"),
+    "attention_softcaps": ("any", "none"),
+    "final_softcaps": ("any", "none"),
+}
+
+
+def scale_for(scalar: int | None, head_dim: int) -> float | None:
+    """The native softmax scale of ``query_pre_attn_scalar`` (None: the head_dim default)."""
+    return None if scalar is None or scalar == head_dim else scalar ** -0.5
+
+
+@st.composite
+def with_query_pre_attn_scalar(draw, cfg: native.ModelConfig) -> native.ModelConfig:
+    """One ``query_pre_attn_scalar`` for the whole model (HF has one key): head_dim, or 1..512."""
+    scalar = draw(st.one_of(st.none(), st.integers(1, 512)))
+    return _attention(cfg, softmax_scale=scale_for(scalar, cfg.decoder.layer(0).attention.head_dim))
+
+
+@st.composite
+def native_configs(draw, **overrides) -> native.ModelConfig:
+    """Native configs a Gemma2 converter must accept."""
+    return draw(with_query_pre_attn_scalar(draw(_native_configs(**{**CONSTRAINTS, **overrides}))))
+
+
+# ------------------------------------------------------------------------------- unrepresentable
+def _two_windows(cfg, draw):
+    layers = cfg.decoder.layers()
+    layers = layers if len(layers) >= 2 else layers * 2
+    w = draw(bb.windows(7))
+    layers = [dataclasses.replace(b, attention=dataclasses.replace(b.attention, window=w + (i > 0)))
+              for i, b in enumerate(layers)]
+    return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers(layers))
+
+
+def _hidden_not_multiple(cfg, draw):
+    a = cfg.decoder.layer(0).attention
+    if a.heads == 1:
+        cfg = _attention(cfg, heads=2, kv_heads=1)
+    hidden = cfg.hidden_size + 1 if cfg.hidden_size % 2 == 0 else cfg.hidden_size
+    hidden = hidden if hidden % cfg.decoder.layer(0).attention.heads else hidden + 1
+    return dataclasses.replace(cfg, hidden_size=hidden,
+                               embeddings=dataclasses.replace(cfg.embeddings, multiplier=hidden ** 0.5))
+
+
+BREAKS = {
+    **{k: v for k, v in _GEMMA_BREAKS.items()
+       if k not in ("window", "attention_softcap", "final_softcap", "exact_gelu", "softmax_scale", "placement")},
+    "placement": ("placement", lambda cfg, draw: dataclasses.replace(
+        cfg, decoder=native.DecoderConfig.from_layers([dataclasses.replace(
+            b, placement=draw(st.sampled_from(("pre", "post", "parallel")))) for b in cfg.decoder.layers()]))),
+    "softmax_scale": ("attention.softmax_scale", lambda cfg, draw: _attention(
+        cfg, softmax_scale=draw(bb.positive_floats(0.05, 1.0).filter(lambda s: round(s ** -2) ** -0.5 != s)))),
+    "softmax_scale_default": ("attention.softmax_scale", lambda cfg, draw: _attention(
+        cfg, softmax_scale=cfg.decoder.layer(0).attention.head_dim ** -0.5)),
+    "windows_differ": ("attention.window", _two_windows),
+    "hidden_not_multiple": ("hidden_size", _hidden_not_multiple),
+    "softcaps_differ": ("attention.logit_softcap", lambda cfg, draw: _layer0(cfg, logit_softcap=61.0)),
+}
+
+
+def _layer0(cfg, **changes):
+    layers = cfg.decoder.layers()
+    layers = layers if len(layers) >= 2 else layers * 2
+    first = layers[0]
+    layers[0] = dataclasses.replace(first, attention=dataclasses.replace(first.attention, **changes))
+    return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers(layers))
+
+
+def unrepresentable_configs() -> st.SearchStrategy[tuple[native.ModelConfig, str]]:
+    """``(cfg, field)``: one feature Gemma2 cannot express, and the field the error must name."""
+    return _broken(native_configs(), BREAKS)
+
+
+# ------------------------------------------------------------------------------------- HF dicts
+@st.composite
+def layer_type_keys(draw, num_layers: int) -> dict[str, Any]:
+    """Absent (alternating, sliding first) or explicit ``layer_types``; a window of 1..8 or absent
+    (4096, inert in a short forward pass)."""
+    out: dict[str, Any] = {}
+    if draw(st.booleans()):
+        out["layer_types"] = draw(st.lists(st.sampled_from((SLIDING, FULL)), min_size=num_layers, max_size=num_layers))
+    if draw(st.booleans()):
+        out["sliding_window"] = draw(bb.windows())
+    return out
+
+
+@st.composite
+def hf_configs(draw) -> dict[str, Any]:
+    layout = draw(bb.head_layouts())
+    hidden = draw(bb.hidden_for(layout, "multiple_of_heads"))
+    vocab = draw(bb.vocab_sizes())
+    layers = draw(bb.layer_counts(1, 4))
+    max_position = draw(bb.max_positions())
+    h: dict[str, Any] = {
+        "model_type": MODEL_TYPE, "vocab_size": vocab, "hidden_size": hidden,
+        "intermediate_size": draw(bb.intermediate_sizes()), "num_hidden_layers": layers,
+        "num_attention_heads": layout.heads, "num_key_value_heads": layout.kv_heads, "head_dim": layout.head_dim,
+        "max_position_embeddings": max_position,
+    }
+    caps = st.one_of(st.none(), bb.positive_floats(0.5, 60.0))
+    optional = {
+        "rms_norm_eps": bb.epsilons(),
+        "tie_word_embeddings": st.booleans(),
+        "attention_bias": st.booleans(),
+        "hidden_activation": st.sampled_from(HF_ACTIVATIONS),
+        "query_pre_attn_scalar": st.one_of(st.just(layout.head_dim), st.integers(1, 512)),
+        "attn_logit_softcapping": caps,
+        "final_logit_softcapping": caps,
+        "use_bidirectional_attention": st.sampled_from((None, False)),
+        "hidden_act": st.sampled_from(HF_ACTIVATIONS),  # inert: read by no Gemma2 model
+        "cache_implementation": st.just("hybrid"),
+    }
+    for key, values in optional.items():
+        if draw(st.booleans()):
+            h[key] = draw(values)
+    h.update(draw(layer_type_keys(layers)))
+    h.update(draw(rope_forms(draw(rope_dicts(layout.head_dim, max_position, ROTARY_KINDS)))))
+    h.update(draw(hf_extras(vocab, MODEL_TYPE, ARCHITECTURE)))
+    return h
+
+
+#: google/gemma-2-2b (../shared/real_configs), for ``@example``.
+GEMMA2_2B = real_config("google__gemma-2-2b")
