@@ -185,8 +185,8 @@ def save_checkpoint(path: str | os.PathLike, cfg: ModelConfig, state: Mapping[st
     as is). ``pipeline_stages=k > 1`` writes stage folders ``pp0..pp{k-1}``; ``state`` may be a
     lazy mapping (e.g. a reader), and is then materialised one stage at a time. ``extra_files``
     maps relative paths inside the checkpoint to files copied in (tokenizer files kept for the way
-    back to HF), inside the same atomic write. Nothing appears at
-    ``path`` unless everything was written; an existing ``path`` is refused unless ``overwrite``.
+    back to HF), inside the same atomic write; the reader ignores them. Nothing appears at ``path``
+    unless everything was written; an existing ``path`` is refused unless ``overwrite``.
     """
     if not isinstance(cfg, ModelConfig):
         raise CheckpointError(f"config: expected a native ModelConfig, got {type(cfg).__name__}")
