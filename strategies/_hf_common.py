@@ -1,0 +1,161 @@
+"""Pieces shared by the phi3/olmo2/starcoder2/gpt_neox strategies: token ids that fit a tiny vocab,
+the HF-only keys real configs carry, and the v4 spelling of a v5 ``rope_parameters``.
+
+(Local to these modules until ``building_blocks`` grows equivalents.)
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from hypothesis import strategies as st
+
+import native
+
+from . import building_blocks as bb
+
+TOKEN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+REAL_CONFIGS = Path(__file__).resolve().parents[1] / ".." / "shared" / "real_configs"
+
+
+@st.composite
+def token_ids(draw, vocab_size: int, keys: Sequence[str] = TOKEN_KEYS, allow_none: bool = True) -> dict[str, Any]:
+    """``{key: id}`` with every id inside the vocabulary (or None): the HF defaults of several
+    architectures (Phi-3's 32000, StarCoder2's 50256, OLMo2's 50279) exceed a tiny vocab, which
+    transformers warns about and Phi-3 cannot even build (``padding_idx``)."""
+    ids = st.integers(0, vocab_size - 1)
+    return {key: draw(st.one_of(ids, st.none()) if allow_none else ids) for key in keys}
+
+
+@st.composite
+def with_token_ids(draw, configs: st.SearchStrategy[native.ModelConfig], keys: Sequence[str] = TOKEN_KEYS):
+    """Native configs whose metadata carries token ids inside their vocabulary."""
+    cfg = draw(configs)
+    return dataclasses.replace(cfg, metadata={**cfg.metadata, **draw(token_ids(cfg.vocab_size, keys))})
+
+
+@st.composite
+def optional_keys(draw, values: dict[str, st.SearchStrategy]) -> dict[str, Any]:
+    """Each key present (with a drawn value) or absent; absent first, so examples shrink to fewer keys."""
+    out = {}
+    for key, strategy in values.items():
+        if draw(st.booleans()):
+            out[key] = draw(strategy)
+    return out
+
+
+def dropouts() -> st.SearchStrategy[float]:
+    return st.one_of(st.just(0.0), st.sampled_from([0.1, 0.05]))
+
+
+@st.composite
+def file_keys(draw, architecture: str) -> dict[str, Any]:
+    """Keys that describe the file, not the model (architectures, dtype, version)."""
+    return draw(optional_keys({
+        "architectures": st.just([architecture]),
+        "torch_dtype": st.sampled_from(["bfloat16", "float32", "float16"]),
+        "transformers_version": st.sampled_from(["4.40.2", "4.46.0", "5.0.0"]),
+    }))
+
+
+def v4_rope(hf: dict[str, Any], key: str = "type") -> dict[str, Any]:
+    """The same config in the v4 spelling: ``rope_theta`` at top level, ``rope_scaling`` holding the
+    rest (``None`` for default rope), the rope type under ``key`` (``type`` or ``rope_type``)."""
+    out = copy.deepcopy(hf)
+    params = out.pop("rope_parameters")
+    out["rope_theta"] = params.pop("rope_theta")
+    kind = params.pop("rope_type")
+    out["rope_scaling"] = None if kind == "default" and not params else {key: kind, **params}
+    return out
+
+
+def real_config(name: str) -> dict[str, Any]:
+    return json.loads((REAL_CONFIGS / name).read_text())
+
+
+def scaled_down(hf: dict[str, Any], **sizes) -> dict[str, Any]:
+    """A real config with its sizes replaced (kept otherwise verbatim), for forward passes."""
+    out = copy.deepcopy(hf)
+    out.update(sizes)
+    return out
+
+
+def small_layout(max_hidden: int = bb.MAX_HIDDEN) -> st.SearchStrategy[bb.HeadLayout]:
+    return bb.head_layouts(max_q_width=max_hidden)
+
+
+#: What :func:`mutate` can change, each a feature some of these formats cannot hold.
+MUTATIONS = ("q_bias_flip", "o_bias_flip", "qk_norm", "qk_norm_scope", "mlp_gated_flip", "mlp_bias_flip",
+             "norm_kind", "norm_bias_off", "final_norm_eps", "placement", "no_rotary", "partial_rotary",
+             "window", "window_pattern", "multiplier", "final_softcap", "logit_softcap", "softmax_scale",
+             "moe")
+
+
+def mutate(cfg: native.ModelConfig, kind: str, draw, placements: Sequence[str] = ("pre",)) -> native.ModelConfig:
+    """``cfg`` with one feature changed in every layer (or in the model): see :data:`MUTATIONS`.
+    ``placements`` are the ones the format allows (another one is drawn)."""
+    def layers(fn):
+        return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers([fn(b) for b in cfg.decoder.layers()]))
+
+    def attn(**changes):
+        return layers(lambda b: dataclasses.replace(b, attention=dataclasses.replace(b.attention, **changes)))
+
+    def mlp(**changes):
+        return layers(lambda b: dataclasses.replace(b, mlp=dataclasses.replace(b.mlp, **changes)))
+
+    block = cfg.decoder.blocks[0]
+    a = block.attention
+    if kind in ("q_bias_flip", "o_bias_flip"):
+        name = kind.removesuffix("_flip")
+        return attn(**{name: not getattr(a, name)})
+    if kind == "qk_norm":
+        return attn(qk_norm=None if a.qk_norm is not None else native.RMSNormConfig(eps=1e-6))
+    if kind == "qk_norm_scope":
+        norm = a.qk_norm or native.RMSNormConfig(eps=1e-6)
+        return attn(qk_norm=norm, qk_norm_scope="head" if a.qk_norm_scope == "full" else "full")
+    if kind == "mlp_gated_flip":
+        return mlp(gated=not block.mlp.gated)
+    if kind == "mlp_bias_flip":
+        return mlp(bias=not block.mlp.bias)
+    if kind == "norm_kind":
+        eps = block.norm.eps
+        other = native.LayerNormConfig(eps=eps) if isinstance(block.norm, native.RMSNormConfig) else native.RMSNormConfig(eps=eps)
+        return layers(lambda b: dataclasses.replace(b, norm=other))
+    if kind == "norm_bias_off":
+        return layers(lambda b: dataclasses.replace(b, norm=native.LayerNormConfig(eps=b.norm.eps, bias=False)))
+    if kind == "final_norm_eps":
+        return dataclasses.replace(cfg, final_norm=dataclasses.replace(cfg.final_norm, eps=cfg.final_norm.eps * 2))
+    if kind == "placement":
+        others = [p for p in native.config.PLACEMENTS if p not in placements]
+        return layers(lambda b: dataclasses.replace(b, placement=draw(st.sampled_from(others))))
+    if kind == "no_rotary":
+        return attn(rotary=native.NoRotary())
+    if kind == "partial_rotary":
+        half = draw(st.integers(1, max(1, (a.head_dim - 1) // 2)))
+        fraction = bb.fraction_for(2 * half, a.head_dim) if a.head_dim >= 3 else 1.0
+        if fraction == 1.0:  # no partial rotation fits: fall back to another refusal
+            return attn(rotary=native.NoRotary())
+        return attn(rotary=native.DefaultRotary(theta=10000.0, fraction=fraction))
+    if kind == "window":
+        return attn(window=draw(bb.windows()))
+    if kind == "window_pattern":
+        blocks = cfg.decoder.layers()
+        if len(blocks) == 1:
+            blocks = blocks * 2
+        new = [dataclasses.replace(b, attention=dataclasses.replace(b.attention, window=3 if i % 2 == 0 else None))
+               for i, b in enumerate(blocks)]
+        return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers(new))
+    if kind == "multiplier":
+        return dataclasses.replace(cfg, embeddings=dataclasses.replace(cfg.embeddings, multiplier=2.0))
+    if kind == "final_softcap":
+        return dataclasses.replace(cfg, head=dataclasses.replace(cfg.head, final_softcap=30.0))
+    if kind == "logit_softcap":
+        return attn(logit_softcap=50.0)
+    if kind == "softmax_scale":
+        return attn(softmax_scale=0.5)
+    if kind == "moe":
+        return layers(lambda b: dataclasses.replace(b, mlp=native.MoEConfig(experts=2, top_k=1, intermediate=4)))
+    raise ValueError(f"unknown mutation {kind!r}; choose from {MUTATIONS}")
