@@ -54,7 +54,7 @@ class Attention(nn.Module):
     def _bias(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return x if bias is None else x + bias.view(x.shape[-2:])
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rotations: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         a = self.cfg
         B, T, _ = x.shape
         qkv = self.qkv(x).view(B, T, a.kv_heads, a.group + 2, a.head_dim)
@@ -64,7 +64,7 @@ class Attention(nn.Module):
         if a.qk_norm is not None:
             q, k = self._qk_norm(self.q_norm, q), self._qk_norm(self.k_norm, k)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, head_dim)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = apply_rotary(q, rotations), apply_rotary(k, rotations)
         k, v = k.repeat_interleave(a.group, dim=1), v.repeat_interleave(a.group, dim=1)
 
         scores = (q @ k.transpose(-1, -2)).to(torch.promote_types(q.dtype, torch.float32)) * self.scale

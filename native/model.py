@@ -10,7 +10,7 @@ from .config import BlockConfig, ModelConfig
 from .feedforward import make_feedforward
 from .layout import block_norm_names
 from .norms import make_norm
-from .rotary import rotary_tables
+from .rotary import rotary_table
 
 
 class Block(nn.Module):
@@ -24,9 +24,9 @@ class Block(nn.Module):
         self.attn = Attention(hidden, cfg.attention)
         self.mlp = make_feedforward(hidden, cfg.mlp)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rotations: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         def attn(h):
-            return self.attn(h, cos, sin, allowed)
+            return self.attn(h, rotations, allowed)
 
         if self.placement == "pre":
             h = x + attn(self.attn_norm(x))
@@ -102,12 +102,10 @@ class NativeModel(nn.Module):
             a = layer.attn.cfg
             rope_key = (a.rotary, a.head_dim)
             if rope_key not in tables:
-                tables[rope_key] = rotary_tables(
-                    a.rotary, a.head_dim, self.cfg.max_position_embeddings, T, x.dtype, x.device
-                )
+                tables[rope_key] = rotary_table(a.rotary, a.head_dim, self.cfg.max_position_embeddings, T, x.dtype, x.device)
             if a.window not in masks:
                 masks[a.window] = visibility_mask(T, a.window, attention_mask, x.device)
-            x = layer(x, *tables[rope_key], masks[a.window])
+            x = layer(x, tables[rope_key], masks[a.window])
             hidden.append(x)
         logits = self.head(self.final_norm(x))
         return (logits, hidden) if return_hidden else logits

@@ -1,14 +1,15 @@
 """Rotary position embedding: inverse frequencies for every rotary kind, and the rotation itself.
 
-Two pure functions do the work, as in gpt-fast: :func:`rotary_tables` turns a rotary config and the
-sequence length into ``cos``/``sin`` tables, :func:`apply_rotary` rotates q or k with them.
+Two pure functions do the work, as in gpt-fast: :func:`rotary_table` turns a rotary config and the
+sequence length into a table of unit complex numbers, :func:`apply_rotary` rotates q or k with it.
 
 Native q/k keep rotary pairs **interleaved**: dims ``2j, 2j+1`` of a head are the real and imaginary
 parts of pair ``j`` (Meta/complex layout), rotated by angle ``position * inv_freq[j]``. Only the
 first ``rotary_dim`` dims of each head rotate; the rest pass through.
 
-Frequencies are computed in float64 from the formulas; the tables are built in the model's dtype
+Frequencies are computed in float64 from the formulas; the table is built in the model's dtype
 promoted to at least float32, so a float64 model is exact and lower precisions round only once.
+The attention scaling of YaRN/LongRoPE multiplies the table, hence both q and k (as HF does).
 """
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def _yarn_mscale(scale: float, mscale: float = 1.0) -> float:
 def _yarn(rotary: YarnRotary, dim: int, max_positions: int) -> tuple[torch.Tensor, float]:
     """YaRN (arXiv 2309.00071): high frequencies extrapolate, low frequencies interpolate by
     ``factor``, with a linear ramp between the dims completing ``beta_fast`` and ``beta_slow`` turns
-    over the original context; cos/sin are scaled by the attention factor."""
+    over the original context; the rotation table is scaled by the attention factor."""
     orig = rotary.original_max_position_embeddings
     factor = _yarn_factor(rotary.factor, orig, max_positions)
     attention_factor = rotary.attention_factor
@@ -128,26 +129,26 @@ def inv_freq(rotary: RotaryConfig, head_dim: int, max_positions: int, seq_len: i
     return _default_inv_freq(rotary.theta, dim), 1.0
 
 
-def rotary_tables(
+def rotary_table(
     rotary: RotaryConfig, head_dim: int, max_positions: int, seq_len: int, dtype: torch.dtype, device=None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``cos, sin`` of shape ``(seq_len, rotary_dim // 2)``, already multiplied by the attention
-    scaling, in ``dtype`` promoted to at least float32."""
+) -> torch.Tensor:
+    """Complex ``(seq_len, rotary_dim // 2)`` table ``scaling * exp(i * position * inv_freq)``, in
+    ``dtype`` promoted to at least float32 (complex64 or complex128)."""
     freqs, scaling = inv_freq(rotary, head_dim, max_positions, seq_len)
-    table_dtype = torch.promote_types(dtype, torch.float32)
-    positions = torch.arange(seq_len, device=device, dtype=table_dtype)
-    angles = torch.outer(positions, freqs.to(device=device, dtype=table_dtype))
-    return angles.cos() * scaling, angles.sin() * scaling
+    real_dtype = torch.promote_types(dtype, torch.float32)
+    positions = torch.arange(seq_len, device=device, dtype=real_dtype)
+    angles = torch.outer(positions, freqs.to(device=device, dtype=real_dtype))
+    return torch.polar(torch.full_like(angles, scaling), angles)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs of the first ``2 * cos.shape[-1]`` dims of ``x`` (..., T, head_dim);
-    the rest of each head passes through. Computed in the tables' precision, returned in x's dtype."""
-    rotary_dim = 2 * cos.shape[-1]
+def apply_rotary(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Rotate the interleaved pairs of the first ``2 * table.shape[-1]`` dims of ``x`` (..., T, head_dim)
+    as complex numbers; the rest of each head passes through. Computed in the table's precision,
+    returned in x's dtype."""
+    rotary_dim = 2 * table.shape[-1]
     if rotary_dim == 0:
         return x
     rot, rest = x[..., :rotary_dim], x[..., rotary_dim:]
-    pairs = rot.to(cos.dtype).unflatten(-1, (-1, 2))
-    real, imag = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1).flatten(-2)
+    pairs = torch.view_as_complex(rot.to(table.real.dtype).unflatten(-1, (-1, 2)).contiguous())
+    rotated = torch.view_as_real(pairs * table).flatten(-2)
     return torch.cat((rotated.to(x.dtype), rest), dim=-1)

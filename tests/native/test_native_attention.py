@@ -7,7 +7,7 @@ import torch
 
 from native import RMSNormConfig
 from native.attention import Attention, visibility_mask
-from native.rotary import rotary_tables
+from native.rotary import rotary_table
 
 from native_cases import HIDDEN, attention, rel
 
@@ -24,8 +24,8 @@ def _randomized(module: Attention, seed: int = 0) -> Attention:
 
 def _run(module: Attention, x: torch.Tensor, key_padding=None) -> torch.Tensor:
     a = module.cfg
-    cos, sin = rotary_tables(a.rotary, a.head_dim, 64, x.shape[1], x.dtype)
-    return module(x, cos, sin, visibility_mask(x.shape[1], a.window, key_padding))
+    table = rotary_table(a.rotary, a.head_dim, 64, x.shape[1], x.dtype)
+    return module(x, table, visibility_mask(x.shape[1], a.window, key_padding))
 
 
 def _x(batch=2, seed=1):

@@ -2,6 +2,9 @@
 dtypes, per-layer hidden states, and checkpoint loading."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -165,3 +168,21 @@ def test_default_init_is_finite_with_unit_norms_and_zero_biases():
         elif name.endswith("bias"):
             assert not p.any(), name
     assert torch.isfinite(m(tokens(1, 5))).all()
+
+
+def test_native_never_imports_transformers():
+    code = "import sys, native; assert 'transformers' not in sys.modules, 'native imported transformers'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_matches_cpu(dtype):
+    cfg = CONFIGS["sandwich_gemma"]
+    cpu = built(cfg, dtype=dtype)
+    ids = tokens(2, 24)
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0
+    on_cuda = cpu.to("cuda")(ids.cuda(), mask.cuda()).cpu()
+    assert on_cuda.dtype == dtype
+    assert rel(on_cuda, built(cfg, dtype=dtype)(ids, mask)) < {torch.float64: 1e-12, torch.float32: 1e-5}.get(dtype, 5e-2)

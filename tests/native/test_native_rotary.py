@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from native import DefaultRotary, DynamicRotary, LinearRotary, Llama3Rotary, NoRotary, YarnRotary
-from native.rotary import apply_rotary, inv_freq, rotary_tables
+from native.rotary import apply_rotary, inv_freq, rotary_table
 
 from native_cases import ROTARIES, longrope
 
@@ -16,8 +16,8 @@ HEAD_DIM = 8
 MAX_POS = 64
 
 
-def _tables(rotary, seq_len, dtype=torch.float64):
-    return rotary_tables(rotary, HEAD_DIM, MAX_POS, seq_len, dtype)
+def _table(rotary, seq_len, dtype=torch.float64):
+    return rotary_table(rotary, HEAD_DIM, MAX_POS, seq_len, dtype)
 
 
 def _x(*shape, seed=0):
@@ -26,22 +26,22 @@ def _x(*shape, seed=0):
 
 def test_interleaved_pairs_rotate_as_complex_numbers():
     rotary = DefaultRotary(theta=100.0)
-    cos, sin = _tables(rotary, 12)
+    table = _table(rotary, 12)
     x = _x(3, 12, HEAD_DIM)
     freqs, _ = inv_freq(rotary, HEAD_DIM, MAX_POS, 12)
     angles = torch.arange(12, dtype=torch.float64)[:, None] * freqs
     expected = torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * torch.polar(torch.ones_like(angles), angles))
-    torch.testing.assert_close(apply_rotary(x, cos, sin), expected.flatten(-2), rtol=0, atol=1e-12)
+    torch.testing.assert_close(apply_rotary(x, table), expected.flatten(-2), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", sorted(ROTARIES))
 def test_position_zero_is_identity_up_to_attention_scaling(name):
     rotary = ROTARIES[name]
-    cos, sin = _tables(rotary, 5)
+    table = _table(rotary, 5)
     _, scaling = inv_freq(rotary, HEAD_DIM, MAX_POS, 5)
     x = _x(2, 1, HEAD_DIM)
     rotary_dim = rotary.rotary_dim(HEAD_DIM)
-    out = apply_rotary(x, cos[:1], sin[:1])
+    out = apply_rotary(x, table[:1])
     torch.testing.assert_close(out[..., :rotary_dim], scaling * x[..., :rotary_dim], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(out[..., rotary_dim:], x[..., rotary_dim:], rtol=0, atol=0)
 
@@ -49,29 +49,29 @@ def test_position_zero_is_identity_up_to_attention_scaling(name):
 @pytest.mark.parametrize("name", sorted(ROTARIES))
 def test_dims_beyond_rotary_dim_pass_through(name):
     rotary = ROTARIES[name]
-    cos, sin = _tables(rotary, 20)
+    table = _table(rotary, 20)
     x = _x(20, HEAD_DIM)
     rotary_dim = rotary.rotary_dim(HEAD_DIM)
-    assert torch.equal(apply_rotary(x, cos, sin)[..., rotary_dim:], x[..., rotary_dim:])
+    assert torch.equal(apply_rotary(x, table)[..., rotary_dim:], x[..., rotary_dim:])
 
 
 @pytest.mark.parametrize("name", sorted(ROTARIES))
 def test_scores_depend_on_relative_position_only(name):
     rotary = ROTARIES[name]
-    cos, sin = _tables(rotary, 40)
+    table = _table(rotary, 40)
     q, k = _x(HEAD_DIM, seed=1), _x(HEAD_DIM, seed=2)
 
     def score(m, n):
-        return (apply_rotary(q, cos[m], sin[m]) @ apply_rotary(k, cos[n], sin[n])).item()
+        return (apply_rotary(q, table[m]) @ apply_rotary(k, table[n])).item()
 
     for m, n, shift in [(3, 1, 10), (7, 7, 25), (12, 0, 27), (5, 2, 33)]:
         assert score(m, n) == pytest.approx(score(m + shift, n + shift), rel=1e-10, abs=1e-12)
 
 
-def test_rotation_preserves_norm_without_scaling():
-    cos, sin = _tables(DefaultRotary(), 30)
+def test_rotation_preserves_norm_without_attention_scaling():
+    table = _table(DefaultRotary(), 30)
     x = _x(30, HEAD_DIM)
-    torch.testing.assert_close(apply_rotary(x, cos, sin).norm(dim=-1), x.norm(dim=-1), rtol=1e-12, atol=0)
+    torch.testing.assert_close(apply_rotary(x, table).norm(dim=-1), x.norm(dim=-1), rtol=1e-12, atol=0)
 
 
 def test_default_inv_freq_formula():
@@ -149,12 +149,9 @@ def test_longrope_switches_factors_past_original_context():
     assert unscaled == 1.0
 
 
-def test_tables_follow_dtype_promoted_to_float32():
-    for dtype, expected in [(torch.float64, torch.float64), (torch.float32, torch.float32), (torch.bfloat16, torch.float32)]:
-        cos, sin = _tables(DefaultRotary(), 4, dtype)
-        assert cos.dtype == sin.dtype == expected
+def test_table_follows_dtype_promoted_to_float32():
+    for dtype, expected in [(torch.float64, torch.complex128), (torch.float32, torch.complex64), (torch.bfloat16, torch.complex64)]:
+        assert _table(DefaultRotary(), 4, dtype).dtype == expected
     x = _x(4, HEAD_DIM).to(torch.bfloat16)
-    cos, sin = _tables(DefaultRotary(), 4, torch.bfloat16)
-    assert apply_rotary(x, cos, sin).dtype == torch.bfloat16
-    cos, sin = _tables(NoRotary(), 4)
-    assert cos.shape == (4, 0)
+    assert apply_rotary(x, _table(DefaultRotary(), 4, torch.bfloat16)).dtype == torch.bfloat16
+    assert _table(NoRotary(), 4).shape == (4, 0)
