@@ -1,0 +1,100 @@
+"""Strategies for the ``olmo2`` converter (see converters/olmo2.py for the format's rules)."""
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+import native
+
+from . import _hf_common as hc
+from . import building_blocks as bb
+from .generic import native_configs as generic_configs
+
+ARCHITECTURE = "Olmo2ForCausalLM"
+ROPE_KINDS = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
+
+
+def native_configs() -> st.SearchStrategy[native.ModelConfig]:
+    """Post-norm RMS blocks with a full-projection RMS q/k norm (one epsilon for all), q/k/v/o biases
+    all on or all off, gated bias-free MLP, any rope kind at full rotation, no window."""
+    return hc.with_token_ids(generic_configs(
+        placements=("post",), norm_kinds=("rms",), shared_eps=True, final_norm="same", qk_norms=("full",),
+        qk_norm_kinds=("rms",), rotary_kinds=ROPE_KINDS, rotary_fractions=("full",), hf_valid_rotary=True,
+        attention_biases=bb.BIAS_ALL_OR_NOTHING, mlp_biases=(False,), feed_forwards=("mlp",), gated=(True,),
+        windows=("none",), layer_patterns=("uniform",), varying=(), tied=(False, True),
+        embedding_multipliers=("none",), softmax_scales=("none",), attention_softcaps=("none",),
+        final_softcaps=("none",)))
+
+
+@st.composite
+def rope_parameters(draw, head_dim: int, max_position: int, kinds=ROPE_KINDS) -> dict:
+    """A v5 ``rope_parameters`` dict of one of ``kinds`` at full rotation, valid for transformers."""
+    rotary = draw(bb.rotaries(head_dim, max_position, kinds=kinds, fractions=("full",), hf_valid=True))
+    params = {"rope_type": rotary.kind, "rope_theta": rotary.theta}
+    for name in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings", "beta_fast",
+                 "beta_slow", "mscale", "mscale_all_dim", "attention_factor", "truncate"):
+        value = getattr(rotary, name, None)
+        if value is not None:
+            params[name] = value
+    for name in ("short_factor", "long_factor"):
+        if hasattr(rotary, name):
+            params[name] = list(getattr(rotary, name))
+    return params
+
+
+@st.composite
+def hf_configs(draw):
+    """Olmo2Config dicts, v4 (``rope_theta``/``rope_scaling``) and v5 (``rope_parameters``)."""
+    layout = draw(bb.head_layouts())
+    hidden = draw(bb.hidden_sizes())
+    vocab = draw(bb.vocab_sizes())
+    max_position = draw(bb.max_positions())
+    hf = {
+        "model_type": "olmo2",
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": draw(bb.intermediate_sizes()),
+        "num_hidden_layers": draw(bb.layer_counts()),
+        "num_attention_heads": layout.heads,
+        "hidden_act": draw(bb.choice(("silu", "gelu", "gelu_pytorch_tanh", "relu"))),
+        "max_position_embeddings": max_position,
+        "rms_norm_eps": draw(bb.epsilons()),
+        "attention_bias": draw(st.booleans()),
+        "tie_word_embeddings": draw(st.booleans()),
+        "rope_parameters": draw(rope_parameters(layout.head_dim, max_position)),
+        **draw(hc.token_ids(vocab)),
+    }
+    if layout.kv_heads != layout.heads or draw(st.booleans()):
+        hf["num_key_value_heads"] = layout.kv_heads
+    if layout.head_dim != hidden // layout.heads:
+        hf["head_dim"] = layout.head_dim
+    hf.update(draw(hc.optional_keys({"attention_dropout": hc.dropouts(), "initializer_range": st.sampled_from([0.02]),
+                                     "use_cache": st.booleans()})))
+    hf.update(draw(hc.file_keys(ARCHITECTURE)))
+    if draw(st.booleans()):
+        hf = hc.v4_rope(hf, draw(st.sampled_from(["type", "rope_type"])))
+    return hf
+
+
+def hf_examples() -> list[dict]:
+    """transformers' defaults, and an OLMo-2-1B-shaped config scaled down."""
+    small = {"model_type": "olmo2", "architectures": [ARCHITECTURE], "attention_bias": False, "attention_dropout": 0.0,
+             "bos_token_id": None, "eos_token_id": 40, "pad_token_id": 41, "hidden_act": "silu", "hidden_size": 32,
+             "initializer_range": 0.02, "intermediate_size": 48, "max_position_embeddings": 64,
+             "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 4, "rms_norm_eps": 1e-06,
+             "rope_scaling": None, "rope_theta": 500000, "tie_word_embeddings": False, "torch_dtype": "float32",
+             "transformers_version": "4.48.0", "use_cache": True, "vocab_size": 43}
+    return [small]
+
+
+REFUSED = ("qk_norm", "qk_norm_scope", "mlp_gated_flip", "mlp_bias_flip", "norm_kind", "final_norm_eps",
+           "placement", "no_rotary", "partial_rotary", "window", "multiplier", "final_softcap", "logit_softcap",
+           "softmax_scale", "moe", "q_bias_flip", "o_bias_flip")
+
+
+@st.composite
+def unrepresentable_configs(draw):
+    """An accepted config with one feature OLMo2 cannot hold: no or per-head q/k norm, pre/sandwich/
+    parallel placement, LayerNorm, a biased or plain MLP, partial or no rotary, a window, a lone q or
+    o bias, different norm epsilons, an embedding multiplier, softcaps, a softmax scale, MoE."""
+    cfg = draw(native_configs())
+    return hc.mutate(cfg, draw(st.sampled_from(REFUSED)), draw, placements=("post",))

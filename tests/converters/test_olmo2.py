@@ -1,0 +1,123 @@
+"""The olmo2 converter against transformers' Olmo2Config / Olmo2ForCausalLM."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given
+
+import native
+from arch_cases import (
+    assert_hf_roundtrip, assert_native_roundtrip, assert_weights_roundtrip, forward_comparison, refusal, with_layers,
+)
+from converters import ConversionError
+from converters.olmo2 import Olmo2Converter
+from fixtures.profiles import settings_for
+from strategies import olmo2 as strategy
+
+CONVERTER = Olmo2Converter()
+IDS = {"bos_token_id": None, "eos_token_id": 2, "pad_token_id": 1}
+RMS = native.RMSNormConfig(eps=1e-6)
+
+
+def model(*, hidden=24, heads=4, kv_heads=2, head_dim=6, bias=True, rotary=native.DefaultRotary(theta=100.0),
+          tied=False, layers=2) -> native.ModelConfig:
+    block = native.BlockConfig(
+        placement="post", norm=RMS,
+        attention=native.AttentionConfig(heads=heads, kv_heads=kv_heads, head_dim=head_dim, q_bias=bias, k_bias=bias,
+                                         v_bias=bias, o_bias=bias, qk_norm=RMS, qk_norm_scope="full", rotary=rotary),
+        mlp=native.MLPConfig(intermediate=20))
+    return native.ModelConfig(hidden_size=hidden, max_position_embeddings=32, embeddings=native.EmbeddingConfig(41),
+                              decoder=native.DecoderConfig.from_layers([block] * layers), final_norm=RMS,
+                              head=native.HeadConfig(tied=tied), metadata=dict(IDS))
+
+
+FORWARD_CASES = {
+    "gqa_bias_head_dim": model(),
+    "mha_no_bias_tied": model(hidden=32, heads=4, kv_heads=4, head_dim=8, bias=False, tied=True),
+    "mqa_yarn": model(kv_heads=1, rotary=native.YarnRotary(theta=100.0, factor=4.0, original_max_position_embeddings=8)),
+}
+
+
+def test_transformers_default_config_roundtrips():
+    from transformers import AutoConfig
+
+    cfg = assert_hf_roundtrip(CONVERTER, AutoConfig.for_model("olmo2").to_dict())
+    block = cfg.decoder.blocks[0]
+    assert block.placement == "post" and block.attention.qk_norm_scope == "full"
+
+
+@pytest.mark.parametrize("hf", strategy.hf_examples(), ids=lambda h: h["model_type"])
+def test_example_configs_roundtrip(hf):
+    assert_hf_roundtrip(CONVERTER, hf)
+
+
+@pytest.mark.parametrize("name", sorted(FORWARD_CASES))
+def test_forward_case_configs_roundtrip(name):
+    assert_native_roundtrip(CONVERTER, FORWARD_CASES[name])
+
+
+@settings_for("config_roundtrip")
+@given(cfg=strategy.native_configs())
+def test_strategy_native_configs_are_accepted(cfg):
+    assert_native_roundtrip(CONVERTER, cfg)
+
+
+@settings_for("hf_config_roundtrip")
+@given(hf=strategy.hf_configs())
+def test_strategy_hf_configs_roundtrip(hf):
+    assert_hf_roundtrip(CONVERTER, hf)
+
+
+@settings_for("unrepresentable_rejected")
+@given(cfg=strategy.unrepresentable_configs())
+def test_strategy_unrepresentable_configs_are_refused(cfg):
+    with pytest.raises(ConversionError):
+        CONVERTER.export_config(cfg)
+
+
+BASE = FORWARD_CASES["gqa_bias_head_dim"]
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda b: dataclasses.replace(b, placement="pre"), "placement"),
+    (lambda b: dataclasses.replace(b, attention=dataclasses.replace(b.attention, qk_norm_scope="head")),
+     "attention.qk_norm_scope"),
+    (lambda b: dataclasses.replace(b, attention=dataclasses.replace(b.attention, qk_norm=None)), "attention.qk_norm"),
+    (lambda b: dataclasses.replace(b, attention=dataclasses.replace(b.attention, o_bias=False)), "attention_bias"),
+    (lambda b: dataclasses.replace(b, mlp=dataclasses.replace(b.mlp, bias=True)), "bias"),
+    (lambda b: dataclasses.replace(b, attention=dataclasses.replace(b.attention, window=4)), "attention.window"),
+    (lambda b: dataclasses.replace(b, attention=dataclasses.replace(
+        b.attention, rotary=native.DefaultRotary(fraction=2 / 3))), "fraction"),
+    (lambda b: dataclasses.replace(b, attention=dataclasses.replace(
+        b.attention, qk_norm=native.RMSNormConfig(eps=1e-5))), "rms_norm_eps"),
+])
+def test_refusals_name_the_field(change, field):
+    refusal(CONVERTER, with_layers(BASE, change), field)
+
+
+@pytest.mark.parametrize("name", sorted(FORWARD_CASES))
+def test_forward_matches_transformers(name):
+    result = forward_comparison(CONVERTER, FORWARD_CASES[name])
+    assert result.error < 1e-6, result.describe()
+
+
+@settings_for("forward_equivalence")
+@given(cfg=strategy.native_configs())
+def test_forward_strategy_configs(cfg):
+    result = forward_comparison(CONVERTER, cfg)
+    assert result.ok, result.describe()
+
+
+@pytest.mark.parametrize("name", sorted(FORWARD_CASES))
+def test_hf_weights_roundtrip_bit_exact(name):
+    assert_weights_roundtrip(CONVERTER, CONVERTER.export_config(FORWARD_CASES[name]), seed=3)
+
+
+def test_norm_names_on_disk():
+    shapes = CONVERTER.hf_shapes(BASE)
+    a = BASE.decoder.blocks[0].attention
+    assert shapes["model.layers.0.self_attn.q_norm.weight"] == (a.heads * a.head_dim,)
+    assert shapes["model.layers.0.self_attn.k_norm.weight"] == (a.kv_heads * a.head_dim,)
+    assert "model.layers.0.post_feedforward_layernorm.weight" in shapes
+    assert "model.layers.0.input_layernorm.weight" not in shapes
