@@ -20,6 +20,16 @@ def llama_100m() -> ModelConfig:
                        decoder=DecoderConfig(blocks=(block,), pattern=(0,) * 12))
 
 
+def flops_per_token(cfg: ModelConfig, seq: int) -> float:
+    """Matmul FLOPs per token: 2 per weight used (all but the embedding lookup), plus causal attention
+    (q·k and p·v over on average ``seq / 2`` keys)."""
+    hidden, layers = cfg.hidden_size, cfg.num_layers
+    a, mlp = cfg.decoder.blocks[0].attention, cfg.decoder.blocks[0].mlp
+    per_layer = hidden * (a.heads + 2 * a.kv_heads) * a.head_dim + a.heads * a.head_dim * hidden + 3 * hidden * mlp.intermediate
+    attention = 2 * a.heads * a.head_dim * seq / 2
+    return 2 * (layers * per_layer + hidden * cfg.vocab_size) + 2 * layers * attention
+
+
 def measure(model: NativeModel, batch: int, seq: int, device: str, repeats: int) -> float:
     ids = torch.randint(0, model.cfg.vocab_size, (batch, seq), device=device)
     with torch.inference_mode():
@@ -50,7 +60,7 @@ def main() -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, seq {args.seq}")
     for batch in args.batches:
         rate = measure(model, batch, args.seq, args.device, args.repeats)
-        print(f"  batch {batch}: {rate:,.0f} tokens/s")
+        print(f"  batch {batch}: {rate:,.0f} tokens/s  (~{rate * flops_per_token(cfg, args.seq) / 1e9:.1f} GFLOP/s of matmul work)")
 
 
 if __name__ == "__main__":

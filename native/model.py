@@ -90,7 +90,8 @@ class NativeModel(nn.Module):
     ):
         """``attention_mask`` (B, T): 1 for tokens, 0 for padding keys. With ``return_hidden``,
         returns ``(logits, hidden)`` where ``hidden[0]`` is the scaled embedding and
-        ``hidden[i + 1]`` the residual stream after layer ``i`` (before the final norm)."""
+        ``hidden[i + 1]`` the residual stream after layer ``i`` (before the final norm; HF's last
+        ``hidden_states`` entry is ``final_norm(hidden[-1])`` instead)."""
         T = input_ids.shape[1]
         x = self.embedding(input_ids)
         if self.cfg.embeddings.multiplier is not None:
