@@ -1,0 +1,124 @@
+"""The starcoder2 converter against transformers' Starcoder2Config / Starcoder2ForCausalLM."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given
+
+import native
+from arch_cases import (
+    assert_hf_roundtrip, assert_native_roundtrip, assert_weights_roundtrip, forward_comparison, refusal, with_layers,
+)
+from converters import ConversionError
+from converters.starcoder2 import Starcoder2Converter
+from fixtures.profiles import settings_for
+from strategies import starcoder2 as strategy
+
+CONVERTER = Starcoder2Converter()
+IDS = {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": None}
+LN = native.LayerNormConfig(eps=1e-5, bias=True)
+
+
+def model(*, hidden=24, heads=4, kv_heads=2, head_dim=6, bias=True, window=None, activation="gelu_tanh",
+          rotary=native.DefaultRotary(theta=100.0), tied=True) -> native.ModelConfig:
+    block = native.BlockConfig(
+        placement="pre", norm=LN,
+        attention=native.AttentionConfig(heads=heads, kv_heads=kv_heads, head_dim=head_dim, q_bias=bias, k_bias=bias,
+                                         v_bias=bias, o_bias=bias, window=window, rotary=rotary),
+        mlp=native.MLPConfig(intermediate=40, gated=False, activation=activation, bias=bias))
+    return native.ModelConfig(hidden_size=hidden, max_position_embeddings=32, embeddings=native.EmbeddingConfig(45),
+                              decoder=native.DecoderConfig.from_layers([block] * 2), final_norm=LN,
+                              head=native.HeadConfig(tied=tied), metadata=dict(IDS))
+
+
+FORWARD_CASES = {
+    "gqa_bias_window_tied": model(window=5),
+    "no_bias_untied_gelu": model(bias=False, tied=False, activation="gelu", head_dim=8, hidden=30),
+    "mqa_llama3": model(kv_heads=1, rotary=native.Llama3Rotary(theta=100.0, factor=4.0, original_max_position_embeddings=8)),
+}
+
+
+def test_transformers_default_config_roundtrips():
+    from transformers import AutoConfig
+
+    cfg = assert_hf_roundtrip(CONVERTER, AutoConfig.for_model("starcoder2").to_dict())
+    block = cfg.decoder.blocks[0]
+    assert block.norm == native.LayerNormConfig(eps=1e-5, bias=True)
+    assert (block.mlp.gated, block.mlp.bias, block.mlp.activation) == (False, True, "gelu_tanh")
+    assert block.attention.kv_heads == 2 and cfg.head.tied
+
+
+@pytest.mark.parametrize("hf", strategy.hf_examples(), ids=lambda h: h["model_type"])
+def test_example_configs_roundtrip(hf):
+    assert_hf_roundtrip(CONVERTER, hf)
+
+
+@pytest.mark.parametrize("name", sorted(FORWARD_CASES))
+def test_forward_case_configs_roundtrip(name):
+    assert_native_roundtrip(CONVERTER, FORWARD_CASES[name])
+
+
+@settings_for("config_roundtrip")
+@given(cfg=strategy.native_configs())
+def test_strategy_native_configs_are_accepted(cfg):
+    assert_native_roundtrip(CONVERTER, cfg)
+
+
+@settings_for("hf_config_roundtrip")
+@given(hf=strategy.hf_configs())
+def test_strategy_hf_configs_roundtrip(hf):
+    assert_hf_roundtrip(CONVERTER, hf)
+
+
+@settings_for("unrepresentable_rejected")
+@given(cfg=strategy.unrepresentable_configs())
+def test_strategy_unrepresentable_configs_are_refused(cfg):
+    with pytest.raises(ConversionError):
+        CONVERTER.export_config(cfg)
+
+
+BASE = FORWARD_CASES["gqa_bias_window_tied"]
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda b: dataclasses.replace(b, mlp=dataclasses.replace(b.mlp, bias=False)), "use_bias"),
+    (lambda b: dataclasses.replace(b, attention=dataclasses.replace(b.attention, k_bias=False)), "use_bias"),
+    (lambda b: dataclasses.replace(b, mlp=dataclasses.replace(b.mlp, gated=True)), "gated"),
+    (lambda b: dataclasses.replace(b, norm=native.LayerNormConfig(eps=1e-5, bias=False)), "bias"),
+    (lambda b: dataclasses.replace(b, norm=native.RMSNormConfig(eps=1e-5)), "norm"),
+    (lambda b: dataclasses.replace(b, placement="parallel"), "placement"),
+    (lambda b: dataclasses.replace(b, attention=dataclasses.replace(
+        b.attention, rotary=native.DefaultRotary(fraction=2 / 3))), "fraction"),
+])
+def test_refusals_name_the_field(change, field):
+    refusal(CONVERTER, with_layers(BASE, change), field)
+
+
+@pytest.mark.parametrize("name", sorted(FORWARD_CASES))
+def test_forward_matches_transformers(name):
+    result = forward_comparison(CONVERTER, FORWARD_CASES[name])
+    assert result.error < 1e-6, result.describe()
+
+
+@settings_for("forward_equivalence")
+@given(cfg=strategy.native_configs())
+def test_forward_strategy_configs(cfg):
+    result = forward_comparison(CONVERTER, cfg)
+    assert result.ok, result.describe()
+
+
+@pytest.mark.parametrize("name", sorted(FORWARD_CASES))
+def test_hf_weights_roundtrip_bit_exact(name):
+    assert_weights_roundtrip(CONVERTER, CONVERTER.export_config(FORWARD_CASES[name]), seed=4)
+
+
+def test_biases_on_disk():
+    shapes = CONVERTER.hf_shapes(BASE)
+    for name in ("self_attn.q_proj.bias", "self_attn.o_proj.bias", "mlp.c_fc.bias", "mlp.c_proj.bias",
+                 "input_layernorm.bias", "post_attention_layernorm.bias"):
+        assert f"model.layers.1.{name}" in shapes, name
+    assert "model.norm.bias" in shapes and "lm_head.weight" not in shapes
+    no_bias = CONVERTER.hf_shapes(FORWARD_CASES["no_bias_untied_gelu"])
+    assert not any(n.endswith("proj.bias") or n.endswith("c_fc.bias") for n in no_bias)
+    assert "model.layers.0.input_layernorm.bias" in no_bias  # LayerNorm keeps its bias regardless of use_bias
