@@ -15,7 +15,7 @@ from .config_primitives import ConstantImport, Dispatch, Mapped, Rename, Variant
 from .llama import ACTIVATIONS
 from .llama_weights import attention_rules, llama_rules
 from .mistral import MistralConverter
-from .moe import HeadDim, kv_heads, merge_alias, moe_rules
+from .moe import HeadDim, buildable_rotary, kv_heads, merge_alias, moe_rules
 from .weights.rules import norm
 
 _PREFIX = "block_sparse_moe."
@@ -42,8 +42,9 @@ class MixtralConverter(MistralConverter):
     def layer_section(self):
         return {
             **super().layer_section(),
-            "kv_heads": kv_heads(8, none_means_heads=True),
-            "head_dim": HeadDim(absent=None, null_is_default=True),
+            "kv_heads": kv_heads(8),
+            "buildable_rotary": buildable_rotary(),
+            "head_dim": HeadDim(absent=None, null_is_default=True, explicit_for_rope=("longrope",)),
             "window": Rename("attention.window", "sliding_window", default=None),
             "mlp": Dispatch("mlp", "", (Variant("moe", None, self.moe_section()),)),
         }

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import native
 from native.schema import to_plain
 
-from .config_primitives import Default, HFView
+from .config_primitives import Custom, Default, HFView
 from .declaration import LayerwisePrimitive
 from .errors import ConversionError
 from .llama import ACTIVATIONS
@@ -46,19 +46,30 @@ def merge_alias(hf: dict[str, Any], alias: str, key: str) -> dict[str, Any]:
     return out
 
 
-def kv_heads(class_default: int, none_means_heads: bool) -> Default:
-    """``num_key_value_heads``: absent → the HF class default (not ``num_attention_heads``: these
-    classes default it to a number); ``null`` → ``num_attention_heads`` where the class's
-    ``__post_init__`` does that, else refused (the model would not build)."""
+def kv_heads(class_default: int) -> Default:
+    """``num_key_value_heads``: absent → the HF class default (these classes default it to a
+    number, not to ``num_attention_heads``); ``null`` is refused (transformers 5 refuses it too)."""
 
     def compute(hf: HFView):
         if not hf.has("num_key_value_heads"):
             return class_default
-        if none_means_heads:
-            return hf.get("num_attention_heads")
-        raise ConversionError("config.json: num_key_value_heads=null is not supported by this class")
+        raise ConversionError("config.json: num_key_value_heads=null is not supported (give the number)")
 
     return Default("attention.kv_heads", "num_key_value_heads", compute)
+
+
+def buildable_rotary() -> Custom:
+    """Refuse a dynamic-NTK rotary over 2 dims: transformers computes its base with the exponent
+    ``dim / (dim - 2)`` and cannot build the model (ZeroDivisionError). Claims nothing."""
+
+    def export(get):
+        rotary = get("attention.rotary")
+        if rotary.kind == "dynamic" and rotary.rotary_dim(get("attention.head_dim")) <= 2:
+            raise ConversionError("attention.rotary: a dynamic rotary over 2 dims cannot be expressed "
+                                  "(transformers divides by rotary dim - 2)")
+        return {}
+
+    return Custom((), (), export, lambda hf: {})
 
 
 def _hf_head_dim_default(hidden_size: int, heads: int) -> int:
@@ -71,15 +82,19 @@ class HeadDim(LayerwisePrimitive):
     Export writes it when it differs from ``hidden_size // num_attention_heads`` or when metadata
     says config.json had it explicitly; otherwise ``absent`` (``None``: write ``"head_dim": null``,
     as MixtralConfig saves it; ``OMIT``: leave the key out, as for classes without the field).
-    Import: absent (or ``null`` where ``null_is_default``) means the default."""
+    Import: absent (or ``null`` where ``null_is_default``) means the default.
+
+    ``explicit_for_rope``: rope types whose validation in transformers reads ``config.head_dim``
+    directly (MixtralConfig's longrope check multiplies it, so ``null`` fails): always written."""
 
     OMIT = object()
     native_paths = ("attention.head_dim",)
     hf_keys = ("head_dim",)
 
-    def __init__(self, absent: Any = OMIT, null_is_default: bool = False):
+    def __init__(self, absent: Any = OMIT, null_is_default: bool = False, explicit_for_rope: tuple[str, ...] = ()):
         self.absent = absent
         self.null_is_default = null_is_default
+        self.explicit_for_rope = explicit_for_rope
 
     def export(self, layers, get_model):
         dims = sorted({block.attention.head_dim for block in layers})
@@ -87,7 +102,8 @@ class HeadDim(LayerwisePrimitive):
             raise ConversionError(f"attention.head_dim differs between layers ({dims}); this format has one head_dim")
         head_dim = dims[0]
         default = _hf_head_dim_default(get_model("hidden_size"), layers[0].attention.heads)
-        if head_dim != default or get_model("metadata").get("head_dim") == head_dim:
+        if (head_dim != default or get_model("metadata").get("head_dim") == head_dim
+                or any(block.attention.rotary.kind in self.explicit_for_rope for block in layers)):
             return {"head_dim": head_dim}
         return {} if self.absent is self.OMIT else {"head_dim": self.absent}
 
@@ -100,7 +116,8 @@ class HeadDim(LayerwisePrimitive):
             return [{"attention.head_dim": default}] * num_layers, {}
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConversionError(f"config.json: head_dim={value!r} must be a positive integer")
-        metadata = {"metadata.head_dim": value} if value == default else {}
+        always = hf.get("rope_parameters.rope_type", "default") in self.explicit_for_rope
+        metadata = {"metadata.head_dim": value} if value == default and not always else {}
         return [{"attention.head_dim": value}] * num_layers, metadata
 
 
@@ -313,4 +330,4 @@ def moe_rules(moe: native.MoEConfig, *, router: str, fc1: Sequence[str], fc2: st
     return rules
 
 
-__all__ = ["HeadDim", "QwenMoeLayers", "kv_heads", "merge_alias", "moe_rules"]
+__all__ = ["HeadDim", "QwenMoeLayers", "buildable_rotary", "kv_heads", "merge_alias", "moe_rules"]

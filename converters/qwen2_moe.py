@@ -17,7 +17,7 @@ from .declaration import LayerwisePrimitive
 from .errors import ConversionError
 from .llama import CARRIED, LlamaConverter, all_or_nothing_bias
 from .llama_weights import attention_rules, gated_mlp_rules, llama_rules
-from .moe import HeadDim, QwenMoeLayers, kv_heads, moe_rules
+from .moe import HeadDim, QwenMoeLayers, buildable_rotary, kv_heads, moe_rules
 from .qwen2 import Qwen2Converter
 from .weights.rules import norm
 
@@ -127,7 +127,8 @@ class Qwen2MoeConverter(Qwen2Converter):
     def layer_section(self):
         return {
             **super().layer_section(),
-            "kv_heads": kv_heads(16, none_means_heads=False),
+            "kv_heads": kv_heads(16),
+            "buildable_rotary": buildable_rotary(),
             "head_dim": HeadDim(),
             "bias": all_or_nothing_bias("qkv_bias", ("q_bias", "k_bias", "v_bias"), default=True),
             "o_bias": ConstantImport("attention.o_bias", False, "Qwen2-MoE has no o_proj bias"),

@@ -18,7 +18,7 @@ from .declaration import LayerwisePrimitive
 from .errors import ConversionError
 from .llama import CARRIED, LlamaConverter
 from .llama_weights import attention_rules, gated_mlp_rules, llama_rules
-from .moe import HeadDim, QwenMoeLayers, kv_heads, merge_alias, moe_rules
+from .moe import HeadDim, QwenMoeLayers, buildable_rotary, kv_heads, merge_alias, moe_rules
 from .qwen3 import Qwen3Converter
 from .weights.rules import norm
 
@@ -87,7 +87,8 @@ class Qwen3MoeConverter(Qwen3Converter):
     def layer_section(self):
         return {
             **super().layer_section(),
-            "kv_heads": kv_heads(4, none_means_heads=False),
+            "kv_heads": kv_heads(4),
+            "buildable_rotary": buildable_rotary(),
             "head_dim": HeadDim(),
             "window": UniformSlidingWindow(),
             "mlp": QwenMoeLayers(experts_key="num_local_experts", defaults=QWEN3_MOE_DEFAULTS, shared=False),

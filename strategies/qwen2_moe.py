@@ -1,0 +1,168 @@
+"""Strategies for the ``qwen2_moe`` converter.
+
+- :func:`native_configs`: pre-norm RMSNorm blocks with one epsilon; q/k/v biases all on or all off
+  (o never); full rotary of any HF kind; sliding windows on any subset of layers (one size); any
+  subset of layers dense (a gated MLP) and the others one sparse MoE with a gated shared expert,
+  the dense and expert MLPs sharing their activation.
+- :func:`hf_configs`: Qwen2MoeConfig dicts, v4 and v5 rope forms: sparse layers chosen by
+  ``num_experts`` (0 included), ``decoder_sparse_step`` and ``mlp_only_layers`` (unsorted,
+  redundant, out of range); windows by ``use_sliding_window``/``max_window_layers`` or explicit
+  ``layer_types``; inert keys (window settings while disabled, MoE sizes with no sparse layer).
+- :func:`unrepresentable_configs`.
+- :func:`hf_examples`: the transformers default and a Qwen1.5-MoE-A2.7B-style config (scaled down).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from hypothesis import strategies as st
+
+import native
+
+from . import building_blocks as bb
+from . import moe_common as mc
+from .generic import native_configs as generic_configs
+
+MODEL_TYPE = "qwen2_moe"
+ARCHITECTURE = "Qwen2MoeForCausalLM"
+BIASES = (bb.BiasPattern(False, False, False, False), bb.BiasPattern(True, True, True, False))
+SLIDING, FULL = "sliding_attention", "full_attention"
+
+#: The public Qwen1.5-MoE-A2.7B config.json (as published; not in ../shared/real_configs).
+QWEN15_MOE_A27B = {
+    "architectures": ["Qwen2MoeForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
+    "decoder_sparse_step": 1, "eos_token_id": 151643, "hidden_act": "silu", "hidden_size": 2048,
+    "initializer_range": 0.02, "intermediate_size": 5632, "max_position_embeddings": 8192,
+    "max_window_layers": 21, "model_type": "qwen2_moe", "moe_intermediate_size": 1408, "norm_topk_prob": False,
+    "num_attention_heads": 16, "num_experts": 60, "num_experts_per_tok": 4, "num_hidden_layers": 24,
+    "num_key_value_heads": 16, "output_router_logits": False, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+    "router_aux_loss_coef": 0.001, "shared_expert_intermediate_size": 5632, "sliding_window": 32768,
+    "tie_word_embeddings": False, "torch_dtype": "bfloat16", "transformers_version": "4.40.0.dev0",
+    "use_cache": True, "use_sliding_window": False, "vocab_size": 151936,
+}
+
+
+@st.composite
+def native_configs(draw):
+    cfg = draw(generic_configs(
+        placements=("pre",), norm_kinds=("rms",), shared_eps=True, final_norm="same", qk_norms=("none",),
+        rotary_kinds=mc.ROPE_KINDS, rotary_fractions=("full",), hf_valid_rotary=True, attention_biases=BIASES,
+        feed_forwards=("moe",), moe_shared=(True,), moe_shared_gate=(True,), windows=bb.WINDOW_MODES,
+        varying=(), embedding_multipliers=("none",), softmax_scales=("none",), attention_softcaps=("none",),
+        final_softcaps=("none",)))
+    return mc.hf_buildable(draw(with_dense_layers(cfg)))
+
+
+@st.composite
+def with_dense_layers(draw, cfg: native.ModelConfig) -> native.ModelConfig:
+    """Make a drawn subset of layers dense (none first), sharing the MoE's activation."""
+    dense = draw(bb.layer_patterns(cfg.num_layers)).flags
+    if not any(dense):
+        return cfg
+    moe = cfg.decoder.layer(0).mlp
+    mlp = native.MLPConfig(intermediate=draw(bb.intermediate_sizes(32)), gated=True, activation=moe.activation)
+    layers = [dataclasses.replace(block, mlp=mlp) if flag else block
+              for flag, block in zip(dense, cfg.decoder.layers())]
+    return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers(layers))
+
+
+@st.composite
+def sparse_keys(draw, num_layers: int, *, experts_key: str, shared: bool) -> dict:
+    """The keys choosing and sizing the sparse layers (shared by Qwen2-MoE and Qwen3-MoE)."""
+    experts = draw(st.one_of(st.integers(1, bb.MAX_EXPERTS), st.just(0)))
+    hf = {experts_key: experts, "num_experts_per_tok": draw(st.integers(1, max(1, experts))),
+          "moe_intermediate_size": draw(bb.intermediate_sizes(32)),
+          "intermediate_size": draw(bb.intermediate_sizes(32))}
+    if shared:
+        hf["shared_expert_intermediate_size"] = draw(bb.intermediate_sizes(32))
+    hf.update(draw(st.one_of(st.just({}), st.booleans().map(lambda b: {"norm_topk_prob": b}))))
+    hf.update(draw(st.one_of(st.just({}), st.integers(1, 3).map(lambda s: {"decoder_sparse_step": s}))))
+    mlp_only = st.lists(st.integers(0, num_layers), unique=True, max_size=num_layers + 1)
+    hf.update(draw(st.one_of(st.just({}), mlp_only.map(lambda m: {"mlp_only_layers": m}))))
+    return hf
+
+
+@st.composite
+def window_keys(draw, num_layers: int) -> dict:
+    """``use_sliding_window``/``sliding_window``/``max_window_layers``/``layer_types``, each
+    present or absent; explicit sliding layers only where the window is on."""
+    hf: dict = {}
+    use = draw(st.one_of(st.none(), st.booleans()))
+    if use is not None:
+        hf["use_sliding_window"] = use
+    window = draw(st.one_of(st.none(), bb.windows(), st.just("absent")))
+    if window is None and use:
+        window = "absent"  # a null window on sliding layers is refused; tested separately
+    if window != "absent":
+        hf["sliding_window"] = window
+    hf.update(draw(st.one_of(st.just({}), st.integers(0, num_layers + 1).map(lambda m: {"max_window_layers": m}))))
+    if draw(st.booleans()):
+        flags = draw(st.lists(st.booleans(), min_size=num_layers, max_size=num_layers)) if use else [False] * num_layers
+        hf["layer_types"] = [SLIDING if f else FULL for f in flags]
+    return hf
+
+
+@st.composite
+def base_keys(draw, model_type: str, architecture: str, *, null_head_dim: bool = False) -> dict:
+    """Sizes, norms, activation, rope and carried keys common to the Qwen MoE classes."""
+    sizes = draw(mc.attention_sizes())
+    vocab = draw(bb.vocab_sizes())
+    max_position = draw(bb.max_positions())
+    hf = {"model_type": model_type, **{k: v for k, v in sizes.items() if k != "head_dim"}}
+    hf.update(draw(mc.head_dim_keys(sizes, null_allowed=null_head_dim)))
+    hf.update(num_hidden_layers=draw(bb.layer_counts()), vocab_size=vocab, max_position_embeddings=max_position,
+              rms_norm_eps=draw(bb.epsilons()), tie_word_embeddings=draw(st.booleans()),
+              hidden_act=draw(st.sampled_from(sorted(mc.ACTIVATIONS.values()))))
+    hf.update(draw(mc.rope_keys(draw(mc.rotary_for(mc.head_dim_of(hf), max_position)))))
+    hf.update(draw(mc.token_and_training_keys(vocab, ("output_router_logits", "router_aux_loss_coef"))))
+    hf.update(draw(mc.file_keys(architecture)))
+    return hf
+
+
+@st.composite
+def hf_configs(draw) -> dict:
+    hf = draw(base_keys(MODEL_TYPE, ARCHITECTURE))
+    n = hf["num_hidden_layers"]
+    hf.update(draw(st.one_of(st.just({}), st.booleans().map(lambda b: {"qkv_bias": b}))))
+    hf.update(draw(sparse_keys(n, experts_key="num_experts", shared=True)))
+    hf.update(draw(window_keys(n)))
+    return hf
+
+
+@st.composite
+def unrepresentable_configs(draw):
+    """``(field, cfg)``: ``export_config(cfg)`` must raise ConversionError naming ``field``."""
+    cfg = draw(native_configs())
+    layer = draw(st.integers(0, cfg.num_layers - 1))
+    block = cfg.decoder.layer(layer)
+    cases = mc.mutations(cfg, layer)
+    cases["o_bias"] = mc.mutate_attention(cfg, layer, o_bias=True)
+    cases["k_bias"] = mc.mutate_attention(cfg, layer, k_bias=not block.attention.k_bias)
+    if isinstance(block.mlp, native.MoEConfig):
+        cases["shared_gate"] = mc.mutate_mlp(cfg, layer, shared_gate=False)
+        cases["shared_intermediate"] = mc.mutate_mlp(cfg, layer, shared_intermediate=None, shared_gate=False)
+        if sum(isinstance(b.mlp, native.MoEConfig) for b in cfg.decoder.layers()) > 1:
+            cases["experts"] = mc.mutate_mlp(cfg, layer, experts=block.mlp.experts + 1)
+    else:
+        cases["gated"] = mc.mutate_mlp(cfg, layer, gated=False)
+        cases["bias"] = mc.mutate_mlp(cfg, layer, bias=True)
+    other = "relu" if block.mlp.activation != "relu" else "silu"
+    if cfg.num_layers > 1:
+        cases["activation"] = mc.mutate_mlp(cfg, layer, activation=other)
+        windows = sorted({b.attention.window for b in cfg.decoder.layers() if b.attention.window is not None})
+        if windows and cfg.num_layers > 1:
+            cases["attention.window"] = mc.mutate_attention(cfg, layer, window=windows[0] + 1)
+    field = draw(st.sampled_from(sorted(cases)))
+    return field, cases[field]
+
+
+def hf_examples() -> list[dict]:
+    """For ``@example``: the transformers default (config properties only), Qwen1.5-MoE-A2.7B as
+    published, and scaled down with two dense layers among four."""
+    from transformers import AutoConfig
+
+    small = mc.scaled_down(QWEN15_MOE_A27B, hidden_size=32, intermediate_size=24, moe_intermediate_size=8,
+                           shared_expert_intermediate_size=20, num_attention_heads=4, num_key_value_heads=4,
+                           num_hidden_layers=4, num_experts=6, num_experts_per_tok=2, vocab_size=97,
+                           max_position_embeddings=64, mlp_only_layers=[0, 2], max_window_layers=3)
+    return [AutoConfig.for_model(MODEL_TYPE).to_dict(), QWEN15_MOE_A27B, small]

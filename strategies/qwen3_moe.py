@@ -1,0 +1,105 @@
+"""Strategies for the ``qwen3_moe`` converter.
+
+- :func:`native_configs`: pre-norm RMSNorm blocks with one epsilon (q/k norm per head included);
+  q/k/v/o biases all on or all off; full rotary of any HF kind; one sliding window on every layer
+  or none; any subset of layers dense (a gated MLP), the others one sparse MoE without a shared
+  expert, sharing the activation.
+- :func:`hf_configs`: Qwen3MoeConfig dicts, v4 and v5 rope forms, ``num_experts`` or
+  ``num_local_experts``, sparse layers by ``num_experts``/``decoder_sparse_step``/``mlp_only_layers``,
+  ``head_dim`` explicit (default or not) or absent, the window by ``use_sliding_window``, and the
+  ``max_window_layers`` real Qwen3 configs carry.
+- :func:`unrepresentable_configs`.
+- :func:`hf_examples`: the transformers default and Qwen3-30B-A3B as published (and scaled down).
+"""
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+import native
+
+from . import building_blocks as bb
+from . import moe_common as mc
+from .generic import native_configs as generic_configs
+from .qwen2_moe import base_keys, sparse_keys, with_dense_layers
+
+MODEL_TYPE = "qwen3_moe"
+ARCHITECTURE = "Qwen3MoeForCausalLM"
+
+#: The public Qwen3-30B-A3B config.json (as published; not in ../shared/real_configs).
+QWEN3_30B_A3B = {
+    "architectures": ["Qwen3MoeForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+    "bos_token_id": 151643, "decoder_sparse_step": 1, "eos_token_id": 151645, "head_dim": 128,
+    "hidden_act": "silu", "hidden_size": 2048, "initializer_range": 0.02, "intermediate_size": 6144,
+    "max_position_embeddings": 40960, "max_window_layers": 48, "mlp_only_layers": [], "model_type": "qwen3_moe",
+    "moe_intermediate_size": 768, "norm_topk_prob": True, "num_attention_heads": 32, "num_experts": 128,
+    "num_experts_per_tok": 8, "num_hidden_layers": 48, "num_key_value_heads": 4, "output_router_logits": False,
+    "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 1000000.0, "router_aux_loss_coef": 0.001,
+    "sliding_window": None, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+    "transformers_version": "4.51.0", "use_cache": True, "use_sliding_window": False, "vocab_size": 151936,
+}
+
+
+@st.composite
+def native_configs(draw):
+    cfg = draw(generic_configs(
+        placements=("pre",), norm_kinds=("rms",), shared_eps=True, final_norm="same", qk_norms=("head",),
+        qk_norm_kinds=("rms",), rotary_kinds=mc.ROPE_KINDS, rotary_fractions=("full",), hf_valid_rotary=True,
+        attention_biases=bb.BIAS_ALL_OR_NOTHING, feed_forwards=("moe",), moe_shared=(False,),
+        moe_shared_gate=(False,), windows=("none", "uniform"), varying=(), embedding_multipliers=("none",),
+        softmax_scales=("none",), attention_softcaps=("none",), final_softcaps=("none",)))
+    return mc.hf_buildable(draw(with_dense_layers(cfg)))
+
+
+@st.composite
+def hf_configs(draw) -> dict:
+    hf = draw(base_keys(MODEL_TYPE, ARCHITECTURE))
+    n = hf["num_hidden_layers"]
+    hf.update(draw(st.one_of(st.just({}), st.booleans().map(lambda b: {"attention_bias": b}))))
+    hf.update(draw(sparse_keys(n, experts_key=draw(st.sampled_from(("num_local_experts", "num_experts"))),
+                               shared=False)))
+    use = draw(st.one_of(st.none(), st.booleans()))
+    if use is not None:
+        hf["use_sliding_window"] = use
+    window = draw(st.one_of(st.just("absent"), st.none(), bb.windows()))
+    if window != "absent":
+        hf["sliding_window"] = window
+    hf.update(draw(st.one_of(st.just({}), st.integers(0, n + 1).map(lambda m: {"max_window_layers": m}))))
+    return hf
+
+
+@st.composite
+def unrepresentable_configs(draw):
+    """``(field, cfg)``: ``export_config(cfg)`` must raise ConversionError naming ``field``."""
+    cfg = draw(native_configs())
+    layer = draw(st.integers(0, cfg.num_layers - 1))
+    block = cfg.decoder.layer(layer)
+    cases = mc.mutations(cfg, layer)
+    cases["qk_norm"] = mc.mutate_attention(cfg, layer, qk_norm_scope="full")
+    cases["o_bias"] = mc.mutate_attention(cfg, layer, o_bias=not block.attention.o_bias)
+    if isinstance(block.mlp, native.MoEConfig):
+        cases["shared_intermediate"] = mc.mutate_mlp(cfg, layer, shared_intermediate=4)
+        if sum(isinstance(b.mlp, native.MoEConfig) for b in cfg.decoder.layers()) > 1:
+            cases["top_k"] = mc.mutate_mlp(cfg, layer, top_k=1 if block.mlp.top_k > 1 else 2,
+                                           experts=max(2, block.mlp.experts))
+    else:
+        cases["gated"] = mc.mutate_mlp(cfg, layer, gated=False)
+        cases["bias"] = mc.mutate_mlp(cfg, layer, bias=True)
+    if cfg.num_layers > 1:
+        other = "relu" if block.mlp.activation != "relu" else "silu"
+        cases["activation"] = mc.mutate_mlp(cfg, layer, activation=other)
+        window = block.attention.window
+        cases["attention.window"] = mc.mutate_attention(cfg, layer, window=None if window else 3)
+    field = draw(st.sampled_from(sorted(cases)))
+    return field, cases[field]
+
+
+def hf_examples() -> list[dict]:
+    """For ``@example``: the transformers default (config properties only), Qwen3-30B-A3B as
+    published, and scaled down with a dense first layer."""
+    from transformers import AutoConfig
+
+    small = mc.scaled_down(QWEN3_30B_A3B, hidden_size=32, intermediate_size=24, moe_intermediate_size=8,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_hidden_layers=3,
+                           num_experts=6, num_experts_per_tok=2, vocab_size=97, max_position_embeddings=64,
+                           mlp_only_layers=[0])
+    return [AutoConfig.for_model(MODEL_TYPE).to_dict(), QWEN3_30B_A3B, small]
