@@ -40,13 +40,13 @@ class QwenSlidingWindows(LayerwisePrimitive):
             if SLIDING in layer_types and not (use and window is not None):
                 raise ConversionError("config.json: layer_types has sliding_attention layers but "
                                       "use_sliding_window/sliding_window disable the window")
-            if hf.has("max_window_layers"):
-                metadata["metadata.max_window_layers"] = max_window_layers
+        # Inert values are carried, but only where export would not regenerate them, so that
+        # import(export(cfg)) == cfg as well as export(import(h)) == h.
+        if hf.has("max_window_layers") and max_window_layers != self._max_window_layers(layer_types):
+            metadata["metadata.max_window_layers"] = max_window_layers
         if not (use and window is not None):  # the window size is inert: keep it, don't apply it
-            if hf.has("sliding_window"):
+            if hf.has("sliding_window") and window is not None:
                 metadata["metadata.sliding_window"] = window
-            if hf.has("max_window_layers"):
-                metadata["metadata.max_window_layers"] = max_window_layers
         if use and window is not None and (not isinstance(window, int) or window < 1):
             raise ConversionError(f"config.json: sliding_window={window!r} must be a positive integer")
         per_layer = [{"attention.window": window if kind == SLIDING else None} for kind in layer_types]
@@ -60,19 +60,27 @@ class QwenSlidingWindows(LayerwisePrimitive):
             raise ConversionError(f"attention.window differs between sliding layers ({sorted(sizes)}); "
                                   "this format has one sliding_window")
         layer_types = [FULL if w is None else SLIDING for w in windows]
+        max_window_layers = metadata.get("max_window_layers", self._max_window_layers(layer_types))
         if not sizes:
             return {
                 "use_sliding_window": False,
                 "sliding_window": metadata.get("sliding_window", None),
-                "max_window_layers": metadata.get("max_window_layers", self.max_window_layers_default),
+                "max_window_layers": max_window_layers,
                 "layer_types": layer_types,
             }
-        first_sliding = layer_types.index(SLIDING)
-        prefix_form = all(t == SLIDING for t in layer_types[first_sliding:])
         return {
             "use_sliding_window": True,
             "sliding_window": sizes.pop(),
-            "max_window_layers": first_sliding if prefix_form else
-            metadata.get("max_window_layers", self.max_window_layers_default),
+            "max_window_layers": max_window_layers,
             "layer_types": layer_types,
         }
+
+    def _max_window_layers(self, layer_types) -> int:
+        """What export writes without metadata: the first sliding layer when the sliding layers are
+        a suffix (transformers' own rule then gives the same layer_types), else the default. (The
+        explicit layer_types are always written too, so the value never changes the model.)"""
+        if SLIDING in layer_types:
+            first = layer_types.index(SLIDING)
+            if all(t == SLIDING for t in layer_types[first:]):
+                return first
+        return self.max_window_layers_default
