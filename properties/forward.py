@@ -1,0 +1,126 @@
+"""``forward_equivalence``: native logits equal HF logits for the converted weights, within the
+dtype's tolerance (fixtures.tolerances), on random tokens long enough to exercise every window and
+every rotary regime of the config.
+"""
+from __future__ import annotations
+
+import torch
+
+import native
+from fixtures import tolerances
+from native.config import DynamicRotary, Llama3Rotary, LongRopeRotary, YarnRotary
+
+from . import common
+from .common import export_config, export_weights
+from .violation import Reporter
+
+#: A longer sequence means the strategy drew a large window or context: scale the config down.
+MAX_SEQ_LEN = 1024
+BATCH = 2
+DTYPES = tolerances.CPU_DTYPES
+
+
+def sequence_length(cfg: native.ModelConfig, extra: int = 0) -> int:
+    """One more than every length at which the config changes behaviour: each sliding window, each
+    ``original_max_position_embeddings`` (llama3/yarn/longrope), and ``max_position_embeddings``
+    where the rotary depends on the sequence length past it (dynamic NTK; longrope picks its long
+    factors past the original context). At least 8."""
+    lengths = [7]
+    for block in cfg.decoder.blocks:
+        a = block.attention
+        if a.window is not None:
+            lengths.append(a.window)
+        rotary = a.rotary
+        if isinstance(rotary, (Llama3Rotary, YarnRotary, LongRopeRotary)):
+            lengths.append(rotary.original_max_position_embeddings)
+        if isinstance(rotary, (DynamicRotary, LongRopeRotary)):
+            lengths.append(cfg.max_position_embeddings)
+    return max(lengths) + 1 + extra
+
+
+def inputs(cfg: native.ModelConfig, seed: int, dtype: torch.dtype, device: str = "cpu"
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)``: a batch of 2 whose second row has 1..T/2 padding tokens.
+
+    The padding is on the left (so padded keys precede the real ones and the mask matters), except
+    in float64: transformers' eager attention adds ``finfo(float64).min`` for masked keys and then
+    takes the softmax in float32, where that is ``-inf``; a fully masked (padding) query row becomes
+    NaN, and ``0 × NaN`` in the next layer's ``probs @ values`` spreads it over the whole row. Right
+    padding keeps padding keys out of every real query's row, and fewer padding tokens than the
+    smallest sliding window keeps every padding query's row non-empty (window 1: no padding), so
+    float64 compares what HF computes correctly."""
+    generator = torch.Generator().manual_seed(seed)
+    extra = int(torch.randint(0, 4, (), generator=generator))
+    T = sequence_length(cfg, extra)
+    if T > MAX_SEQ_LEN:
+        raise ValueError(f"forward_equivalence needs {T} tokens for this config (windows/contexts); "
+                         f"strategies must draw them below {MAX_SEQ_LEN}")
+    ids = torch.randint(0, cfg.vocab_size, (BATCH, T), generator=generator)
+    mask = torch.ones(BATCH, T, dtype=torch.long)
+    pad = int(torch.randint(1, max(2, T // 2 + 1), (), generator=generator))
+    if dtype == torch.float64:
+        windows = [b.attention.window for b in cfg.decoder.blocks if b.attention.window is not None]
+        pad = min([pad] + [w - 1 for w in windows])
+        mask[1, T - pad:] = 0
+    else:
+        mask[1, :pad] = 0
+    return ids.to(device), mask.to(device)
+
+
+def _in_test() -> bool:
+    try:
+        from hypothesis.control import currently_in_test_context
+
+        return currently_in_test_context()
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def forward_equivalence(converter, cfg: native.ModelConfig, seed: int = 0, *, device: str = "cpu",
+                        dtypes: tuple[str, ...] = DTYPES) -> None:
+    """For each dtype: native logits vs HF logits of the exported weights, relative error over the
+    unpadded positions within ``fixtures.tolerances.tolerance(dtype)``. On failure the message gives
+    the error, the tolerance, the worst element and the first layer whose output diverges. Under
+    Hypothesis, ``target()`` is called with each dtype's error relative to its tolerance."""
+    report = Reporter("forward_equivalence", converter)
+    hf_cfg = export_config(report, converter, cfg)
+    state = native.random_state(cfg, seed, dtype=torch.float32)
+    for name in dtypes:
+        dtype = getattr(torch, tolerances.dtype_name(name))
+        ids, mask = inputs(cfg, seed, dtype, device)
+        typed = {k: v.to(dtype) for k, v in state.items()}
+        hf_state = export_weights(report, converter, cfg, typed)
+        model = common.native_model(cfg, typed, dtype, device)
+        hf = common.hf_model(report, hf_cfg, hf_state, dtype, device)
+        with torch.no_grad():
+            ours = model(ids, attention_mask=mask)
+            theirs = hf(input_ids=ids, attention_mask=mask).logits
+        if ours.shape != theirs.shape:
+            report.fail(f"logits ({name})", f"native shape {tuple(ours.shape)} vs HF {tuple(theirs.shape)}")
+        result = tolerances.compare(ours, theirs, dtype, f"logits ({name})", mask=mask.bool())
+        if _in_test():
+            from hypothesis import target
+
+            error = result.error if result.error == result.error else float("inf")
+            target(min(error / result.tolerance, 1e9), label=f"relative logit error / tolerance ({name})")
+        if not result.ok:
+            where = first_divergence(model, hf, ids, mask, dtype)
+            report.fail(f"logits ({name}, T={ids.shape[1]})", f"{result.describe()}; {where}")
+
+
+def first_divergence(model, hf, ids, mask, dtype) -> str:
+    """The first layer whose output differs beyond tolerance (HF ``hidden_states[i]`` is the input
+    of layer ``i``, like native ``hidden[i]``; HF's last entry is after the final norm, so the last
+    layer is judged by the logits)."""
+    with torch.no_grad():
+        _, ours = model(ids, attention_mask=mask, return_hidden=True)
+        theirs = hf(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    if theirs is None:
+        return "HF returned no hidden states"
+    layers = len(ours) - 1
+    for i in range(min(layers, len(theirs) - 1)):
+        result = tolerances.compare(ours[i], theirs[i], dtype, f"hidden[{i}]", mask=mask.bool())
+        if not result.ok:
+            what = "the embedding output" if i == 0 else f"layer {i - 1}'s output"
+            return f"first divergence: {what} ({result.describe()})"
+    return f"hidden states agree up to the last layer's input: divergence in layer {layers - 1}, the final norm or the head"

@@ -1,0 +1,174 @@
+"""Running a property under Hypothesis for one converter, and replaying saved cases.
+
+Everything that is per architecture comes from the converter registry and, by convention, from
+``strategies/<model_type>.py`` (found by ``strategies.for_architecture``):
+
+- ``native_configs()``: native configs the converter must accept (most properties);
+- ``hf_configs()``: HF config dicts in v4 and v5 forms (``hf_config_roundtrip``);
+- ``unrepresentable_configs()``: native configs the format cannot express, either bare or as
+  ``(config, field)`` pairs naming the field the refusal must mention (``unrepresentable_rejected``);
+- optionally ``hf_examples()`` (real and default HF configs) and ``native_examples()``: explicit
+  examples. HF examples the converter imports also serve the native properties, as configs — and
+  for the tensor properties when they are small enough (:data:`MAX_EXAMPLE_PARAMETERS`).
+
+A missing strategy module or function is an error, never a skip: a registered converter without its
+strategies is a converter the gate does not check.
+
+Saved failing cases (``tests/regressions/*.json``, see :mod:`fixtures.regressions`) are replayed by
+:func:`replay`; a Hypothesis run can save its minimal failing case with ``save_failures=True``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+from hypothesis import example, given, settings as Settings
+from hypothesis import strategies as st
+
+import converters
+import native
+import strategies
+from fixtures import budgets, profiles, rng
+from fixtures.regressions import Regression, save_regression
+
+from . import PROPERTIES, HF, NATIVE, UNREPRESENTABLE, Property
+
+#: Explicit native examples above this many parameters run only the config properties.
+MAX_EXAMPLE_PARAMETERS = 2_000_000
+
+
+class MissingStrategy(LookupError):
+    """A registered converter lacks the strategy a property needs."""
+
+
+def strategy_module(model_type: str) -> ModuleType:
+    try:
+        return strategies.for_architecture(model_type)
+    except KeyError as exc:
+        raise MissingStrategy(f"converter {model_type!r} is registered but has no strategies/{model_type}.py "
+                              f"({exc.args[0] if exc.args else exc}); every registered converter needs one") from None
+
+
+_FUNCTIONS = {NATIVE: "native_configs", HF: "hf_configs", UNREPRESENTABLE: "unrepresentable_configs"}
+
+
+def config_strategy(prop: Property, module: ModuleType) -> st.SearchStrategy:
+    """The strategy of the ``config`` argument of ``prop`` for one architecture."""
+    name = _FUNCTIONS[prop.inputs]
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise MissingStrategy(f"{module.__name__} has no {name}(), which {prop.name} needs")
+    return factory()
+
+
+def split_case(prop: Property, case: Any) -> tuple[Any, dict[str, Any]]:
+    """``(config, extra kwargs)``: unrepresentable cases may come as ``(config, field)`` pairs in
+    either order."""
+    if prop.inputs == UNREPRESENTABLE and isinstance(case, tuple):
+        cfg = next(v for v in case if isinstance(v, native.ModelConfig))
+        field = next((v for v in case if isinstance(v, str)), None)
+        return cfg, {"field": field}
+    return case, {}
+
+
+def call(prop: Property, converter, case: Any, seed: int) -> None:
+    config, extra = split_case(prop, case)
+    prop.check(converter, config, seed, **extra)
+
+
+def _parameters(cfg: native.ModelConfig) -> int:
+    return sum(math.prod(shape) for shape in native.state_shapes(cfg).values())
+
+
+def explicit_examples(prop: Property, converter, module: ModuleType) -> list[Any]:
+    """The explicit cases of a property for one architecture (see the module docstring)."""
+    hf_examples = list(getattr(module, "hf_examples", lambda: [])())
+    if prop.inputs == HF:
+        return hf_examples
+    if prop.inputs != NATIVE:
+        return []
+    cases = list(getattr(module, "native_examples", lambda: [])())
+    for hf in hf_examples:
+        try:
+            cases.append(converter.import_config(hf))
+        except converters.ConversionError:
+            continue  # hf_config_roundtrip reports it
+    if budgets.property_class(prop.name) == budgets.WEIGHTS:
+        cases = [c for c in cases if _parameters(c) <= MAX_EXAMPLE_PARAMETERS]
+    unique = []
+    for c in cases:
+        if c not in unique:
+            unique.append(c)
+    return unique
+
+
+@dataclasses.dataclass
+class Failure:
+    """The last failing case a Hypothesis run saw (the minimal one once it has finished)."""
+
+    case: Any = None
+    seed: int | None = None
+
+    def regression(self, prop: Property, model_type: str, note: str = "") -> dict[str, Any]:
+        config, _ = split_case(prop, self.case)
+        key = "hf_config" if prop.inputs == HF else "native_config"
+        value = config if prop.inputs == HF else config.to_dict()
+        return {"architecture": model_type, "property": prop.name, key: value, "seed": self.seed, "note": note}
+
+
+def hypothesis_test(name: str, converter, *, settings: Settings | None = None, examples: bool = True,
+                    failure: Failure | None = None) -> Callable[[], None]:
+    """A zero-argument Hypothesis test of property ``name`` against ``converter``: calling it runs
+    the property over the architecture's strategy (and explicit examples) under ``settings``
+    (default: the active profile's settings for this property, see fixtures.profiles)."""
+    prop = PROPERTIES[name]
+    module = strategy_module(converter.model_type)
+    configs = config_strategy(prop, module)
+    record = failure if failure is not None else Failure()
+
+    def check(config, seed):
+        try:
+            call(prop, converter, config, seed)
+        except BaseException:
+            record.case, record.seed = config, seed
+            raise
+
+    # Derandomized runs seed from the test's name: one name per (property, architecture).
+    check.__name__ = check.__qualname__ = f"{name}__{converter.model_type}"
+    test = given(config=configs, seed=rng.seeds())(check)
+    if examples:
+        for case in reversed(explicit_examples(prop, converter, module)):
+            test = example(config=case, seed=0)(test)
+    return (settings or profiles.settings_for(name))(test)
+
+
+def run(name: str, converter, *, settings: Settings | None = None, save_failures: bool = False,
+        note: str = "") -> None:
+    """Run one property for one converter; on failure optionally save the minimal case to
+    ``tests/regressions/`` (the path is added to the exception's notes), then re-raise."""
+    failure = Failure()
+    test = hypothesis_test(name, converter, settings=settings, failure=failure)
+    rng.register_torch_rng()
+    try:
+        test()
+    except BaseException as exc:
+        if save_failures and failure.case is not None:
+            data = failure.regression(PROPERTIES[name], converter.model_type, note)
+            path = save_regression(data["architecture"], data["property"], native_config=data.get("native_config"),
+                                   hf_config=data.get("hf_config"), seed=data["seed"], note=note)
+            if hasattr(exc, "add_note"):
+                exc.add_note(f"saved as {path}; replay with: convcheck replay {path}")
+        raise
+
+
+def replay(case: Regression, converter=None) -> None:
+    """Re-run one saved case (raises the property's violation when it still fails)."""
+    prop = PROPERTIES.get(case.property)
+    if prop is None:
+        raise KeyError(f"{case.id}: unknown property {case.property!r} (known: {sorted(PROPERTIES)})")
+    converter = converter or converters.get(case.architecture)
+    rng.TorchGlobalRandom().seed(0)  # as Hypothesis seeds it before each example
+    prop.check(converter, case.config(), case.seed or 0)

@@ -1,0 +1,311 @@
+"""The weight properties (DESIGN §3): bit-exact round trips, the key bijection with transformers'
+own state dict, the tied-embedding matrix and bias handling.
+
+Tensors come from ``native.random_state(cfg, seed)``: every tensor random and away from its default,
+so a dropped, swapped or unpermuted tensor is visible.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+import native
+from converters import ConversionError
+
+from . import common
+from .common import (
+    CountingMapping, bits_equal, clone_state, describe_difference, export_config, export_weights,
+    import_weights, storage_key,
+)
+from .violation import Reporter
+
+
+def _same_state(report: Reporter, expected: Mapping[str, torch.Tensor], actual: Mapping[str, torch.Tensor],
+                what: str) -> None:
+    missing = [n for n in expected if n not in actual]
+    extra = [n for n in actual if n not in expected]
+    if missing:
+        report.fail(missing[0], f"{what}: tensor missing (missing: {missing[:6]})")
+    if extra:
+        report.fail(extra[0], f"{what}: unexpected tensor (extra: {extra[:6]})")
+    for name, tensor in expected.items():
+        if not bits_equal(tensor, actual[name]):
+            report.fail(name, f"{what} is not bit-exact: {describe_difference(tensor, actual[name])}")
+
+
+def _no_shared_storage(report: Reporter, inputs: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor],
+                       what: str) -> None:
+    taken = {storage_key(t): n for n, t in inputs.items() if storage_key(t) is not None}
+    for name, tensor in outputs.items():
+        key = storage_key(tensor)
+        if key is None:
+            continue
+        if key in taken:
+            report.fail(name, f"{what}: output shares storage with {taken[key]}")
+        taken[key] = name
+
+
+def weight_roundtrip(converter, cfg: native.ModelConfig, seed: int = 0) -> None:
+    """native→HF→native and HF→native→HF are bit-exact, dtype included (the state dtype is drawn
+    from the seed among float32, bfloat16, float16, float64); inputs are not mutated; outputs share
+    no storage with the inputs or with each other."""
+    report = Reporter("weight_roundtrip", converter)
+    dtype = common.weight_dtype(seed)
+    state = native.random_state(cfg, seed, dtype=dtype)
+    before = clone_state(state)
+    hf = export_weights(report, converter, cfg, state)
+    _same_state(report, before, state, "export_weights mutated its input")
+    for name, tensor in hf.items():
+        report.expect(tensor.dtype == dtype, name, f"export_weights changed the dtype: {dtype} -> {tensor.dtype}")
+    _no_shared_storage(report, state, hf, "export_weights")
+    hf_before = clone_state(hf)
+    back = import_weights(report, converter, cfg, hf)
+    _same_state(report, hf_before, hf, "import_weights mutated its input")
+    _no_shared_storage(report, hf, back, "import_weights")
+    _same_state(report, before, back, "native -> HF -> native")
+
+    # HF -> native -> HF, from an HF state of its own (the export of another random native state:
+    # exactly the HF states a native checkpoint can be, whatever the architecture's transforms).
+    other = dict(export_weights(report, converter, cfg, native.random_state(cfg, seed + 1, dtype=dtype)))
+    other_before = clone_state(other)
+    native_side = import_weights(report, converter, cfg, other)
+    again = export_weights(report, converter, cfg, native_side)
+    _same_state(report, other_before, other, "import_weights mutated its input")
+    _no_shared_storage(report, native_side, again, "export_weights")
+    _same_state(report, other_before, again, "HF -> native -> HF")
+
+
+def key_bijection(converter, cfg: native.ModelConfig, seed: int = 0) -> None:
+    """Exported names, shapes and dtypes equal the checkpoint transformers itself saves for the
+    exported config (``save_pretrained`` form: tied weights dropped, MoE experts per expert); every
+    native tensor is read exactly once, and so is every HF tensor on the way back."""
+    report = Reporter("key_bijection", converter)
+    dtype = common.weight_dtype(seed)
+    hf_cfg = export_config(report, converter, cfg)
+    state = CountingMapping(native.random_state(cfg, seed, dtype=dtype))
+    exported = export_weights(report, converter, cfg, state)
+    for name in state:
+        reads = state.reads.get(name, 0)
+        report.expect(reads == 1, name, f"export_weights read this native tensor {reads} times (expected once)")
+    expected = common.hf_disk_shapes(hf_cfg, dtype)
+    missing = sorted(set(expected) - set(exported))
+    extra = sorted(set(exported) - set(expected))
+    report.expect(not missing, missing[0] if missing else "",
+                  f"transformers' checkpoint has tensor(s) the export lacks: {missing[:6]}")
+    report.expect(not extra, extra[0] if extra else "",
+                  f"exported tensor(s) transformers' checkpoint does not have: {extra[:6]}")
+    for name, tensor in exported.items():
+        shape, hf_dtype = expected[name]
+        report.expect(tuple(tensor.shape) == shape, name,
+                      f"exported shape {tuple(tensor.shape)}, transformers expects {shape}")
+        report.expect(tensor.dtype == hf_dtype, name, f"exported dtype {tensor.dtype}, transformers expects {hf_dtype}")
+    predicted = converter.hf_shapes(cfg)
+    report.expect(predicted == {n: tuple(t.shape) for n, t in exported.items()}, "hf_shapes",
+                  "converter.hf_shapes(cfg) disagrees with the exported shapes")
+
+    hf_state = CountingMapping(exported)
+    back = import_weights(report, converter, cfg, hf_state)
+    for name in hf_state:
+        reads = hf_state.reads.get(name, 0)
+        report.expect(reads == 1, name, f"import_weights read this HF tensor {reads} times (expected once)")
+    shapes = native.state_shapes(cfg)
+    report.expect(set(back) == set(shapes), "import_weights",
+                  f"native names differ from state_shapes(cfg): missing {sorted(set(shapes) - set(back))[:4]}, "
+                  f"extra {sorted(set(back) - set(shapes))[:4]}")
+    for name, tensor in back.items():
+        report.expect(tuple(tensor.shape) == tuple(shapes[name]), name,
+                      f"imported shape {tuple(tensor.shape)}, native layout says {tuple(shapes[name])}")
+
+
+# ----------------------------------------------------------------------------------- tied matrix
+HEAD = "lm_head.weight"
+
+
+def _embedding_name(hf_state: Mapping[str, torch.Tensor], tied_to: str | None) -> str:
+    if tied_to is not None:
+        return tied_to
+    candidates = [n for n in hf_state if n.endswith("embed_tokens.weight") or n.endswith("wte.weight")]
+    return candidates[0] if candidates else ""
+
+
+def _tied_keys(hf_cfg: Mapping) -> dict[str, str]:
+    """``{tied target: source}`` of the HF model class for this config (e.g. lm_head → embed_tokens)."""
+    model = common.empty_hf_model(hf_cfg)
+    keys = getattr(model, "_tied_weights_keys", None) or {}
+    return dict(keys) if isinstance(keys, dict) else {k: "" for k in keys}
+
+
+def tied_embeddings(converter, cfg: native.ModelConfig, seed: int = 0) -> None:
+    """The matrix, for the drawn config made tied and untied (when the format accepts it):
+
+    export: tied → no ``lm_head`` exported and the HF config ties; untied → ``lm_head`` exported,
+    equal to the native output, and the HF config does not tie.
+
+    import, HF source × (``lm_head`` absent | equal to the embedding | different):
+    tied + absent → converted; tied + equal → converted (the copy dropped) or refused; tied +
+    different → refused (a tied model cannot hold it); untied + absent → refused (the head would be
+    invented); untied + equal / different → converted, output = ``lm_head`` exactly.
+    Refused means ``ConversionError`` naming ``lm_head``."""
+    report = Reporter("tied_embeddings", converter)
+    export_config(report, converter, cfg)  # the drawn setting itself must be accepted
+    for tied in (cfg.head.tied, not cfg.head.tied):
+        variant = native.replace_path(cfg, "head.tied", tied)
+        try:
+            hf_cfg = converter.export_config(variant)
+        except ConversionError as exc:  # the format cannot express the other tie setting: a valid cell
+            report.expect("tied" in str(exc) or "tie_word_embeddings" in str(exc), "head.tied",
+                          f"the refusal of head.tied={tied} does not name it: {exc}")
+            continue
+        _tied_cells(report, converter, variant, hf_cfg, tied, seed)
+
+
+def _tied_cells(report: Reporter, converter, cfg, hf_cfg, tied: bool, seed: int) -> None:
+    label = "tied" if tied else "untied"
+    config = common.hf_config(hf_cfg)
+    report.expect(bool(config.tie_word_embeddings) == tied, "tie_word_embeddings",
+                  f"native head.tied={tied} but the exported config gives "
+                  f"tie_word_embeddings={config.tie_word_embeddings}")
+    state = native.random_state(cfg, seed)
+    hf = export_weights(report, converter, cfg, state)
+    tied_keys = _tied_keys(hf_cfg)
+    heads = [n for n in tied_keys] or [HEAD]
+    head = heads[0]
+    embedding = _embedding_name(hf, tied_keys.get(head) or None)
+    if tied:
+        report.expect(head not in hf, head, "exported while the model is tied (HF ties it to the embedding)")
+    else:
+        report.expect(head in hf, head, "not exported for an untied model")
+        report.expect(bits_equal(hf[head], state["output.weight"]), head,
+                      "exported lm_head differs from native output.weight")
+    report.expect(embedding in hf, embedding or "embedding", f"no embedding among the exported tensors ({label})")
+
+    generator = torch.Generator().manual_seed(seed)
+    different = torch.randn(hf[embedding].shape, generator=generator).to(hf[embedding].dtype)
+    base = {n: t for n, t in hf.items() if n != head}
+    cells = {
+        "absent": base,
+        "equal": {**base, head: hf[embedding].clone()},
+        "different": {**base, head: different},
+    }
+    for cell, source in cells.items():
+        where = f"{label} config, HF lm_head {cell}"
+        try:
+            out = dict(converter.import_weights(cfg, source))
+        except ConversionError as exc:
+            must_convert = (tied and cell == "absent") or (not tied and cell != "absent")
+            report.expect(not must_convert, where, f"refused a convertible checkpoint: {exc}")
+            report.expect(head in str(exc) or "lm_head" in str(exc), where,
+                          f"the refusal does not name {head}: {exc}")
+            continue
+        must_refuse = (tied and cell == "different") or (not tied and cell == "absent")
+        report.expect(not must_refuse, where,
+                      "converted instead of refusing (" + ("the different lm_head was dropped" if tied else
+                                                           "an output head would be invented") + ")")
+        report.expect(bits_equal(out["embedding.weight"], source[embedding]), where,
+                      "native embedding differs from the HF embedding")
+        if tied:
+            report.expect("output.weight" not in out, where, "a tied native state must not hold output.weight")
+        else:
+            report.expect(bits_equal(out["output.weight"], source[head]), where,
+                          "native output.weight differs from the HF lm_head")
+
+
+# ---------------------------------------------------------------------------------------- biases
+def native_biases(cfg: native.ModelConfig) -> list[str]:
+    """Every bias tensor of the native layout (attention, MLP and norm biases)."""
+    return [n for n in native.state_shapes(cfg) if n.endswith("bias")]
+
+
+def _k_side(name: str) -> bool:
+    return name.endswith("attn.k_bias") or name.endswith("attn.k_norm.bias")
+
+
+def _inert(cfg: native.ModelConfig, name: str) -> str | None:
+    """Why perturbing this bias cannot change the logits, or None. A key bias (or k-norm bias)
+    adds ``q · b`` to every score of a query alike, which softmax cancels, unless rotary makes it
+    depend on the key position."""
+    if _k_side(name):
+        layer = cfg.decoder.layer(int(name.split(".")[1]))
+        if layer.attention.rotary.rotary_dim(layer.attention.head_dim) == 0:
+            return "a key bias without rotary is cancelled by softmax"
+    return None
+
+
+def bias_handling(converter, cfg: native.ModelConfig, seed: int = 0) -> None:
+    """Every bias the native config enables is exported, round-trips, and reaches the forward pass
+    on both sides (perturbing that bias alone changes native logits, and perturbing the HF tensors
+    it became changes HF logits); the HF model built from the exported config has no bias the native
+    config does not enable (so asymmetric patterns, Qwen2's q/k/v without o, are honoured)."""
+    report = Reporter("bias_handling", converter)
+    dtype = torch.float64
+    hf_cfg = export_config(report, converter, cfg)
+    state = native.random_state(cfg, seed, dtype=dtype)
+    hf = export_weights(report, converter, cfg, state)
+    back = import_weights(report, converter, cfg, hf)
+    biases = native_biases(cfg)
+    for name in biases:
+        report.expect(name in back and bits_equal(back[name], state[name]), name, "bias does not round-trip")
+
+    # Where each native bias lands: the HF tensors that change when only it changes.
+    landing: dict[str, list[str]] = {}
+    moved: dict[str, dict[str, torch.Tensor]] = {}
+    for name in biases:
+        bumped = {**state, name: state[name] + 0.5}
+        moved[name] = export_weights(report, converter, cfg, bumped)
+        landing[name] = [n for n in hf if not bits_equal(hf[n], moved[name][n])]
+        report.expect(bool(landing[name]), name, "changing this bias changes no exported tensor (dropped on export)")
+    produced = {n for names in landing.values() for n in names}
+    invented = sorted(n for n in hf if n.endswith("bias") and n not in produced)
+    report.expect(not invented, invented[0] if invented else "",
+                  f"exported bias tensor(s) that no native bias feeds: {invented[:6]}")
+    # Loading is strict (common.hf_model): an HF bias parameter the export does not provide, i.e. a
+    # bias the HF config enables but the native config does not, is reported as a missing key.
+    hf_model = common.hf_model(report, hf_cfg, hf, dtype)
+    hf_bias_params = sorted(n for n, _ in hf_model.named_parameters() if n.endswith("bias"))
+
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, cfg.vocab_size, (1, 6), generator=generator)
+    native_model = common.native_model(cfg, state, dtype)
+    native_params = dict(native_model.named_parameters())
+    hf_tensors = hf_model.state_dict()  # shares storage with the parameters
+    with torch.no_grad():
+        native_ref = native_model(tokens)
+        hf_ref = hf_model(tokens).logits
+        for name in biases:
+            if _inert(cfg, name):
+                continue
+            with _replaced(native_params, {name: state[name] + 0.5}):
+                logits = native_model(tokens)
+            report.expect(not torch.equal(logits, native_ref), name,
+                          "perturbing this bias leaves the native logits unchanged")
+            changes = {n: moved[name][n] for n in landing[name]}
+            if all(n in hf_tensors and hf_tensors[n].shape == t.shape for n, t in changes.items()):
+                with _replaced(hf_tensors, changes):
+                    perturbed = hf_model(tokens).logits
+            else:  # stored differently in memory (conversion mapping): load the whole model again
+                perturbed = common.hf_model(report, hf_cfg, moved[name], dtype)(tokens).logits
+            report.expect(not torch.equal(perturbed, hf_ref), f"{name} -> {landing[name]}",
+                          "perturbing the HF tensor(s) of this bias leaves the HF logits unchanged "
+                          f"(HF bias parameters: {hf_bias_params[:6]})")
+
+
+class _replaced:
+    """Temporarily overwrite tensors in place (restored bit for bit on exit)."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], values: Mapping[str, torch.Tensor]):
+        self.tensors, self.values = tensors, values
+        self.saved: dict[str, torch.Tensor] = {}
+
+    def __enter__(self):
+        with torch.no_grad():
+            for name, value in self.values.items():
+                target = self.tensors[name]
+                self.saved[name] = target.detach().clone()
+                target.copy_(value)
+        return self
+
+    def __exit__(self, *exc):
+        with torch.no_grad():
+            for name, value in self.saved.items():
+                self.tensors[name].copy_(value)
