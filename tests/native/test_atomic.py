@@ -81,6 +81,7 @@ def test_failed_swap_puts_the_old_one_back(tmp_path, monkeypatch):
         return real(src, dst)
 
     monkeypatch.setattr(atomic.os, "rename", rename)
+    monkeypatch.setattr(atomic, "exchange", lambda a, b: False)  # the fallback swap (no RENAME_EXCHANGE)
     with pytest.raises(OSError, match="injected"):
         with atomic_directory(tmp_path / "out", overwrite=True) as tmp:
             (tmp / "new").write_text("new")
@@ -91,3 +92,61 @@ def test_parents_created(tmp_path):
     with atomic_directory(tmp_path / "a" / "b" / "out") as tmp:
         (tmp / "x").write_text("x")
     assert (tmp_path / "a" / "b" / "out" / "x").is_file()
+
+
+def test_overwrite_is_one_atomic_exchange_on_linux(tmp_path, monkeypatch):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old").write_text("old")
+    calls = []
+    real = atomic.exchange
+    monkeypatch.setattr(atomic, "exchange", lambda a, b: calls.append((a, b)) or real(a, b))
+    monkeypatch.setattr(atomic.os, "rename", lambda *a: pytest.fail("the exchange needs no rename"))
+    with atomic_directory(tmp_path / "out", overwrite=True) as tmp:
+        (tmp / "new").write_text("new")
+    if atomic._renameat2 is None:
+        pytest.skip("no renameat2 on this system")
+    assert len(calls) == 1 and [p.name for p in (tmp_path / "out").iterdir()] == ["new"]
+    assert leftovers(tmp_path) == []
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_kill_between_the_fallback_renames_is_recovered_by_the_next_run(tmp_path):
+    """The fallback swap renames the old output away, then the new one in; a SIGKILL between the
+    two leaves no ``out`` but a complete ``.out.old-*``. The next write to ``out`` puts it back."""
+    pid = _dead_pid()
+    old = tmp_path / f".out.old-{atomic._HOST}-{pid}-abcd"
+    old.mkdir()
+    (old / "weights").write_text("old")
+    stale = tmp_path / f".out.tmp-{atomic._HOST}-{pid}-xyz"  # the killed run's half-written output
+    stale.mkdir()
+    (stale / "partial").write_text("x")
+    with pytest.raises(FileExistsError):  # recovered first, so a plain write is refused again
+        with atomic_directory(tmp_path / "out"):
+            pass
+    assert (tmp_path / "out" / "weights").read_text() == "old" and leftovers(tmp_path) == []
+
+
+def test_leftovers_of_live_or_foreign_writers_are_not_touched(tmp_path):
+    mine = tmp_path / f".out.tmp-{atomic._HOST}-{os.getpid()}-live"  # this process: alive
+    foreign = tmp_path / ".out.tmp-0123abcd-1-zz"  # another host
+    legacy = tmp_path / ".out.old-q1w2"  # another naming scheme
+    for p in (mine, foreign, legacy):
+        p.mkdir()
+    atomic.recover(tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (mine, foreign, legacy))
+
+
+def test_recover_removes_old_output_once_the_new_one_is_in_place(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "new").write_text("new")
+    old = tmp_path / f".out.old-{atomic._HOST}-{_dead_pid()}-abcd"
+    old.mkdir()
+    atomic.recover(tmp_path / "out")
+    assert leftovers(tmp_path) == [] and (tmp_path / "out" / "new").is_file()
