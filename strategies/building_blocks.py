@@ -6,8 +6,10 @@ Conventions (Hypothesis's "strategies that shrink" guidance, STYLE.md):
   group``; ``high_freq_factor = low + gap``; longrope factor lists of exactly ``rotary_dim / 2``), so
   there is no ``filter``/``assume`` and no health-check pressure.
 - **Simplest first.** In every ``one_of``/``sampled_from`` the first choice is the plain case (no
-  bias, default rotary, RMSNorm, ``pre`` placement, no window), so failures shrink to small, ordinary
-  configs and the remaining feature in a minimal example is the one that matters.
+  bias, no or default rotary, RMSNorm, ``pre`` placement, no window), so failures shrink to small,
+  ordinary configs and the remaining feature in a minimal example is the one that matters. (The
+  shrinker orders choice sequences shortlex, so a choice that draws fewer further values also wins:
+  put it first.)
 - **Related values are drawn next to each other** (a head layout, then the rotary that depends on
   its ``head_dim``; a max position, then the originals that must not exceed it).
 - **Small but awkward sizes**: hidden 8..48 not rounded to 8, vocab 17..97, 1..3 layers, head_dim
@@ -41,8 +43,9 @@ MIN_MAX_POSITION, MAX_MAX_POSITION = 8, 64
 MAX_INTERMEDIATE = 64
 MAX_EXPERTS = 6
 
-#: Rotary kinds, simplest first ("default" before "none": plain RoPE is the ordinary case).
-ROTARY_KINDS = ("default", "none", "linear", "dynamic", "llama3", "yarn", "longrope")
+#: Rotary kinds, simplest first. "none" draws nothing further, so it is also what the shrinker
+#: (shortlex on the choice sequence) prefers whenever a failure does not need positions.
+ROTARY_KINDS = ("none", "default", "linear", "dynamic", "llama3", "yarn", "longrope")
 #: Rotary kinds that read ``original_max_position_embeddings``.
 ORIGINAL_KINDS = ("llama3", "yarn", "longrope")
 ROTARY_FRACTIONS = ("full", "partial")
@@ -240,8 +243,8 @@ def rotaries(draw, head_dim: int, max_position: int, *, kinds: Sequence[str] = R
     ``max_position_embeddings`` is ``max_position``.
 
     ``hf_valid=True`` keeps to what transformers' rope validation accepts without a warning: factors
-    >= 1; YaRN's ``factor`` explicit and equal to ``max_position / original`` (or ``original ==
-    max_position``); LongRoPE's ``factor`` explicit.
+    >= 1; Llama3's ``original < max_position``; YaRN's ``factor`` explicit and equal to
+    ``max_position / original`` (or ``original == max_position``); LongRoPE's ``factor`` explicit.
     """
     usable = [k for k in kinds if k == "none" or fraction_choices(head_dim, fractions)]
     if not usable:
@@ -257,7 +260,8 @@ def rotaries(draw, head_dim: int, max_position: int, *, kinds: Sequence[str] = R
     if kind in ("linear", "dynamic"):
         cls = native.LinearRotary if kind == "linear" else native.DynamicRotary
         return cls(**common, factor=draw(scale_factors(hf_valid)))
-    original = draw(originals(max_position))
+    # transformers warns unless llama3's original context is strictly below max_position_embeddings
+    original = draw(originals(max_position - 1 if hf_valid and kind == "llama3" else max_position))
     if kind == "llama3":
         low = draw(positive_floats(0.25, 4.0, first=1.0))
         high = low + draw(positive_floats(0.5, 8.0, first=3.0))
