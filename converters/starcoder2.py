@@ -48,8 +48,16 @@ def layer_norm_rules(native: str, hf: str, norm) -> list[WeightRule]:
 def one_bias_flag(hf_key: str, paths: tuple[str, ...], default: bool) -> Custom:
     """One HF flag for several native bias switches (block-relative paths): they must agree."""
 
+    def read(get, path):
+        try:
+            return get(path)
+        except AttributeError:  # e.g. mlp.bias of an MoE feed-forward
+            section = path.rsplit(".", 1)[0]
+            raise ConversionError(f"{section}.kind={get(section).kind!r} cannot be expressed "
+                                  f"(this format needs '{path}', set by '{hf_key}')") from None
+
     def export(get):
-        values = {p: get(p) for p in paths}
+        values = {p: read(get, p) for p in paths}
         if len(set(values.values())) != 1:
             raise ConversionError(f"biases {values} must be all on or all off: this format has one '{hf_key}'")
         return {hf_key: values[paths[0]]}

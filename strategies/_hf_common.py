@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 import native
 
 from . import building_blocks as bb
+from .moe_common import hf_buildable, hf_buildable_rotary  # noqa: F401  (re-exported for the strategies)
 
 TOKEN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 REAL_CONFIGS = Path(__file__).resolve().parents[1] / ".." / "shared" / "real_configs"
@@ -72,6 +73,27 @@ def v4_rope(hf: dict[str, Any], key: str = "type") -> dict[str, Any]:
     return out
 
 
+@st.composite
+def rope_parameters(draw, head_dim: int, max_position: int, kinds: Sequence[str],
+                    fractions: Sequence[str] = ("full",)) -> dict:
+    """A v5 ``rope_parameters`` dict of one of ``kinds``, valid for transformers; with a
+    ``partial_rotary_factor`` entry when ``fractions`` allow partial rotation."""
+    rotary = draw(bb.rotaries(head_dim, max_position, kinds=kinds, fractions=fractions, hf_valid=True))
+    rotary = hf_buildable_rotary(rotary, head_dim, max_position)
+    params = {"rope_type": rotary.kind, "rope_theta": rotary.theta}
+    if "partial" in fractions:
+        params["partial_rotary_factor"] = rotary.fraction
+    for name in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings", "beta_fast",
+                 "beta_slow", "mscale", "mscale_all_dim", "attention_factor", "truncate"):
+        value = getattr(rotary, name, None)
+        if value is not None:
+            params[name] = value
+    for name in ("short_factor", "long_factor"):
+        if hasattr(rotary, name):
+            params[name] = list(getattr(rotary, name))
+    return params
+
+
 def real_config(name: str) -> dict[str, Any]:
     return json.loads((REAL_CONFIGS / name).read_text())
 
@@ -87,16 +109,26 @@ def small_layout(max_hidden: int = bb.MAX_HIDDEN) -> st.SearchStrategy[bb.HeadLa
     return bb.head_layouts(max_q_width=max_hidden)
 
 
-#: What :func:`mutate` can change, each a feature some of these formats cannot hold.
-MUTATIONS = ("q_bias_flip", "o_bias_flip", "qk_norm", "qk_norm_scope", "mlp_gated_flip", "mlp_bias_flip",
-             "norm_kind", "norm_bias_off", "final_norm_eps", "placement", "no_rotary", "partial_rotary",
-             "window", "window_pattern", "multiplier", "final_softcap", "logit_softcap", "softmax_scale",
-             "moe")
+#: What :func:`mutate` can change, each a feature some of these formats cannot hold, and the text
+#: the refusal must contain (the native field, or the HF key a conflict is reported under).
+MUTATIONS = {
+    "q_bias_flip": "q_bias", "o_bias_flip": "o_bias", "qk_norm": "qk_norm", "qk_norm_scope": "qk_norm",
+    "mlp_gated_flip": "gated", "mlp_bias_flip": "bias", "norm_kind": "norm", "norm_bias_off": "bias",
+    "final_norm_eps": "eps", "placement": "placement", "no_rotary": "rotary", "partial_rotary": "fraction",
+    "window": "window", "window_pattern": "window", "multiplier": "multiplier", "final_softcap": "final_softcap",
+    "logit_softcap": "logit_softcap", "softmax_scale": "softmax_scale", "moe": "mlp",
+}
 
 
-def mutate(cfg: native.ModelConfig, kind: str, draw, placements: Sequence[str] = ("pre",)) -> native.ModelConfig:
-    """``cfg`` with one feature changed in every layer (or in the model): see :data:`MUTATIONS`.
-    ``placements`` are the ones the format allows (another one is drawn)."""
+def mutate(cfg: native.ModelConfig, kind: str, draw, placements: Sequence[str] = ("pre",)
+           ) -> tuple[native.ModelConfig, str]:
+    """``(cfg with one feature changed in every layer or in the model, the text its refusal must
+    contain)``: see :data:`MUTATIONS`. ``placements`` are the ones the format allows."""
+    changed = _mutate(cfg, kind, draw, placements)
+    return changed if isinstance(changed, tuple) else (changed, MUTATIONS[kind])
+
+
+def _mutate(cfg, kind, draw, placements):
     def layers(fn):
         return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers([fn(b) for b in cfg.decoder.layers()]))
 
@@ -136,8 +168,8 @@ def mutate(cfg: native.ModelConfig, kind: str, draw, placements: Sequence[str] =
     if kind == "partial_rotary":
         half = draw(st.integers(1, max(1, (a.head_dim - 1) // 2)))
         fraction = bb.fraction_for(2 * half, a.head_dim) if a.head_dim >= 3 else 1.0
-        if fraction == 1.0:  # no partial rotation fits: fall back to another refusal
-            return attn(rotary=native.NoRotary())
+        if fraction == 1.0:  # no partial rotation fits head_dim 2: refuse rotary altogether
+            return attn(rotary=native.NoRotary()), "rotary"
         return attn(rotary=native.DefaultRotary(theta=10000.0, fraction=fraction))
     if kind == "window":
         return attn(window=draw(bb.windows()))
@@ -159,3 +191,12 @@ def mutate(cfg: native.ModelConfig, kind: str, draw, placements: Sequence[str] =
     if kind == "moe":
         return layers(lambda b: dataclasses.replace(b, mlp=native.MoEConfig(experts=2, top_k=1, intermediate=4)))
     raise ValueError(f"unknown mutation {kind!r}; choose from {MUTATIONS}")
+
+
+@st.composite
+def unrepresentable(draw, configs: st.SearchStrategy[native.ModelConfig], kinds: Sequence[str],
+                    placements: Sequence[str] = ("pre",)):
+    """``(cfg, field)``: an accepted config with one of ``kinds`` of :data:`MUTATIONS` applied, and
+    the text the ``ConversionError`` must contain."""
+    kind = draw(st.sampled_from(tuple(kinds)))
+    return mutate(draw(configs), kind, draw, placements)

@@ -22,23 +22,7 @@ def native_configs() -> st.SearchStrategy[native.ModelConfig]:
         attention_biases=bb.BIAS_ALL_OR_NOTHING, mlp_biases=(False,), feed_forwards=("mlp",), gated=(True,),
         windows=("none",), layer_patterns=("uniform",), varying=(), tied=(False, True),
         embedding_multipliers=("none",), softmax_scales=("none",), attention_softcaps=("none",),
-        final_softcaps=("none",)))
-
-
-@st.composite
-def rope_parameters(draw, head_dim: int, max_position: int, kinds=ROPE_KINDS) -> dict:
-    """A v5 ``rope_parameters`` dict of one of ``kinds`` at full rotation, valid for transformers."""
-    rotary = draw(bb.rotaries(head_dim, max_position, kinds=kinds, fractions=("full",), hf_valid=True))
-    params = {"rope_type": rotary.kind, "rope_theta": rotary.theta}
-    for name in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings", "beta_fast",
-                 "beta_slow", "mscale", "mscale_all_dim", "attention_factor", "truncate"):
-        value = getattr(rotary, name, None)
-        if value is not None:
-            params[name] = value
-    for name in ("short_factor", "long_factor"):
-        if hasattr(rotary, name):
-            params[name] = list(getattr(rotary, name))
-    return params
+        final_softcaps=("none",)).map(hc.hf_buildable))
 
 
 @st.composite
@@ -60,7 +44,7 @@ def hf_configs(draw):
         "rms_norm_eps": draw(bb.epsilons()),
         "attention_bias": draw(st.booleans()),
         "tie_word_embeddings": draw(st.booleans()),
-        "rope_parameters": draw(rope_parameters(layout.head_dim, max_position)),
+        "rope_parameters": draw(hc.rope_parameters(layout.head_dim, max_position, ROPE_KINDS)),
         **draw(hc.token_ids(vocab)),
     }
     if layout.kv_heads != layout.heads or draw(st.booleans()):
@@ -91,10 +75,9 @@ REFUSED = ("qk_norm", "qk_norm_scope", "mlp_gated_flip", "mlp_bias_flip", "norm_
            "softmax_scale", "moe", "q_bias_flip", "o_bias_flip")
 
 
-@st.composite
-def unrepresentable_configs(draw):
-    """An accepted config with one feature OLMo2 cannot hold: no or per-head q/k norm, pre/sandwich/
-    parallel placement, LayerNorm, a biased or plain MLP, partial or no rotary, a window, a lone q or
-    o bias, different norm epsilons, an embedding multiplier, softcaps, a softmax scale, MoE."""
-    cfg = draw(native_configs())
-    return hc.mutate(cfg, draw(st.sampled_from(REFUSED)), draw, placements=("post",))
+def unrepresentable_configs() -> st.SearchStrategy[tuple[native.ModelConfig, str]]:
+    """``(cfg, field)``: an accepted config with one feature OLMo2 cannot hold (no or per-head q/k
+    norm, another placement, LayerNorm, a biased or plain MLP, partial or no rotary, a window, a lone
+    q or o bias, two norm epsilons, an embedding multiplier, softcaps, a softmax scale, MoE), and the
+    text the refusal must contain."""
+    return hc.unrepresentable(native_configs(), REFUSED, placements=("post",))

@@ -119,15 +119,10 @@ REFUSED = ("q_bias_flip", "o_bias_flip", "qk_norm", "mlp_gated_flip", "mlp_bias_
 
 
 @st.composite
-def unrepresentable_configs(draw):
-    """Native configs Phi-3 cannot express: one feature of an accepted config changed (a bias, a q/k
-    norm, a plain or biased MLP, LayerNorm, another placement, no rotary, per-layer windows, an
-    embedding multiplier, softcaps, a softmax scale, MoE), or LongRoPE with ``head_dim * heads !=
-    hidden`` (Phi3Config sizes the factor lists by ``hidden // heads``)."""
+def _longrope_head_dim(draw):
+    """LongRoPE with ``head_dim * heads != hidden``: Phi3Config sizes the factor lists by
+    ``hidden // heads``, the model rotates ``head_dim`` dims."""
     cfg = draw(native_configs())
-    kind = draw(st.sampled_from(REFUSED + ("longrope_head_dim",)))
-    if kind != "longrope_head_dim":
-        return hc.mutate(cfg, kind, draw)
     a = cfg.decoder.blocks[0].attention
     n = a.rotary.rotary_dim(a.head_dim) // 2
     rotary = native.LongRopeRotary(theta=10000.0, fraction=a.rotary.fraction, short_factor=(1.0,) * n,
@@ -135,4 +130,12 @@ def unrepresentable_configs(draw):
     layers = [dataclasses.replace(b, attention=dataclasses.replace(b.attention, rotary=rotary))
               for b in cfg.decoder.layers()]
     return dataclasses.replace(cfg, hidden_size=a.heads * a.head_dim + draw(st.integers(1, 3)),
-                               decoder=native.DecoderConfig.from_layers(layers))
+                               decoder=native.DecoderConfig.from_layers(layers)), "head_dim"
+
+
+def unrepresentable_configs() -> st.SearchStrategy[tuple[native.ModelConfig, str]]:
+    """``(cfg, field)``: a config Phi-3 cannot express, and the text the refusal must contain. One
+    feature of an accepted config changed (a bias, a q/k norm, a plain or biased MLP, LayerNorm,
+    another placement, no rotary, per-layer windows, two norm epsilons, an embedding multiplier,
+    softcaps, a softmax scale, MoE), or LongRoPE with a free ``head_dim``."""
+    return st.one_of(hc.unrepresentable(native_configs(), REFUSED), _longrope_head_dim())

@@ -8,7 +8,7 @@ import native
 from . import _hf_common as hc
 from . import building_blocks as bb
 from .generic import native_configs as generic_configs
-from .olmo2 import ROPE_KINDS, rope_parameters
+from .olmo2 import ROPE_KINDS
 
 ARCHITECTURE = "Starcoder2ForCausalLM"
 
@@ -26,7 +26,7 @@ def _configs(use_bias: bool):
 def native_configs() -> st.SearchStrategy[native.ModelConfig]:
     """Pre-norm LayerNorm (with bias) blocks, one ``use_bias`` for q/k/v/o and the plain MLP, any rope
     kind at full rotation, one window for all layers or none."""
-    return hc.with_token_ids(st.one_of(_configs(True), _configs(False)))
+    return hc.with_token_ids(st.one_of(_configs(True), _configs(False)).map(hc.hf_buildable))
 
 
 @st.composite
@@ -49,7 +49,7 @@ def hf_configs(draw):
         "norm_epsilon": draw(bb.epsilons()),
         "use_bias": draw(st.booleans()),
         "sliding_window": draw(st.one_of(st.none(), bb.windows())),
-        "rope_parameters": draw(rope_parameters(layout.head_dim, max_position)),
+        "rope_parameters": draw(hc.rope_parameters(layout.head_dim, max_position, ROPE_KINDS)),
         **draw(hc.token_ids(vocab)),
     }
     if layout.head_dim != hidden // layout.heads:
@@ -80,11 +80,9 @@ REFUSED = ("qk_norm", "mlp_gated_flip", "mlp_bias_flip", "norm_kind", "norm_bias
            "logit_softcap", "softmax_scale", "moe", "q_bias_flip", "o_bias_flip")
 
 
-@st.composite
-def unrepresentable_configs(draw):
-    """An accepted config with one feature StarCoder2 cannot hold: a q/k norm, a gated MLP, an MLP bias
-    apart from the attention biases, RMSNorm or a bias-free LayerNorm, another placement, partial or
-    no rotary, per-layer windows, a lone q or o bias, an embedding multiplier, softcaps, a softmax
-    scale, MoE."""
-    cfg = draw(native_configs())
-    return hc.mutate(cfg, draw(st.sampled_from(REFUSED)), draw)
+def unrepresentable_configs() -> st.SearchStrategy[tuple[native.ModelConfig, str]]:
+    """``(cfg, field)``: an accepted config with one feature StarCoder2 cannot hold (a q/k norm, a
+    gated MLP, an MLP bias apart from the attention biases, RMSNorm or a bias-free LayerNorm, another
+    placement, partial or no rotary, per-layer windows, a lone q or o bias, two norm epsilons, an
+    embedding multiplier, softcaps, a softmax scale, MoE), and the text the refusal must contain."""
+    return hc.unrepresentable(native_configs(), REFUSED, placements=("pre",))

@@ -1,0 +1,116 @@
+"""Strategies for the ``gpt_neox`` converter (see converters/gpt_neox.py for the format's rules)."""
+from __future__ import annotations
+
+import dataclasses
+
+from hypothesis import strategies as st
+
+import native
+
+from . import _hf_common as hc
+from . import building_blocks as bb
+from .generic import native_configs as generic_configs
+
+ARCHITECTURE = "GPTNeoXForCausalLM"
+ROPE_KINDS = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
+DEFAULT_ROTARY_PCT = 0.25
+
+
+def native_configs() -> st.SearchStrategy[native.ModelConfig]:
+    """Parallel or sequential pre-norm LayerNorm (with bias) blocks, multi-head with ``hidden = heads *
+    head_dim``, q/k/v/o biases all on or all off, a plain biased MLP, any rope kind with full or
+    partial rotation, no window."""
+    return hc.with_token_ids(generic_configs(
+        hidden="heads_times_head_dim", max_group=1, placements=("parallel", "pre"), norm_kinds=("layer",),
+        shared_eps=True, final_norm="same", qk_norms=("none",), rotary_kinds=ROPE_KINDS,
+        rotary_fractions=("partial", "full"), hf_valid_rotary=True, attention_biases=bb.BIAS_ALL_OR_NOTHING,
+        mlp_biases=(True,), feed_forwards=("mlp",), gated=(False,), windows=("none",), layer_patterns=("uniform",),
+        varying=(), tied=(False, True), embedding_multipliers=("none",), softmax_scales=("none",),
+        attention_softcaps=("none",), final_softcaps=("none",)).map(hc.hf_buildable))
+
+
+def _pct_default_fits(head_dim: int) -> bool:
+    """Whether an absent ``rotary_pct`` (0.25) gives a valid (even, positive) rotary dim."""
+    dim = int(head_dim * DEFAULT_ROTARY_PCT)
+    return dim > 0 and dim % 2 == 0
+
+
+@st.composite
+def hf_configs(draw):
+    """GPTNeoXConfig dicts: v5 (``rope_parameters``) or legacy (``rotary_emb_base``, ``rotary_pct``,
+    ``rope_scaling``), each rope key present or left to its default where that default is valid."""
+    layout = draw(bb.head_layouts(max_group=1, max_q_width=bb.MAX_HIDDEN, even_head_dim=False, min_head_dim=3))
+    hidden = layout.heads * layout.head_dim
+    vocab = draw(bb.vocab_sizes())
+    max_position = draw(bb.max_positions())
+    params = draw(hc.rope_parameters(layout.head_dim, max_position, ROPE_KINDS, fractions=("partial", "full")))
+    hf = {
+        "model_type": "gpt_neox",
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": draw(bb.intermediate_sizes()),
+        "num_hidden_layers": draw(bb.layer_counts()),
+        "num_attention_heads": layout.heads,
+        "max_position_embeddings": max_position,
+        "layer_norm_eps": draw(bb.epsilons()),
+    }
+    hf.update(draw(hc.optional_keys({
+        "hidden_act": bb.choice(("gelu", "gelu_pytorch_tanh", "silu", "relu")),
+        "use_parallel_residual": st.booleans(), "attention_bias": st.booleans(), "tie_word_embeddings": st.booleans(),
+        "hidden_dropout": hc.dropouts(), "attention_dropout": hc.dropouts(), "classifier_dropout": hc.dropouts(),
+        "initializer_range": st.sampled_from([0.02]), "use_cache": st.booleans(), "is_decoder": st.just(False)})))
+    hf.update(draw(hc.token_ids(vocab, allow_none=True)) if draw(st.booleans()) else {})
+    hf.update(draw(hc.file_keys(ARCHITECTURE)))
+    default_pct = params["partial_rotary_factor"] == DEFAULT_ROTARY_PCT
+    if draw(st.booleans()):  # v5
+        if default_pct and draw(st.booleans()):
+            del params["partial_rotary_factor"]  # GPTNeoXConfig fills in rotary_pct's default
+        hf["rope_parameters"] = params
+        return hf
+    # legacy: theta and fraction as rotary_emb_base / rotary_pct, the rest in rope_scaling
+    theta, pct = params.pop("rope_theta"), params.pop("partial_rotary_factor")
+    kind = params.pop("rope_type")
+    if theta != 10000.0 or draw(st.booleans()):
+        hf["rotary_emb_base"] = theta
+    if not default_pct or draw(st.booleans()):
+        hf["rotary_pct"] = pct
+    if kind != "default":
+        hf["rope_scaling"] = {draw(st.sampled_from(["type", "rope_type"])): kind, **params}
+    return hf
+
+
+def hf_examples() -> list[dict]:
+    """A Pythia-70m-shaped legacy config scaled down (rotary_pct 0.25, rotary_emb_base, untied), and
+    transformers' default."""
+    pythia = {"architectures": [ARCHITECTURE], "bos_token_id": 0, "eos_token_id": 0, "hidden_act": "gelu",
+              "hidden_size": 32, "initializer_range": 0.02, "intermediate_size": 128, "layer_norm_eps": 1e-05,
+              "max_position_embeddings": 64, "model_type": "gpt_neox", "num_attention_heads": 4,
+              "num_hidden_layers": 2, "rotary_emb_base": 10000, "rotary_pct": 0.25, "tie_word_embeddings": False,
+              "torch_dtype": "float16", "transformers_version": "4.24.0", "use_cache": True,
+              "use_parallel_residual": True, "vocab_size": 50}
+    return [pythia]
+
+
+REFUSED = ("qk_norm", "mlp_gated_flip", "mlp_bias_flip", "norm_kind", "norm_bias_off", "final_norm_eps",
+           "placement", "no_rotary", "window", "multiplier", "final_softcap", "logit_softcap", "softmax_scale",
+           "moe", "q_bias_flip", "o_bias_flip")
+
+
+@st.composite
+def _attention_shape(draw):
+    """GQA, or a head size other than ``hidden // heads``: GPT-NeoX has neither key."""
+    cfg = draw(native_configs())
+    a = cfg.decoder.blocks[0].attention
+    if draw(st.booleans()):
+        heads = 2 * a.heads
+        layers = [dataclasses.replace(b, attention=dataclasses.replace(b.attention, heads=heads)) for b in cfg.decoder.layers()]
+        return dataclasses.replace(cfg, hidden_size=heads * a.head_dim, decoder=native.DecoderConfig.from_layers(layers)), "kv_heads"
+    return dataclasses.replace(cfg, hidden_size=cfg.hidden_size + draw(st.integers(1, 3))), "head_dim"
+
+
+def unrepresentable_configs() -> st.SearchStrategy[tuple[native.ModelConfig, str]]:
+    """``(cfg, field)``: an accepted config with one feature GPT-NeoX cannot hold (GQA, a free
+    ``head_dim``, a q/k norm, a gated or bias-free MLP, RMSNorm or a bias-free LayerNorm, post/
+    sandwich placement, no rotary, a window, a lone q or o bias, two norm epsilons, an embedding
+    multiplier, softcaps, a softmax scale, MoE), and the text the refusal must contain."""
+    return st.one_of(hc.unrepresentable(native_configs(), REFUSED, placements=("parallel", "pre")), _attention_shape())
