@@ -3,7 +3,8 @@
 On disk::
 
     ckpt/config.json            ModelConfig.to_json() (carries format_version)
-    ckpt/.metadata, __0_0.distcp    DCP files, when saved as one stage
+    ckpt/.metadata              DCP metadata, when saved as one stage
+    ckpt/__0_0.distcp ...       DCP data: one file per tensor (see "Streaming" below)
 
 or, when saved in pipeline stages::
 
@@ -21,6 +22,27 @@ Reading validates the whole checkpoint against ``layout.state_shapes(config)`` f
 (no tensor data is read), so a broken checkpoint is refused before any tensor is loaded, and the
 lazy reader (:func:`open_checkpoint`) gives the same guarantees as :func:`load_checkpoint`.
 There is no fallback to random initialisation anywhere.
+
+Streaming (bounded memory whatever the model size):
+
+- Writing (:func:`write_checkpoint`, which :func:`save_checkpoint` is built on) makes one ordinary
+  ``dcp.save`` per stage folder, whose planner is given ``meta`` tensors (names, shapes and dtypes
+  known up front from the config) and whose ``resolve_data`` pulls each tensor from the caller's
+  stream only when DCP writes it. DCP writes items in plan order (one writer thread), so a stream
+  produced in plan order is written tensor by tensor: peak memory is the tensor in flight (plus
+  whatever the producer holds, e.g. one rule's outputs). A tensor arriving before its turn is
+  held until DCP asks for it (correct, but memory then grows: callers order their stream). The
+  DCP option ``single_file_per_rank=False`` gives each tensor its own ``.distcp`` file, and the
+  zip CRC of ``torch.save`` is skipped (it cost as much as the write itself; DCP never checks it).
+- Reading (:class:`NativeCheckpointReader`): a tensor stored alone in its data file is loaded
+  with ``torch.load(file, mmap=True)``: a private (copy-on-write) memory map, pages read when
+  touched, no copy made; the file is never modified. Other layouts (several tensors per file, as
+  older saves or other DCP writers make) go through ``dcp.load`` into a fresh tensor. Either way
+  the caller owns what it gets. Merging stage folders is per tensor too: nothing loads a whole
+  stage.
+
+Any valid DCP save with these names is readable (a single ``.distcp`` per stage included); stock
+``dcp.load`` reads what :func:`write_checkpoint` writes.
 """
 from __future__ import annotations
 
@@ -38,7 +60,8 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
+from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, TensorStorageMetadata
 
 from . import layout
 from .atomic import atomic_directory
@@ -115,12 +138,109 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
-def _save_dcp(directory: Path, tensors: dict[str, torch.Tensor]) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
+class _Source:
+    """The caller's ``(name, tensor)`` stream, pulled one tensor at a time by DCP's planner.
+
+    ``take(name)`` advances the stream until ``name`` arrives; tensors arriving early are held in
+    ``pending`` (``peak_pending_bytes`` records the most ever held, for tests and benchmarks).
+    Every tensor is checked against the planned shape and dtype. An exception from the stream is
+    kept in ``error``, so it can be re-raised as itself once DCP has unwound.
+    """
+
+    def __init__(self, stream: Iterable[tuple[str, torch.Tensor]], shapes: Mapping[str, tuple[int, ...]],
+                 dtypes: Mapping[str, torch.dtype]):
+        self.stream = iter(stream)
+        self.shapes, self.dtypes = shapes, dtypes
+        self.pending: dict[str, torch.Tensor] = {}
+        self.pending_bytes = self.peak_pending_bytes = 0
+        self.taken: set[str] = set()
+        self.error: BaseException | None = None
+
+    def take(self, name: str) -> torch.Tensor:
+        try:
+            return self._take(name)
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+    def _take(self, name: str) -> torch.Tensor:
+        while name not in self.pending:
+            try:
+                item = next(self.stream)
+            except StopIteration:
+                raise CheckpointError(f"tensor {name!r}: the tensor stream ended without it") from None
+            try:
+                got, value = item
+            except (TypeError, ValueError):
+                raise CheckpointError(f"tensor stream yielded {type(item).__name__}, expected (name, tensor)") from None
+            if got not in self.dtypes:
+                raise CheckpointError(f"tensor stream yielded {got!r}, which is not in the config's layout")
+            if got in self.taken or got in self.pending:
+                raise CheckpointError(f"tensor stream yielded {got!r} twice")
+            tensor = _prepare(got, value, self.shapes[got])
+            if tensor.dtype != self.dtypes[got]:
+                raise CheckpointError(f"tensor {got!r}: dtype {tensor.dtype}, the write was planned with "
+                                      f"{self.dtypes[got]}")
+            self.pending[got] = tensor
+            self.pending_bytes += tensor.nbytes
+        tensor = self.pending.pop(name)
+        self.pending_bytes -= tensor.nbytes
+        self.peak_pending_bytes = max(self.peak_pending_bytes, self.pending_bytes)
+        self.taken.add(name)
+        return tensor
+
+    def drain(self) -> None:
+        """Run the stream to its end (its trailing checks included); refuse anything left over."""
+        try:
+            for item in self.stream:
+                got = item[0] if isinstance(item, tuple) and item else item
+                raise CheckpointError(f"tensor stream yielded {got!r} after every planned tensor was written")
+        except BaseException as exc:
+            self.error = exc
+            raise
+        if self.pending:
+            raise CheckpointError(f"tensor(s) {_few(sorted(self.pending))} were produced but not written")
+
+
+class _StreamingPlanner(DefaultSavePlanner):
+    """Plans from ``meta`` tensors; resolves each write item by pulling it from the source."""
+
+    def __init__(self, source: _Source):
+        super().__init__(flatten_state_dict=False, flatten_sharded_tensors=False)
+        self.source = source
+
+    def resolve_data(self, write_item):
+        return self.source.take(write_item.index.fqn)
+
+
+@contextmanager
+def _no_crc():
+    """torch.save's zip CRC32 is a full pass over the data that nothing ever checks on load."""
+    previous = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(False)
     try:
-        with _quiet_dcp():
-            dcp.save(tensors, storage_writer=_DeterministicWriter(directory, sync_files=False), no_dist=True)
+        yield
+    finally:
+        torch.serialization.set_crc32_options(previous)
+
+
+def _save_dcp(directory: Path, tensors: tuple[list[str], _Source] | Mapping[str, torch.Tensor]) -> None:
+    """One DCP save of ``names`` (in this order), each pulled from the :class:`_Source` when
+    written; or of a plain dict of tensors."""
+    if isinstance(tensors, Mapping):
+        tensors = (list(tensors), _Source(tensors.items(), {n: tuple(t.shape) for n, t in tensors.items()},
+                                          {n: t.dtype for n, t in tensors.items()}))
+    names, source = tensors
+    directory.mkdir(parents=True, exist_ok=True)
+    planned = {n: torch.empty(source.shapes[n], dtype=source.dtypes[n], device="meta") for n in names}
+    writer = _DeterministicWriter(directory, sync_files=False, single_file_per_rank=False)
+    try:
+        with _quiet_dcp(), _no_crc():
+            dcp.save(planned, storage_writer=writer, planner=_StreamingPlanner(source), no_dist=True)
     except CheckpointException as exc:
+        if source.error is not None:  # the stream's own refusal (or an interrupt), as itself
+            error, source.error = source.error, None
+            raise error.with_traceback(error.__traceback__) from None
         cause = _cause(exc)
         if not isinstance(cause, Exception):  # KeyboardInterrupt and friends stay what they are
             raise cause from None
@@ -176,50 +296,104 @@ def _extra_file_path(relative: str | os.PathLike) -> Path:
     return rel
 
 
+def _check_stages(cfg: ModelConfig, pipeline_stages) -> None:
+    if (not isinstance(pipeline_stages, int) or isinstance(pipeline_stages, bool)
+            or not 1 <= pipeline_stages <= cfg.num_layers):
+        raise CheckpointError(f"pipeline_stages={pipeline_stages!r} must be an integer in 1..{cfg.num_layers} (the number of layers)")
+
+
+def _planned_dtype(state: Mapping, name: str, shape: tuple[int, ...]) -> torch.dtype:
+    """The dtype ``state[name]`` will have, from ``dtype_of`` when the mapping is lazy (a reader)."""
+    dtype_of, shape_of = getattr(state, "dtype_of", None), getattr(state, "shape_of", None)
+    if callable(dtype_of) and callable(shape_of):
+        if tuple(shape_of(name)) != tuple(shape):
+            raise CheckpointError(f"tensor {name!r}: shape {tuple(shape_of(name))} but the config's layout says {tuple(shape)}")
+        return dtype_of(name)
+    value = state[name]
+    if not isinstance(value, torch.Tensor):
+        raise CheckpointError(f"tensor {name!r}: expected a torch.Tensor, got {type(value).__name__}")
+    if tuple(value.shape) != tuple(shape):
+        raise CheckpointError(f"tensor {name!r}: shape {tuple(value.shape)} but the config's layout says {tuple(shape)}")
+    return value.dtype
+
+
 def save_checkpoint(path: str | os.PathLike, cfg: ModelConfig, state: Mapping[str, torch.Tensor],
                     pipeline_stages: int = 1, *, overwrite: bool = False,
                     extra_files: Mapping[str, str | os.PathLike] | None = None) -> Path:
     """Write ``cfg`` and ``state`` as a native checkpoint at ``path``, atomically.
 
     ``state`` must hold exactly ``layout.state_shapes(cfg)`` (names and shapes; any dtype, kept
-    as is). ``pipeline_stages=k > 1`` writes stage folders ``pp0..pp{k-1}``; ``state`` may be a
-    lazy mapping (e.g. a reader), and is then materialised one stage at a time. ``extra_files``
-    maps relative paths inside the checkpoint to files copied in (tokenizer files kept for the way
-    back to HF), inside the same atomic write; the reader ignores them. Nothing appears at ``path``
-    unless everything was written; an existing ``path`` is refused unless ``overwrite``.
+    as is). ``pipeline_stages=k > 1`` writes stage folders ``pp0..pp{k-1}``. ``state`` may be a
+    lazy mapping (e.g. a reader): tensors are then fetched one at a time as they are written
+    (:func:`write_checkpoint`), so re-staging or merging a checkpoint never holds more than one
+    tensor; a lazy mapping without ``dtype_of``/``shape_of`` is read twice (once for the dtypes).
+    ``extra_files`` maps relative paths inside the checkpoint to files copied in (tokenizer files
+    kept for the way back to HF), inside the same atomic write; the reader ignores them. Nothing
+    appears at ``path`` unless everything was written; an existing ``path`` is refused unless
+    ``overwrite``.
     """
     if not isinstance(cfg, ModelConfig):
         raise CheckpointError(f"config: expected a native ModelConfig, got {type(cfg).__name__}")
     if not isinstance(state, Mapping):
         raise CheckpointError(f"state: expected a mapping of tensor name to tensor, got {type(state).__name__}")
-    if (not isinstance(pipeline_stages, int) or isinstance(pipeline_stages, bool)
-            or not 1 <= pipeline_stages <= cfg.num_layers):
-        raise CheckpointError(f"pipeline_stages={pipeline_stages!r} must be an integer in 1..{cfg.num_layers} (the number of layers)")
+    _check_stages(cfg, pipeline_stages)
     check_state_keys(cfg, state.keys())
+    shapes = layout.state_shapes(cfg)
+    dtypes = {name: _planned_dtype(state, name, shape) for name, shape in shapes.items()}
+    stream = ((name, state[name]) for name in dtypes)
+    return write_checkpoint(path, cfg, stream, dtypes, pipeline_stages, overwrite=overwrite, extra_files=extra_files)
+
+
+def write_checkpoint(path: str | os.PathLike, cfg: ModelConfig, tensors: Iterable[tuple[str, torch.Tensor]],
+                     dtypes: Mapping[str, torch.dtype], pipeline_stages: int = 1, *, overwrite: bool = False,
+                     extra_files: Mapping[str, str | os.PathLike] | None = None) -> Path:
+    """Stream ``(name, tensor)`` pairs into a native checkpoint at ``path``, atomically.
+
+    ``dtypes`` names every tensor of ``layout.state_shapes(cfg)`` with the dtype it will have, in
+    the order the stream will produce them: DCP's metadata is planned from it before any data
+    exists, and each tensor is pulled from ``tensors`` only when it is written (see the module
+    docstring), so memory holds one tensor, not the model. For ``pipeline_stages > 1`` the stream
+    must produce stage 0's tensors first, then stage 1's, and so on (:func:`stage_order`); a
+    tensor produced early is held in memory until written. A tensor of another shape or dtype
+    than planned, a name produced twice or not at all, or anything after the last planned
+    tensor is refused with :class:`CheckpointError`; the stream is run to its end before the
+    checkpoint is committed, so checks a generator makes after its last tensor still count.
+    """
+    if not isinstance(cfg, ModelConfig):
+        raise CheckpointError(f"config: expected a native ModelConfig, got {type(cfg).__name__}")
+    _check_stages(cfg, pipeline_stages)
+    check_state_keys(cfg, dtypes.keys())
     shapes = layout.state_shapes(cfg)
     ranges = stage_ranges(cfg.num_layers, pipeline_stages)
     extras = sorted((_extra_file_path(relative), Path(source)) for relative, source in (extra_files or {}).items())
     with atomic_directory(path, overwrite=overwrite, error=CheckpointError) as tmp:
         (tmp / CONFIG_FILE).write_text(cfg.to_json() + "\n", encoding="utf-8")
+        source = _Source(tensors, shapes, dtypes)
         for k, layers in enumerate(ranges):
             stage = Stage(f"pp{k}", tmp / f"pp{k}", k, layers, k == 0, k == len(ranges) - 1)
-            names = [n for n in shapes if stage.owns(n)]
-            tensors = {n: _prepare(n, state[n], shapes[n]) for n in names}
+            names = [n for n in dtypes if stage.owns(n)]
             if pipeline_stages == 1:
-                _save_dcp(tmp, tensors)
+                _save_dcp(tmp, (names, source))
             else:
-                _save_dcp(stage.path, tensors)
+                _save_dcp(stage.path, (names, source))
                 manifest = {"stage": k, "num_stages": pipeline_stages, "layers": [layers.start, layers.stop]}
                 (stage.path / STAGE_FILE).write_text(json.dumps(manifest, sort_keys=True) + "\n", encoding="utf-8")
-            del tensors
-        for relative, source in extras:
+        source.drain()
+        for relative, source_file in extras:
             target = tmp / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
-                shutil.copyfile(source, target)
+                shutil.copyfile(source_file, target)
             except OSError as exc:
-                raise CheckpointError(f"extra file {str(relative)!r}: cannot copy {source} ({exc})") from None
+                raise CheckpointError(f"extra file {str(relative)!r}: cannot copy {source_file} ({exc})") from None
     return Path(path)
+
+
+def stage_order(cfg: ModelConfig, names: Iterable[str], pipeline_stages: int) -> list[str]:
+    """``names`` stably reordered stage by stage (the order :func:`write_checkpoint` streams in)."""
+    ranges = stage_ranges(cfg.num_layers, pipeline_stages)
+    stages = [Stage(f"pp{k}", Path(), k, r, k == 0, k == len(ranges) - 1) for k, r in enumerate(ranges)]
+    return sorted(names, key=lambda n: next(s.index for s in stages if s.owns(n)))
 
 
 # -------------------------------------------------------------------------------------- reading
@@ -266,9 +440,13 @@ def _read_metadata(stage: Stage) -> Metadata:
     return metadata
 
 
-def _check_storage(stage: Stage, metadata: Metadata) -> None:
-    """Every tensor's bytes must lie inside an existing data file (catches truncation cheaply)."""
+def _check_storage(stage: Stage, metadata: Metadata) -> dict[str, Path]:
+    """Every tensor's bytes must lie inside an existing data file (catches truncation cheaply).
+
+    Returns ``name -> data file`` for tensors stored as one chunk filling a file of their own
+    (what :func:`write_checkpoint` makes): those are memory-mapped on load."""
     sizes: dict[str, int | None] = {}
+    whole: dict[str, Path] = {}
     for index, info in (getattr(metadata, "storage_data", None) or {}).items():
         rel, offset, length = getattr(info, "relative_path", None), getattr(info, "offset", None), getattr(info, "length", None)
         if not isinstance(rel, str) or not isinstance(offset, int) or not isinstance(length, int):
@@ -282,6 +460,15 @@ def _check_storage(stage: Stage, metadata: Metadata) -> None:
         if offset < 0 or length < 0 or offset + length > sizes[rel]:
             raise CheckpointError(f"{stage.describe()}: data file {stage.path / rel} is truncated: tensor {name!r} "
                                   f"needs bytes {offset}..{offset + length}, the file has {sizes[rel]}")
+        entry = metadata.state_dict_metadata.get(name)
+        if (offset == 0 and length == sizes[rel] and not getattr(info, "transform_descriptors", None)
+                and isinstance(entry, TensorStorageMetadata) and len(entry.chunks) == 1
+                and tuple(entry.chunks[0].sizes) == tuple(entry.size) and not any(entry.chunks[0].offsets)):
+            whole[name] = stage.path / rel
+    users: dict[Path, int] = {}
+    for file in whole.values():
+        users[file] = users.get(file, 0) + 1
+    return {n: f for n, f in whole.items() if users[f] == 1}  # a shared data file is read through DCP
 
 
 def _read_stage_manifest(root: Path, name: str, index: int, num_layers: int) -> tuple[int, range]:
@@ -348,7 +535,9 @@ class NativeCheckpointReader(Mapping):
     Opening reads config.json, the stage manifests and the DCP metadata only, and checks them
     against ``layout.state_shapes(config)``. ``reader[name]`` loads that one tensor (DCP load of
     the single key into a preallocated tensor); :meth:`load_many` loads several with one DCP call
-    per stage. Every returned tensor is freshly allocated and owned by the caller.
+    per stage. Every returned tensor is owned by the caller: freshly allocated, or a private
+    copy-on-write memory map of a data file holding that tensor alone (pages are read when
+    touched; writes to the tensor never reach the file).
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -361,6 +550,7 @@ class NativeCheckpointReader(Mapping):
         self._entries: dict[str, TensorStorageMetadata] = {}
         self._stage_of: dict[str, Stage] = {}
         self._metadata: dict[str, Metadata] = {}
+        self._file_of: dict[str, Path] = {}
         for stage in self.stages:
             metadata = _read_metadata(stage)
             self._metadata[stage.name] = metadata
@@ -377,7 +567,7 @@ class NativeCheckpointReader(Mapping):
                                           f"config's layout says {tuple(expected[name])}")
                 self._entries[name] = entry
                 self._stage_of[name] = stage
-            _check_storage(stage, metadata)
+            self._file_of.update(_check_storage(stage, metadata))
         for name in expected:
             if name not in self._entries:
                 layer = layout.layer_of(name)
@@ -425,14 +615,18 @@ class NativeCheckpointReader(Mapping):
 
     # -- loading ------------------------------------------------------------------------------
     def load_many(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
-        """Load several tensors with one DCP call per stage; returns them in the order asked."""
+        """Load several tensors (memory-mapped, or one DCP call per stage); in the order asked."""
         names = list(dict.fromkeys(names))
         by_stage: dict[str, dict[str, torch.Tensor]] = {}
+        out: dict[str, torch.Tensor] = {}
         for name in names:
             entry = self._entry(name)
+            mapped = self._mapped(name, entry)
+            if mapped is not None:
+                out[name] = mapped
+                continue
             by_stage.setdefault(self._stage_of[name].name, {})[name] = torch.empty(
                 tuple(entry.size), dtype=entry.properties.dtype)
-        out: dict[str, torch.Tensor] = {}
         for stage_name, tensors in by_stage.items():
             stage = self._stage_of[next(iter(tensors))]
             try:
@@ -446,6 +640,24 @@ class NativeCheckpointReader(Mapping):
                                       f"{stage.path} ({_describe(cause)})") from None
             out.update(tensors)
         return {name: out[name] for name in names}
+
+    def _mapped(self, name: str, entry: TensorStorageMetadata) -> torch.Tensor | None:
+        """``name`` memory-mapped from its own data file (private mapping), or None when it is not
+        stored alone or the file is not a plain ``torch.save`` archive (DCP then reads it)."""
+        file = self._file_of.get(name)
+        if file is None:
+            return None
+        try:
+            tensor = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:
+            return None
+        if (not isinstance(tensor, torch.Tensor) or tensor.dtype != entry.properties.dtype
+                or tuple(tensor.shape) != tuple(entry.size)):
+            return None
+        if not (tensor.is_contiguous() and tensor.storage_offset() == 0
+                and tensor.untyped_storage().nbytes() == tensor.nbytes):
+            tensor = tensor.clone(memory_format=torch.contiguous_format)
+        return tensor
 
     def load_all(self) -> dict[str, torch.Tensor]:
         return self.load_many(self._names)
