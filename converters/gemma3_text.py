@@ -12,6 +12,8 @@ per layer type.
 - ``layer_types`` default: every ``sliding_window_pattern``-th layer full (default 6).
   ``sliding_window_pattern`` and the private ``_sliding_window_pattern`` that transformers writes are
   inert beside explicit ``layer_types`` (always written) and carried.
+- YaRN ``truncate`` inside a nested rope dict is ignored by transformers (it reads the top level of
+  ``rope_parameters``), so Gemma3's YaRN always truncates: ``truncate=False`` is refused both ways.
 - q/k norms share ``rms_norm_eps`` and, like every Gemma norm, store ``multiplier - 1``.
 - ``attn_logit_softcapping`` is accepted by ``Gemma3TextConfig`` but not passed to the attention by
   transformers 5 (Gemma3 has no attention softcap): only null is accepted, so a value the HF model
@@ -23,7 +25,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Mapping
 
-from .config_primitives import ConstantExport, ConstantImport, Dispatch, HFView
+from .config_primitives import ConstantExport, ConstantImport, Custom, Dispatch, HFView, Variant
 from .errors import ConversionError
 from .gemma import bidirectional
 from .gemma2 import FULL, LAYER_TYPES, SLIDING, Gemma2Converter, GemmaLayerTypes, softcap
@@ -83,6 +85,36 @@ def canonical_gemma3_rope(hf: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def yarn_truncate(prefix: str) -> Custom:
+    """YaRN's ``truncate`` inside a nested rope dict is never read: transformers' YaRN takes it from
+    the top level of ``rope_parameters`` (``config.rope_parameters.get("truncate", True)``), which for
+    Gemma3 holds only the layer types, so Gemma3's YaRN always truncates. Only True is accepted."""
+    key = f"{prefix}.truncate"
+
+    def export(get):
+        if get("truncate") is not True:
+            raise ConversionError(f"attention.rotary.truncate={get('truncate')!r} cannot be expressed: "
+                                  "transformers' Gemma3 YaRN always truncates (it ignores a per-layer-type truncate)")
+        return {key: True}
+
+    def import_(hf):
+        value = hf.get(key, True)
+        if value is not True:
+            raise ConversionError(f"config.json: {key}={value!r} is ignored by transformers' Gemma3 YaRN, which "
+                                  "always truncates; refused rather than silently changed")
+        return {"truncate": True}
+
+    return Custom(("truncate",), (key,), export, import_)
+
+
+def gemma3_rotary_dispatch(kinds: tuple[str, ...], prefix: str) -> Dispatch:
+    """``attention.rotary`` from one nested rope dict: full rotation only, YaRN always truncating."""
+    base = rotary_dispatch(kinds, prefix=prefix)
+    variants = tuple(Variant(v.native_kind, v.hf_value, {**v.section, "truncate": yarn_truncate(prefix)})
+                     if v.native_kind == "yarn" else v for v in base.variants)
+    return Dispatch(base.native, base.hf_key, variants)
+
+
 class Gemma3LayerTypes(GemmaLayerTypes):
     """Gemma2's ``layer_types``/``sliding_window``, plus the rotary embedding of each layer type from
     ``rope_parameters.<layer type>``. All layers of one type share one rotary config."""
@@ -91,7 +123,7 @@ class Gemma3LayerTypes(GemmaLayerTypes):
 
     def __init__(self, kinds: tuple[str, ...]):
         super().__init__(pattern_layer_types)
-        self.rotary = {t: rotary_dispatch(kinds, prefix=f"rope_parameters.{t}") for t in LAYER_TYPES}
+        self.rotary = {t: gemma3_rotary_dispatch(kinds, f"rope_parameters.{t}") for t in LAYER_TYPES}
         self.hf_keys = GemmaLayerTypes.hf_keys + tuple(k for d in self.rotary.values() for k in d.hf_keys)
 
     def claimed_hf(self, hf):

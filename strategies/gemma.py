@@ -86,12 +86,10 @@ def _mlp(cfg, **changes):
 def _partial_rotary(cfg):
     def fn(block):
         a = block.attention
-        if a.head_dim < 4:
-            a = dataclasses.replace(a, head_dim=4)
-        half = max(1, a.head_dim // 4)
-        rotary = native.DefaultRotary(theta=a.rotary.theta if hasattr(a.rotary, "theta") else 10000.0,
-                                      fraction=bb.fraction_for(2 * half, a.head_dim))
-        return dataclasses.replace(block, attention=dataclasses.replace(a, rotary=rotary))
+        head_dim = max(4, a.head_dim)
+        rotary = native.DefaultRotary(theta=getattr(a.rotary, "theta", 10000.0),
+                                      fraction=bb.fraction_for(2 * max(1, head_dim // 4), head_dim))
+        return dataclasses.replace(block, attention=dataclasses.replace(a, head_dim=head_dim, rotary=rotary))
     return _map_blocks(cfg, fn)
 
 

@@ -7,7 +7,8 @@ Differences from :mod:`strategies.gemma2`:
 - sliding layers and full layers may differ in their rotary embedding (local vs global theta,
   scaling on either): drawn as a layer pattern whose flagged layers get both the window and a
   redrawn rotary, so every sliding/global mix of up to 4 layers (5:1, 1:1, all sliding, all
-  global, arbitrary) is reachable. Without a window all layers share one rotary.
+  global, arbitrary) is reachable. Without a window all layers share one rotary;
+- YaRN always truncates (transformers ignores a per-layer-type ``truncate``).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 import native
 
 from . import building_blocks as bb
-from .gemma import ROTARY_KINDS, _attention, _broken, hf_extras, rope_dicts
+from .gemma import ROTARY_KINDS, _attention, _broken, _map_blocks, hf_extras, rope_dicts
 from .gemma2 import (BREAKS as _GEMMA2_BREAKS, CONSTRAINTS as _GEMMA2, FULL, HF_ACTIVATIONS, SLIDING, _layer0,
                      with_query_pre_attn_scalar)
 from .generic import native_configs as _native_configs
@@ -40,13 +41,27 @@ CONSTRAINTS = {
 UNIFORM = {"windows": ("none", "uniform"), "layer_patterns": ("uniform",), "varying": ()}
 
 
+def _truncating(rotary):
+    """transformers' Gemma3 YaRN always truncates (it ignores a per-layer-type ``truncate``)."""
+    return dataclasses.replace(rotary, truncate=True) if isinstance(rotary, native.YarnRotary) else rotary
+
+
 @st.composite
 def native_configs(draw, **overrides) -> native.ModelConfig:
     """Native configs a Gemma3 converter must accept."""
     constraints = {**CONSTRAINTS, **overrides}
     mixed = _native_configs(**constraints)
     uniform = _native_configs(**{**constraints, **UNIFORM})
-    return draw(with_query_pre_attn_scalar(draw(st.one_of(mixed, uniform))))
+    cfg = draw(with_query_pre_attn_scalar(draw(st.one_of(mixed, uniform))))
+    return _map_blocks(cfg, lambda b: dataclasses.replace(
+        b, attention=dataclasses.replace(b.attention, rotary=_truncating(b.attention.rotary))))
+
+
+def _yarn_not_truncating(cfg, draw):
+    a = cfg.decoder.layer(0).attention
+    yarn = native.YarnRotary(theta=10000.0, original_max_position_embeddings=min(4, cfg.max_position_embeddings),
+                             truncate=False)
+    return _attention(cfg, rotary=yarn, head_dim=max(a.head_dim, 2))
 
 
 # ------------------------------------------------------------------------------- unrepresentable
@@ -72,6 +87,7 @@ BREAKS = {
         cfg, qk_norm=native.LayerNormConfig(eps=cfg.final_norm.eps, bias=False))),
     "qk_norm_full": ("attention.qk_norm_scope", lambda cfg, draw: _attention(cfg, qk_norm_scope="full")),
     "rotary_differs": ("attention.rotary", _rotary_differs_in_type),
+    "yarn_no_truncate": ("truncate", _yarn_not_truncating),
     "qk_eps_differs": ("rms_norm_eps", lambda cfg, draw: _layer0(cfg, qk_norm=native.RMSNormConfig(
         eps=cfg.final_norm.eps * 3))),
 }
@@ -100,6 +116,10 @@ def layer_type_keys(draw, num_layers: int) -> dict[str, Any]:
     return out
 
 
+def _truncating_dict(params: dict[str, Any]) -> dict[str, Any]:
+    return {**params, "truncate": True} if params["rope_type"] == "yarn" else params
+
+
 @st.composite
 def rope_keys(draw, head_dim: int, max_position: int) -> dict[str, Any]:
     """Nested v5 ``rope_parameters`` (a layer type sometimes left to its default), or the v4 keys
@@ -108,7 +128,7 @@ def rope_keys(draw, head_dim: int, max_position: int) -> dict[str, Any]:
         params = {}
         for layer_type in (SLIDING, FULL):
             if draw(st.integers(0, 3)):
-                params[layer_type] = draw(rope_dicts(head_dim, max_position, ROTARY_KINDS))
+                params[layer_type] = _truncating_dict(draw(rope_dicts(head_dim, max_position, ROTARY_KINDS)))
         return {"rope_parameters": params} if params or draw(st.booleans()) else {}
     out: dict[str, Any] = {}
     if draw(st.booleans()):
@@ -116,7 +136,7 @@ def rope_keys(draw, head_dim: int, max_position: int) -> dict[str, Any]:
     if draw(st.booleans()):
         out["rope_local_base_freq"] = draw(bb.thetas())
     if draw(st.booleans()):
-        scaling = draw(rope_dicts(head_dim, max_position, ROTARY_KINDS))
+        scaling = _truncating_dict(draw(rope_dicts(head_dim, max_position, ROTARY_KINDS)))
         scaling.pop("rope_theta")
         if scaling["rope_type"] == "default" and draw(st.booleans()):
             scaling = None
