@@ -8,16 +8,24 @@ Reading (:func:`open_hf_checkpoint`) understands, in transformers' order of pref
 
 Opening parses every safetensors header itself (8-byte length + JSON) and checks that each
 tensor's byte range lies inside its file, so a truncated or corrupt file is refused at open time
-rather than half-way through a conversion. Tensor data is read only on ``reader[name]``.
+rather than half-way through a conversion. Tensor data is read only on ``reader[name]``: each
+tensor is a private (copy-on-write) memory map of exactly its byte range, so it costs no copy,
+owns its storage (a rename passes it through untouched) and pages are read as they are touched.
 
-Writing (:func:`write_hf_checkpoint`) streams: tensors accumulate into the current shard until
-the next would overflow ``max_shard_size``; the shard is written and freed. Output is atomic
-(``native.atomic``) and byte-deterministic.
+Writing (:func:`write_hf_checkpoint`) streams, and writes safetensors files itself (the format
+is an 8-byte length, a JSON header and the raw bytes; ``safetensors.torch.save_file`` would first
+copy every tensor into a ``bytes`` object). Shards are cut greedily: tensors go into the current
+shard until the next would overflow ``max_shard_size``. Given a ``plan`` (every tensor's name,
+dtype and shape, in stream order) the shard layout and headers are fixed before any data, and
+each tensor is written at its offset as it arrives: memory holds the tensor in flight, not a
+shard. Without a plan a shard accumulates in memory and is written when full. Both give the same
+bytes. Output is atomic (``native.atomic``) and byte-deterministic.
 """
 from __future__ import annotations
 
 import fnmatch
 import json
+import mmap
 import os
 import re
 import shutil
@@ -27,9 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
-
 from native.atomic import atomic_directory
 
 from .errors import ConversionError
@@ -53,6 +58,7 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
 for _name, _attr in (("U16", "uint16"), ("U32", "uint32"), ("U64", "uint64")):
     if hasattr(torch, _attr):
         SAFETENSORS_DTYPES[_name] = getattr(torch, _attr)
+SAFETENSORS_NAMES: dict[torch.dtype, str] = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
 
 _MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
 
@@ -166,9 +172,10 @@ class HFCheckpointReader(Mapping):
 
     ``config`` is config.json as a dict; ``generation_config`` the generation_config.json dict or
     None. Keys iterate in sorted order. ``reader[name]`` returns that one tensor, shared with no
-    other returned tensor: from safetensors it is backed by a private (copy-on-write) memory map,
-    so pages are read as they are touched and in-place edits never reach the file; from ``.bin``
-    it is a copy. ``shape_of``/``dtype_of`` answer from the headers without reading data.
+    other returned tensor and owning its storage: from safetensors it is a private (copy-on-write)
+    memory map of exactly its bytes, so pages are read as they are touched and in-place edits
+    never reach the file; from ``.bin`` it is a copy. ``shape_of``/``dtype_of`` answer from the
+    headers without reading data. The files must not change while the reader is in use.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -314,17 +321,14 @@ class HFCheckpointReader(Mapping):
                 for name in wanted:
                     out[name] = self._bins[shard][name].clone(memory_format=torch.contiguous_format)
                 continue
-            try:
-                with safe_open(file, framework="pt") as f:
-                    for name in wanted:
-                        out[name] = f.get_tensor(name)
-            except Exception as exc:
-                raise ConversionError(f"{file}: could not read tensor(s) {', '.join(map(repr, wanted[:3]))} "
-                                      f"({type(exc).__name__}: {exc})") from None
+            header = self._headers[shard]
+            for name in wanted:
+                dtype, shape, begin, end = header[name]
+                out[name] = map_tensor(file, dtype, shape, begin, end, name)
         return {name: out[name] for name in names}
 
     def close(self) -> None:
-        """Drop the memory maps of ``.bin`` files (safetensors files are opened per read)."""
+        """Drop the memory maps of ``.bin`` files (safetensors tensors are mapped per read)."""
         self._bins.clear()
 
     def __enter__(self) -> "HFCheckpointReader":
@@ -332,6 +336,25 @@ class HFCheckpointReader(Mapping):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def map_tensor(file: Path, dtype: torch.dtype, shape: tuple[int, ...], begin: int, end: int,
+               name: str = "") -> torch.Tensor:
+    """Bytes ``[begin, end)`` of ``file`` as a tensor: a private (copy-on-write) memory map of that
+    range alone, owning its storage (offset 0, exactly its bytes). No data is read until touched."""
+    if end == begin:
+        return torch.empty(shape, dtype=dtype)
+    start = begin - begin % mmap.ALLOCATIONGRANULARITY
+    try:
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            mapped = mmap.mmap(fd, end - start, offset=start, access=mmap.ACCESS_COPY)
+        finally:
+            os.close(fd)
+    except (OSError, ValueError) as exc:
+        raise ConversionError(f"{file}: could not read tensor {name!r} ({type(exc).__name__}: {exc})") from None
+    numel = (end - begin) // dtype.itemsize
+    return torch.frombuffer(mapped, dtype=dtype, count=numel, offset=begin - start).view(shape)
 
 
 def open_hf_checkpoint(path: str | os.PathLike) -> HFCheckpointReader:
@@ -370,81 +393,206 @@ def tokenizer_files(src: str | os.PathLike) -> list[Path]:
                   if p.is_file() and any(fnmatch.fnmatchcase(p.name, pat) for pat in TOKENIZER_PATTERNS))
 
 
-class _ShardWriter:
-    """Accumulates tensors into shards of at most ``max_bytes`` (one oversized tensor gets a shard
-    of its own) and writes each full shard under a temporary name."""
+def _raw_bytes(tensor: torch.Tensor) -> memoryview:
+    """The tensor's bytes in row-major order, without a copy when it is contiguous."""
+    t = tensor.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    t = t.contiguous().reshape(-1)
+    return memoryview(t.view(torch.uint8).numpy()) if t.numel() else memoryview(b"")
 
-    def __init__(self, directory: Path, max_bytes: int):
-        self.directory, self.max_bytes = directory, max_bytes
-        self.current: dict[str, torch.Tensor] = {}
-        self.current_bytes = 0
-        self.storages: set[int] = set()
-        self.shard_of: dict[str, int] = {}
-        self.count = 0
-        self.total = 0
 
-    def add(self, name: str, tensor: torch.Tensor) -> int:
-        if not isinstance(name, str) or not name:
-            raise ConversionError(f"tensor name {name!r}: expected a non-empty string")
-        if not isinstance(tensor, torch.Tensor):
-            raise ConversionError(f"tensor {name!r}: expected a torch.Tensor, got {type(tensor).__name__}")
-        if name in self.shard_of or name in self.current:
-            raise ConversionError(f"tensor {name!r} was produced twice")
-        t = tensor.detach()
-        if t.device.type != "cpu":
-            t = t.cpu()
-        nbytes = t.numel() * t.element_size()
-        storage = t.untyped_storage()
-        if (not t.is_contiguous() or t.storage_offset() != 0 or storage.nbytes() != nbytes
-                or (nbytes and storage.data_ptr() in self.storages)):
-            t = t.clone(memory_format=torch.contiguous_format)  # own, dense, unshared bytes
-        if self.current and self.current_bytes + nbytes > self.max_bytes:
-            self.flush()
-        self.current[name] = t
-        if nbytes:
-            self.storages.add(t.untyped_storage().data_ptr())
-        self.current_bytes += nbytes
-        self.total += nbytes
-        return nbytes
+class _ShardFile:
+    """One safetensors file, laid out before any data: tensors sorted by item size (largest first,
+    so every tensor is aligned to its item size, as safetensors itself sorts) then by name; the
+    header is written at once and each tensor's bytes at its offset whenever it arrives."""
 
-    def temp_name(self, k: int) -> Path:
-        return self.directory / f".shard-{k:05d}.safetensors.part"
+    def __init__(self, path: Path, entries: list[tuple[str, torch.dtype, tuple[int, ...]]]):
+        self.path = path
+        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+        self.slots: dict[str, tuple[int, int, torch.dtype, tuple[int, ...]]] = {}
+        offset = 0
+        for name, dtype, shape in sorted(entries, key=lambda e: (-e[1].itemsize, e[0])):
+            if dtype not in SAFETENSORS_NAMES:
+                raise ConversionError(f"tensor {name!r}: dtype {dtype} cannot be stored in safetensors")
+            size = _numel(shape) * dtype.itemsize
+            header[name] = {"dtype": SAFETENSORS_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+            self.slots[name] = (offset, size, dtype, tuple(shape))
+            offset += size
+        text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        text += b" " * (-len(text) % 8)
+        self.base = 8 + len(text)
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        _write_all(self.fd, memoryview(struct.pack("<Q", len(text)) + text), 0, path)
+        os.ftruncate(self.fd, self.base + offset)
+        self.missing = set(self.slots)
 
-    def flush(self) -> None:
-        if not self.current:
-            return
-        try:
-            save_file(self.current, self.temp_name(self.count), metadata={"format": "pt"})
-        except Exception as exc:
-            raise ConversionError(f"writing shard {self.count + 1} ({', '.join(list(self.current)[:3])}, ...) "
-                                  f"failed ({type(exc).__name__}: {exc})") from None
-        for name in self.current:
-            self.shard_of[name] = self.count
-        self.count += 1
-        self.current, self.current_bytes, self.storages = {}, 0, set()
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        offset, size, dtype, shape = self.slots[name]
+        if tensor.dtype != dtype or tuple(tensor.shape) != shape:
+            raise ConversionError(f"tensor {name!r}: {tensor.dtype} {tuple(tensor.shape)}, the write was planned "
+                                  f"with {dtype} {shape}")
+        data = _raw_bytes(tensor)
+        _write_all(self.fd, data, self.base + offset, self.path)
+        self.missing.discard(name)
 
-    def finish(self) -> dict[str, str]:
-        """Rename the shards to their final names; returns ``tensor -> file`` (sorted by name)."""
-        self.flush()
-        if self.count == 0:
-            raise ConversionError("no tensors to write: the tensor stream was empty")
-        names = [SAFETENSORS_FILE] if self.count == 1 else [shard_file_name(k, self.count) for k in range(self.count)]
-        for k, final in enumerate(names):
-            os.replace(self.temp_name(k), self.directory / final)
-        return {name: names[k] for name, k in sorted(self.shard_of.items())}
+    def close(self) -> None:
+        os.close(self.fd)
+        if self.missing:
+            raise ConversionError(f"{self.path.name}: planned tensor(s) {', '.join(sorted(self.missing)[:3])} were "
+                                  "never produced")
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def _write_all(fd: int, data: memoryview, position: int, path: Path) -> None:
+    try:
+        while len(data):
+            written = os.pwrite(fd, data, position)
+            data, position = data[written:], position + written
+    except OSError as exc:
+        raise ConversionError(f"writing {path.name} failed ({exc})") from None
+
+
+def plan_shards(entries: Iterable[tuple[str, torch.dtype, tuple[int, ...]]], max_bytes: int
+                ) -> list[list[tuple[str, torch.dtype, tuple[int, ...]]]]:
+    """Greedy shards in stream order: the next tensor opens a new shard when it would push the
+    current one past ``max_bytes`` (a tensor larger than that gets a shard of its own)."""
+    shards: list[list] = []
+    size = 0
+    for entry in entries:
+        nbytes = _numel(entry[2]) * entry[1].itemsize
+        if not shards or (shards[-1] and size + nbytes > max_bytes):
+            shards.append([])
+            size = 0
+        shards[-1].append(entry)
+        size += nbytes
+    return shards
+
+
+def _shard_names(count: int) -> list[str]:
+    return [SAFETENSORS_FILE] if count == 1 else [shard_file_name(k, count) for k in range(count)]
+
+
+def _checked(item, seen: set[str]) -> tuple[str, torch.Tensor]:
+    try:
+        name, tensor = item
+    except (TypeError, ValueError):
+        raise ConversionError(f"tensor stream yielded {type(item).__name__}, expected (name, tensor)") from None
+    if not isinstance(name, str) or not name:
+        raise ConversionError(f"tensor name {name!r}: expected a non-empty string")
+    if not isinstance(tensor, torch.Tensor):
+        raise ConversionError(f"tensor {name!r}: expected a torch.Tensor, got {type(tensor).__name__}")
+    if name in seen:
+        raise ConversionError(f"tensor {name!r} was produced twice")
+    seen.add(name)
+    return name, tensor
+
+
+def _write_planned(directory: Path, tensors, plan, max_bytes: int, progress) -> tuple[dict[str, str], int]:
+    """Shards fixed from the plan; each tensor written at its place as it arrives."""
+    plan = [(name, dtype, tuple(int(d) for d in shape)) for name, dtype, shape in plan]
+    if not plan:
+        raise ConversionError("no tensors to write: the plan is empty")
+    shards = plan_shards(plan, max_bytes)
+    names = _shard_names(len(shards))
+    file_of = {entry[0]: k for k, shard in enumerate(shards) for entry in shard}
+    if len(file_of) != len(plan):
+        raise ConversionError("the write plan names a tensor twice")
+    files: dict[int, _ShardFile] = {}
+    left = [len(shard) for shard in shards]
+    seen: set[str] = set()
+    try:
+        for item in tensors:
+            name, tensor = _checked(item, seen)
+            del item
+            if name not in file_of:
+                raise ConversionError(f"tensor {name!r} was produced but is not in the write plan")
+            k = file_of[name]
+            if k not in files:
+                files[k] = _ShardFile(directory / names[k], shards[k])
+            files[k].write(name, tensor)
+            nbytes = tensor.numel() * tensor.element_size()
+            del tensor
+            left[k] -= 1
+            if left[k] == 0:
+                files.pop(k).close()
+            if progress is not None:
+                progress(name, nbytes)
+    finally:
+        for file in files.values():
+            os.close(file.fd)
+    missing = [entry[0] for entry in plan if entry[0] not in seen]
+    if missing:
+        raise ConversionError(f"tensor(s) {', '.join(map(repr, missing[:3]))} of the write plan were never produced")
+    total = sum(_numel(shape) * dtype.itemsize for _, dtype, shape in plan)
+    return {name: names[file_of[name]] for name in sorted(file_of)}, total
+
+
+def _write_accumulated(directory: Path, tensors, max_bytes: int, progress) -> tuple[dict[str, str], int]:
+    """No plan: a shard accumulates in memory until the next tensor would overflow it."""
+    current: dict[str, torch.Tensor] = {}
+    size = total = 0
+    written: list[list[str]] = []
+    seen: set[str] = set()
+
+    def flush():
+        nonlocal current, size
+        if current:
+            k = len(written)
+            shard = _ShardFile(directory / f".shard-{k:05d}.safetensors.part",
+                               [(n, t.dtype, tuple(t.shape)) for n, t in current.items()])
+            try:
+                for n, t in current.items():
+                    shard.write(n, t)
+            finally:
+                shard.close()
+            written.append(list(current))
+            current, size = {}, 0
+
+    for item in tensors:
+        name, tensor = _checked(item, seen)
+        del item
+        nbytes = tensor.numel() * tensor.element_size()
+        if tensor.dtype not in SAFETENSORS_NAMES:
+            raise ConversionError(f"tensor {name!r}: dtype {tensor.dtype} cannot be stored in safetensors")
+        if current and size + nbytes > max_bytes:
+            flush()
+        current[name] = tensor.detach()
+        size += nbytes
+        total += nbytes
+        del tensor
+        if progress is not None:
+            progress(name, nbytes)
+    flush()
+    if not written:
+        raise ConversionError("no tensors to write: the tensor stream was empty")
+    names = _shard_names(len(written))
+    for k, final in enumerate(names):
+        os.replace(directory / f".shard-{k:05d}.safetensors.part", directory / final)
+    return {name: names[k] for k, shard in enumerate(written) for name in shard}, total
 
 
 def write_hf_checkpoint(dst: str | os.PathLike, config: dict,
                         tensors: Iterable[tuple[str, torch.Tensor]] | Mapping[str, torch.Tensor], *,
                         max_shard_size: int | str = 5 * 10**9, generation_config: dict | None = None,
                         copy_files_from: str | os.PathLike | None = None, overwrite: bool = False,
-                        progress: Callable[[str, int], None] | None = None) -> Path:
+                        progress: Callable[[str, int], None] | None = None,
+                        plan: Iterable[tuple[str, torch.dtype, tuple[int, ...]]] | None = None) -> Path:
     """Write an HF checkpoint directory at ``dst``, streaming ``tensors`` shard by shard.
 
-    Tensors accumulate into the current shard until the next one would push it past
-    ``max_shard_size`` bytes (an int, or a string for :func:`parse_size`); the shard is then
-    written with ``safetensors.torch.save_file`` (metadata ``{"format": "pt"}``) and freed, so
-    memory holds one shard at most. ``tensors`` may also be a mapping (its ``items()`` are used). One shard is written as ``model.safetensors``; several as
+    Tensors go into the current shard until the next one would push it past ``max_shard_size``
+    bytes (an int, or a string for :func:`parse_size`). With ``plan`` (``(name, dtype, shape)`` of
+    every tensor, in stream order; the stream may deliver them in any order) each tensor is
+    written to its shard as it arrives, so memory holds the tensor in flight; without it a shard
+    is held in memory until full. Tensors must not be modified after they are yielded.
+    ``tensors`` may also be a mapping (its ``items()`` are used). Files carry the metadata
+    ``{"format": "pt"}``. One shard is written as ``model.safetensors``; several as
     ``model-0000k-of-0000n.safetensors`` with ``model.safetensors.index.json`` (``total_size``
     and a sorted ``weight_map``). ``config.json`` (and ``generation_config.json`` when given)
     are written with sorted keys and indent 2; tokenizer files are copied from
@@ -461,19 +609,12 @@ def write_hf_checkpoint(dst: str | os.PathLike, config: dict,
     generation_text = None if generation_config is None else _json_text(generation_config, GENERATION_CONFIG_FILE)
     extra_files = tokenizer_files(copy_files_from) if copy_files_from is not None else []
     with atomic_directory(dst, overwrite=overwrite, error=ConversionError) as tmp:
-        writer = _ShardWriter(tmp, max_bytes)
-        for item in tensors:
-            try:
-                name, tensor = item
-            except (TypeError, ValueError):
-                raise ConversionError(f"tensor stream yielded {type(item).__name__}, expected (name, tensor)") from None
-            nbytes = writer.add(name, tensor)
-            del item, tensor
-            if progress is not None:
-                progress(name, nbytes)
-        weight_map = writer.finish()
-        if writer.count > 1:
-            index = {"metadata": {"total_size": writer.total}, "weight_map": weight_map}
+        if plan is not None:
+            weight_map, total = _write_planned(tmp, tensors, plan, max_bytes, progress)
+        else:
+            weight_map, total = _write_accumulated(tmp, tensors, max_bytes, progress)
+        if len(set(weight_map.values())) > 1:
+            index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
             (tmp / SAFETENSORS_INDEX).write_text(_json_text(index, SAFETENSORS_INDEX), encoding="utf-8")
         (tmp / CONFIG_FILE).write_text(config_text, encoding="utf-8")
         if generation_text is not None:

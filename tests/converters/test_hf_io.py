@@ -151,8 +151,8 @@ def test_reader_loads_one_tensor_without_touching_others(tmp_path, monkeypatch):
     write_hf_checkpoint(tmp_path / "hf", CONFIG, sample_tensors().items(), max_shard_size=200)
     reader = open_hf_checkpoint(tmp_path / "hf")
     opened = []
-    real = hf_io.safe_open
-    monkeypatch.setattr(hf_io, "safe_open", lambda path, **kw: opened.append(Path(path).name) or real(path, **kw))
+    real = hf_io.map_tensor
+    monkeypatch.setattr(hf_io, "map_tensor", lambda path, *a: opened.append(Path(path).name) or real(path, *a))
     for name in reader:
         reader.shape_of(name), reader.dtype_of(name)
     assert opened == []  # metadata from the validated headers only
@@ -420,7 +420,7 @@ def test_exception_from_tensor_stream_leaves_nothing(tmp_path, error, overwrite)
     if overwrite:
         write_hf_checkpoint(tmp_path / "hf", CONFIG, sample_tensors(1).items())
     flushed = []
-    real_save = hf_io.save_file
+    real_shard = hf_io._ShardFile
 
     def stream():
         for i, item in enumerate(sample_tensors().items()):
@@ -429,12 +429,12 @@ def test_exception_from_tensor_stream_leaves_nothing(tmp_path, error, overwrite)
                 raise error
             yield item
 
-    def spy(tensors, filename, metadata=None):
-        flushed.append(Path(filename))
-        real_save(tensors, filename, metadata=metadata)
+    def spy(path, entries):
+        flushed.append(Path(path))
+        return real_shard(path, entries)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(hf_io, "save_file", spy)
+        mp.setattr(hf_io, "_ShardFile", spy)
         with pytest.raises(type(error)):
             write_hf_checkpoint(tmp_path / "hf", CONFIG, stream(), max_shard_size=100, overwrite=overwrite)
     assert flushed and not any(f.exists() for f in flushed)
