@@ -175,3 +175,21 @@ def test_parser_falls_back_to_test_ids_and_reports_collection_errors(tmp_path):
 def test_minimal_example_without_hypothesis_output_shows_the_error_lines():
     text = "def test():\n>   assert 1 == 2\nE   assert 1 == 2\nE    +  where 2 = f()\n"
     assert minimal_example(text) == "assert 1 == 2\n +  where 2 = f()"
+
+
+def test_a_truncated_junit_message_defers_to_the_body(tmp_path):
+    body = ("E   AssertionError: boom\n"
+            "Falsifying example: check(\n    config=1,\n    seed=2,\n)\n"
+            "Explanation:\n    These lines were always and only run by failing test cases:\n        /x.py:1\n"
+            "You can reproduce this example by temporarily adding @reproduce_failure('6', b'AA') as a decorator")
+    xml = ('<testsuites><testsuite><testcase classname="t" name="test_p[a]" time="1">'
+           '<failure message="AssertionError: boom&#10;Falsifying example: check(&#10;'
+           '[+9 more lines; full report in element text]">' + body.replace("&", "&amp;").replace("<", "&lt;") +
+           '</failure></testcase></testsuite></testsuites>')
+    path = tmp_path / "j.xml"
+    path.write_text(xml)
+    (cell,) = parse_junit(path).cells.values()
+    assert minimal_example(cell.failures[0]) == (
+        "Falsifying example: check(\n    config=1,\n    seed=2,\n)\n"
+        "Explanation:\n    These lines were always and only run by failing test cases:\n        /x.py:1\n"
+        "You can reproduce this example by temporarily adding @reproduce_failure('6', b'AA') as a decorator")
