@@ -43,6 +43,21 @@ def fixed_biases(q: bool, k: bool, v: bool, o: bool, reason: str) -> Custom:
     return Custom(tuple(expected), (), export, lambda hf: dict(expected))
 
 
+def kv_heads(class_default: int | None, null_is_heads: bool = True) -> Default:
+    """``num_key_value_heads`` as the HF class reads it: absent → ``class_default`` (``None``: the
+    head count, as LlamaConfig), ``null`` → the head count where the class's ``__post_init__`` does
+    that, else refused (MistralConfig rejects it)."""
+
+    def compute(hf):
+        if hf.has("num_key_value_heads"):  # explicitly null
+            if null_is_heads:
+                return hf.get("num_attention_heads")
+            raise ConversionError("config.json: num_key_value_heads=null is not supported (give the number)")
+        return hf.get("num_attention_heads") if class_default is None else class_default
+
+    return Default("attention.kv_heads", "num_key_value_heads", compute)
+
+
 def _head_dim_default(hf):
     return hf.get("hidden_size") // hf.get("num_attention_heads")
 
@@ -66,6 +81,12 @@ def all_or_nothing_bias(hf_key: str, names=("q_bias", "k_bias", "v_bias", "o_bia
     return Custom(paths, (hf_key,), export, import_)
 
 
+def _buildable_rotary():
+    from .moe import buildable_rotary  # (moe imports this module)
+
+    return buildable_rotary()
+
+
 class LlamaConverter(Converter):
     model_type = "llama"
     architecture = "LlamaForCausalLM"
@@ -73,6 +94,8 @@ class LlamaConverter(Converter):
     carried = CARRIED
     norm_eps_default = 1e-6
     max_position_default = 2048
+    kv_heads_default: int | None = None  # LlamaConfig: absent num_key_value_heads → num_attention_heads
+    kv_null_is_heads = True
 
     def model_section(self):
         return {
@@ -93,8 +116,7 @@ class LlamaConverter(Converter):
             "placement": ConstantImport("placement", "pre", "pre-norm only"),
             "norm": rms_norm("norm", "rms_norm_eps", self.norm_eps_default),
             "heads": Rename("attention.heads", "num_attention_heads"),
-            "kv_heads": Default("attention.kv_heads", "num_key_value_heads",
-                                lambda hf: hf.get("num_attention_heads")),
+            "kv_heads": kv_heads(self.kv_heads_default, self.kv_null_is_heads),
             "head_dim": Default("attention.head_dim", "head_dim", _head_dim_default),
             "bias": all_or_nothing_bias("attention_bias"),
             "qk_norm": ConstantImport("attention.qk_norm", None, "no q/k norm"),
@@ -103,6 +125,7 @@ class LlamaConverter(Converter):
             "logit_softcap": ConstantImport("attention.logit_softcap", None, "no attention softcapping"),
             "window": ConstantImport("attention.window", None, "no sliding window"),
             "rotary": rotary_dispatch(self.rope_kinds),
+            "buildable_rotary": _buildable_rotary(),
             "mlp": Dispatch("mlp", "", (Variant("mlp", None, self.mlp_section()),)),
         }
 

@@ -11,6 +11,8 @@ class MistralConverter(LlamaConverter):
     model_type = "mistral"
     architecture = "MistralForCausalLM"
     max_position_default = 131072
+    kv_heads_default = 8  # MistralConfig's default; null is refused by the class
+    kv_null_is_heads = False
     carried = tuple(k for k in CARRIED if k != "pretraining_tp")
 
     def layer_section(self):

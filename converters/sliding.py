@@ -3,8 +3,8 @@
 HF keys: ``use_sliding_window``, ``sliding_window``, ``max_window_layers`` and ``layer_types``.
 transformers derives ``layer_types`` (when absent) as sliding for ``i >= max_window_layers`` if
 ``use_sliding_window``; explicit ``layer_types`` win. Keys that do not change the forward pass in a
-given config (``sliding_window`` while disabled, ``max_window_layers`` beside explicit
-``layer_types``) are carried in metadata so that the round trip reproduces config.json.
+given config (``use_sliding_window``/``sliding_window`` with no sliding layer, ``max_window_layers``
+beside explicit ``layer_types``) are carried in metadata so that the round trip reproduces config.json.
 """
 from __future__ import annotations
 
@@ -42,10 +42,12 @@ class QwenSlidingWindows(LayerwisePrimitive):
                                       "use_sliding_window/sliding_window disable the window")
         # Inert values are carried, but only where export would not regenerate them, so that
         # import(export(cfg)) == cfg as well as export(import(h)) == h.
-        if hf.has("max_window_layers") and max_window_layers != self._max_window_layers(layer_types):
+        if max_window_layers != self._max_window_layers(layer_types):
             metadata["metadata.max_window_layers"] = max_window_layers
-        if not (use and window is not None):  # the window size is inert: keep it, don't apply it
-            if hf.has("sliding_window") and window is not None:
+        if SLIDING not in layer_types:  # the window settings are inert: keep them, don't apply them
+            if use:
+                metadata["metadata.use_sliding_window"] = True
+            if (use or hf.has("sliding_window")) and window is not None:
                 metadata["metadata.sliding_window"] = window
         if use and window is not None and (not isinstance(window, int) or window < 1):
             raise ConversionError(f"config.json: sliding_window={window!r} must be a positive integer")
@@ -63,7 +65,7 @@ class QwenSlidingWindows(LayerwisePrimitive):
         max_window_layers = metadata.get("max_window_layers", self._max_window_layers(layer_types))
         if not sizes:
             return {
-                "use_sliding_window": False,
+                "use_sliding_window": metadata.get("use_sliding_window", False),
                 "sliding_window": metadata.get("sliding_window", None),
                 "max_window_layers": max_window_layers,
                 "layer_types": layer_types,
