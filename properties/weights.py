@@ -221,13 +221,22 @@ def _k_side(name: str) -> bool:
     return name.endswith("attn.k_bias") or name.endswith("attn.k_norm.bias")
 
 
+def _q_side(name: str) -> bool:
+    return name.endswith("attn.q_bias") or name.endswith("attn.q_norm.bias")
+
+
 def _inert(cfg: native.ModelConfig, name: str) -> str | None:
-    """Why perturbing this bias cannot change the logits, or None. A key bias (or k-norm bias)
-    adds ``q · b`` to every score of a query alike, which softmax cancels, unless rotary makes it
-    depend on the key position."""
-    if _k_side(name):
-        layer = cfg.decoder.layer(int(name.split(".")[1]))
-        if layer.attention.rotary.rotary_dim(layer.attention.head_dim) == 0:
+    """Why perturbing this bias cannot change the logits, or None.
+
+    - A key bias (or k-norm bias) adds ``q · b`` to every score of a query alike, which softmax
+      cancels, unless rotary makes it depend on the key position.
+    - With a window of 1 every query sees only itself: softmax over one key is 1 whatever q and k
+      are, so q- and k-side biases cannot matter."""
+    if _k_side(name) or _q_side(name):
+        a = cfg.decoder.layer(int(name.split(".")[1])).attention
+        if a.window == 1:
+            return "a window of 1 makes the attention weights constant"
+        if _k_side(name) and a.rotary.rotary_dim(a.head_dim) == 0:
             return "a key bias without rotary is cancelled by softmax"
     return None
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from . import building_blocks as bb
+from . import moe_common as _mc
 from .generic import native_configs as _native_configs
 
 MODEL_TYPE = "llama"
@@ -52,4 +53,34 @@ CONSTRAINTS = dict(
 
 def native_configs(**overrides) -> st.SearchStrategy:
     """Native configs a Llama converter must accept (``overrides`` narrow or widen CONSTRAINTS)."""
-    return _native_configs(**{**CONSTRAINTS, **overrides})
+    # (hf_buildable: no dynamic rotary over 2 dims, which transformers cannot build)
+    return _native_configs(**{**CONSTRAINTS, **overrides}).map(_mc.hf_buildable)
+
+
+# ----------------------------------------------------------------- HF dicts, examples, refusals
+# (appended by the property-suite work; the shared pieces are in strategies/_llama_family.py)
+from . import _llama_family as lf  # noqa: E402
+
+
+def hf_configs() -> st.SearchStrategy[dict]:
+    """LlamaConfig dicts: ``hidden_size`` a multiple of the head count (LlamaConfig validates it),
+    ``head_dim`` drawn, derived, absent or null, ``attention_bias``/``mlp_bias``, rope v4 or v5."""
+    return lf.hf_configs(MODEL_TYPE, "LlamaForCausalLM", hidden_multiple_of_heads=True,
+                         bias_keys=("attention_bias", "mlp_bias"), null_head_dim=True, carried=("pretraining_tp",))
+
+
+def hf_examples() -> list[dict]:
+    """The LlamaConfig default, Llama-3.1-8B as published, and Llama-3.1-8B scaled down (llama3 rope
+    with its original context shrunk so a forward pass exceeds it)."""
+    def small(real):
+        return _mc.scaled_down(real, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, vocab_size=97,
+                               max_position_embeddings=64,
+                               rope_scaling={**real["rope_scaling"], "original_max_position_embeddings": 16})
+    return lf.examples(MODEL_TYPE, "meta-llama__Llama-3.1-8B.json", small)
+
+
+def unrepresentable_configs() -> st.SearchStrategy:
+    """``(config, field)``: a Llama config with one feature Llama cannot express (a window, a
+    partial bias pattern, LayerNorm, q/k norm, softcaps, MoE, ...)."""
+    return lf.unrepresentable_configs(native_configs(), biases=bb.BIAS_ALL_OR_NOTHING, mlp_bias=True, windows="none")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from . import building_blocks as bb
+from . import moe_common as _mc
 from .generic import native_configs as _native_configs
 from .llama import CONSTRAINTS as _LLAMA
 
@@ -27,4 +28,26 @@ CONSTRAINTS = {
 
 def native_configs(**overrides) -> st.SearchStrategy:
     """Native configs a Mistral converter must accept."""
-    return _native_configs(**{**CONSTRAINTS, **overrides})
+    # (hf_buildable: no dynamic rotary over 2 dims, which transformers cannot build)
+    return _native_configs(**{**CONSTRAINTS, **overrides}).map(_mc.hf_buildable)
+
+
+# ----------------------------------------------------------------- HF dicts, examples, refusals
+# (appended by the property-suite work; the shared pieces are in strategies/_llama_family.py)
+from . import _llama_family as lf  # noqa: E402
+
+
+def hf_configs() -> st.SearchStrategy[dict]:
+    """MistralConfig dicts: no bias keys, ``sliding_window`` absent (4096), null or a size."""
+    return lf.hf_configs(MODEL_TYPE, "MistralForCausalLM", null_head_dim=True, windows="mistral", kv_default=8)
+
+
+def hf_examples() -> list[dict]:
+    """The MistralConfig default (no real Mistral config is in ../shared/real_configs)."""
+    return lf.examples(MODEL_TYPE, None, None)
+
+
+def unrepresentable_configs() -> st.SearchStrategy:
+    """``(config, field)``: a Mistral config with one feature Mistral cannot express (any bias, an
+    MLP bias, two window sizes, ...)."""
+    return lf.unrepresentable_configs(native_configs(), biases=bb.BIAS_NONE, mlp_bias=False, windows="one")

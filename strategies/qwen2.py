@@ -16,6 +16,7 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from . import building_blocks as bb
+from . import moe_common as _mc
 from .generic import native_configs as _native_configs
 from .mistral import CONSTRAINTS as _MISTRAL
 
@@ -32,4 +33,32 @@ CONSTRAINTS = {
 
 def native_configs(**overrides) -> st.SearchStrategy:
     """Native configs a Qwen2 converter must accept."""
-    return _native_configs(**{**CONSTRAINTS, **overrides})
+    # (hf_buildable: no dynamic rotary over 2 dims, which transformers cannot build)
+    return _native_configs(**{**CONSTRAINTS, **overrides}).map(_mc.hf_buildable)
+
+
+# ----------------------------------------------------------------- HF dicts, examples, refusals
+# (appended by the property-suite work; the shared pieces are in strategies/_llama_family.py)
+from . import _llama_family as lf  # noqa: E402
+
+
+def hf_configs() -> st.SearchStrategy[dict]:
+    """Qwen2Config dicts: no bias keys (q/k/v biased, o not), ``head_dim`` drawn, derived or
+    absent, the four window keys each present or absent, ``use_mrope``."""
+    return lf.hf_configs(MODEL_TYPE, "Qwen2ForCausalLM", windows="qwen", carried=("use_mrope",),
+                         kv_default=32)
+
+
+def hf_examples() -> list[dict]:
+    """The Qwen2Config default, Qwen2.5-0.5B as published, and scaled down (its inert window keys kept)."""
+    def small(real):
+        return _mc.scaled_down(real, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, vocab_size=97,
+                               max_position_embeddings=64)
+    return lf.examples(MODEL_TYPE, "Qwen__Qwen2.5-0.5B.json", small)
+
+
+def unrepresentable_configs() -> st.SearchStrategy:
+    """``(config, field)``: a Qwen2 config with one feature Qwen2 cannot express (another bias
+    pattern, an MLP bias, two window sizes, ...)."""
+    return lf.unrepresentable_configs(native_configs(), biases=bb.BIAS_QKV, mlp_bias=False, windows="one")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from . import building_blocks as bb
+from . import moe_common as _mc
 from .generic import native_configs as _native_configs
 from .qwen2 import CONSTRAINTS as _QWEN2
 
@@ -27,4 +28,42 @@ CONSTRAINTS = {
 
 def native_configs(**overrides) -> st.SearchStrategy:
     """Native configs a Qwen3 converter must accept."""
-    return _native_configs(**{**CONSTRAINTS, **overrides})
+    # (hf_buildable: no dynamic rotary over 2 dims, which transformers cannot build)
+    return _native_configs(**{**CONSTRAINTS, **overrides}).map(_mc.hf_buildable)
+
+
+# ----------------------------------------------------------------- HF dicts, examples, refusals
+# (appended by the property-suite work; the shared pieces are in strategies/_llama_family.py)
+import native as _native  # noqa: E402
+
+from . import _llama_family as lf  # noqa: E402
+
+
+def hf_configs() -> st.SearchStrategy[dict]:
+    """Qwen3Config dicts: ``head_dim`` always written (the class default 128 is not derived from
+    the sizes), ``attention_bias``, the four window keys each present or absent."""
+    return lf.hf_configs(MODEL_TYPE, "Qwen3ForCausalLM", bias_keys=("attention_bias",), head_dim_required=True,
+                         windows="qwen", kv_default=32)
+
+
+def hf_examples() -> list[dict]:
+    """The Qwen3Config default, Qwen3-8B as published, and scaled down."""
+    def small(real):
+        return _mc.scaled_down(real, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, head_dim=8, vocab_size=97,
+                               max_position_embeddings=64)
+    return lf.examples(MODEL_TYPE, "Qwen__Qwen3-8B.json", small)
+
+
+def _qk_norm_breaks(cfg, layer):
+    a = cfg.decoder.layer(layer).attention
+    return {"qk_norm": _mc.mutate_attention(cfg, layer, qk_norm=None),  # replaces the shared "add one"
+            "qk_norm_scope": _mc.mutate_attention(cfg, layer, qk_norm_scope="full"),
+            "qk_norm.kind": _mc.mutate_attention(cfg, layer, qk_norm=_native.LayerNormConfig(eps=a.qk_norm.eps))}
+
+
+def unrepresentable_configs() -> st.SearchStrategy:
+    """``(config, field)``: a Qwen3 config with one feature Qwen3 cannot express (no or another q/k
+    norm, a partial bias pattern, two window sizes, ...)."""
+    return lf.unrepresentable_configs(native_configs(), biases=bb.BIAS_ALL_OR_NOTHING, mlp_bias=False,
+                                      windows="one", extra=_qk_norm_breaks)

@@ -1,0 +1,163 @@
+"""HF config dicts, explicit examples and unrepresentable native configs for the Llama family
+(``llama``, ``mistral``, ``qwen2``, ``qwen3``), shared by those four strategy modules.
+
+HF dicts are written from the transformers config classes, independently of the converters (the
+pieces come from :mod:`strategies.moe_common`, which does the same for the MoE classes): sizes, the
+``head_dim`` spellings each class accepts, rope in the v5 or v4 form, the bias and window keys of
+each class, and the HF-only keys real configs carry.
+
+Unrepresentable configs are an accepted native config with one feature changed, paired with the
+native field the ``ConversionError`` must name.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from hypothesis import strategies as st
+
+import native
+
+from . import building_blocks as bb
+from . import moe_common as mc
+
+REAL_CONFIGS = Path(__file__).resolve().parents[1] / ".." / "shared" / "real_configs"
+
+
+# ------------------------------------------------------------------------------------ HF dicts
+@st.composite
+def hf_configs(draw, model_type: str, architecture: str, *, hidden_multiple_of_heads: bool = False,
+               bias_keys: tuple[str, ...] = (), null_head_dim: bool = False, head_dim_required: bool = False,
+               windows: str = "none", carried: tuple[str, ...] = (), kv_default: int | None = None) -> dict[str, Any]:
+    """One ``{model_type}`` config dict.
+
+    - ``bias_keys``: boolean keys the class has (``attention_bias``, ``mlp_bias``), each present or not;
+    - ``null_head_dim``: ``head_dim: null`` means ``hidden // heads``; ``head_dim_required``: the
+      class default (Qwen3's 128) is not the derived one, so ``head_dim`` is always written;
+    - ``windows``: ``"none"``, ``"mistral"`` (``sliding_window``: null or a size) or ``"qwen"``
+      (``use_sliding_window``/``sliding_window``/``max_window_layers``/``layer_types``);
+    - ``carried``: extra inert keys of the class (``pretraining_tp``, ``use_mrope``);
+    - ``kv_default``: the class default of ``num_key_value_heads`` (``None``: the head count), so
+      the key is left out only where that default is the drawn value.
+    """
+    sizes = draw(mc.attention_sizes())
+    if hidden_multiple_of_heads:
+        heads = sizes["num_attention_heads"]
+        sizes["hidden_size"] = heads * draw(st.integers(max(1, -(-bb.MIN_HIDDEN // heads)), max(2, bb.MAX_HIDDEN // heads)))
+    vocab = draw(bb.vocab_sizes())
+    max_position = draw(bb.max_positions())
+    hf: dict[str, Any] = {"model_type": model_type, **{k: v for k, v in sizes.items() if k != "head_dim"}}
+    if head_dim_required:
+        hf["head_dim"] = sizes["head_dim"]
+    else:
+        hf.update(draw(mc.head_dim_keys(sizes, null_allowed=null_head_dim)))
+    default_kv = hf["num_attention_heads"] if kv_default is None else kv_default
+    if draw(st.booleans()) and hf["num_key_value_heads"] == default_kv:
+        del hf["num_key_value_heads"]
+    num_layers = draw(bb.layer_counts())
+    hf.update(num_hidden_layers=num_layers, vocab_size=vocab, max_position_embeddings=max_position,
+              intermediate_size=draw(bb.intermediate_sizes()))
+    optional = {"rms_norm_eps": bb.epsilons(), "tie_word_embeddings": st.booleans(),
+                "hidden_act": st.sampled_from(sorted(mc.ACTIVATIONS.values())),
+                **{key: st.booleans() for key in bias_keys}}
+    for key, values in optional.items():
+        if draw(st.booleans()):
+            hf[key] = draw(values)
+    if windows == "mistral" and draw(st.booleans()):
+        hf["sliding_window"] = draw(st.one_of(st.none(), bb.windows()))
+    elif windows == "qwen":
+        from .qwen2_moe import window_keys
+
+        hf.update(draw(window_keys(num_layers)))
+    hf.update(draw(mc.rope_keys(draw(mc.rotary_for(mc.head_dim_of(hf), max_position)))))
+    hf.update(draw(mc.token_and_training_keys(vocab)))
+    for key in carried:
+        if draw(st.booleans()):
+            hf[key] = {"pretraining_tp": 1, "use_mrope": False}[key]
+    hf.update(draw(mc.file_keys(architecture)))
+    return hf
+
+
+def real_config(name: str) -> dict[str, Any] | None:
+    path = REAL_CONFIGS / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def examples(model_type: str, real: str | None, small: Callable[[dict], dict] | None) -> list[dict]:
+    """``@example`` HF dicts: the transformers default config of the class, the real config
+    (verbatim, config properties only) and ``small(real)`` scaled down for the tensor properties."""
+    from transformers import AutoConfig
+
+    out = [{k: v for k, v in AutoConfig.for_model(model_type).to_dict().items()
+            if k not in ("transformers_version", "_name_or_path")}]
+    published = real_config(real) if real else None
+    if published is not None:
+        out.append(published)
+        if small is not None:
+            out.append(small(published))
+    return out
+
+
+# ---------------------------------------------------------------------------- unrepresentable
+def _all_layers(cfg: native.ModelConfig, **attention) -> native.ModelConfig:
+    layers = [dataclasses.replace(b, attention=dataclasses.replace(b.attention, **attention)) for b in cfg.decoder.layers()]
+    return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers(layers))
+
+
+def _two_layers(cfg: native.ModelConfig) -> native.ModelConfig:
+    if cfg.num_layers >= 2:
+        return cfg
+    return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers(cfg.decoder.layers() * 2))
+
+
+def common_breaks(cfg: native.ModelConfig, layer: int) -> dict[str, native.ModelConfig]:
+    """Changes no Llama-family format can express, keyed by the field the refusal must name."""
+    block = cfg.decoder.layer(layer)
+    out = mc.mutations(cfg, layer)  # placement, qk_norm, softmax_scale, logit_softcap, rotary, ...
+    out["gated"] = mc.mutate_mlp(cfg, layer, gated=False)
+    out["mlp"] = mc.mutate_block(cfg, layer, mlp=native.MoEConfig(experts=2, top_k=1, intermediate=4,
+                                                                  activation=block.mlp.activation))
+    out["final_norm"] = dataclasses.replace(cfg, final_norm=native.RMSNormConfig(eps=cfg.final_norm.eps * 2))
+    two = _two_layers(cfg)
+    first = two.decoder.layer(0).attention
+    out["attention.heads"] = mc.mutate_attention(two, 0, heads=first.heads * 2, kv_heads=first.kv_heads * 2)
+    return out
+
+
+def bias_breaks(cfg: native.ModelConfig, layer: int, allowed: tuple[bb.BiasPattern, ...]) -> dict[str, native.ModelConfig]:
+    """One attention bias flipped (into a pattern the format lacks), keyed by that bias."""
+    a = cfg.decoder.layer(layer).attention
+    out = {}
+    for name in ("q_bias", "k_bias", "v_bias", "o_bias"):
+        flipped = {n: getattr(a, n) for n in ("q_bias", "k_bias", "v_bias", "o_bias")}
+        flipped[name] = not flipped[name]
+        if bb.BiasPattern(*flipped.values()) not in allowed:
+            out[name] = mc.mutate_attention(cfg, layer, **{name: flipped[name]})
+    return out
+
+
+def window_breaks(cfg: native.ModelConfig, kind: str) -> dict[str, native.ModelConfig]:
+    """Windows the format cannot hold: any window (``none``), or two sizes at once."""
+    if kind == "none":
+        return {"attention.window": _all_layers(cfg, window=3)}
+    two = _two_layers(cfg)
+    return {"attention.window": mc.mutate_attention(mc.mutate_attention(two, 0, window=2), 1, window=5)}
+
+
+@st.composite
+def unrepresentable_configs(draw, base: st.SearchStrategy, *, biases: tuple[bb.BiasPattern, ...],
+                            mlp_bias: bool, windows: str, extra: Callable | None = None):
+    """``(config, field)``: an accepted config with one feature the format cannot express."""
+    cfg = draw(base)
+    layer = draw(st.integers(0, cfg.num_layers - 1))
+    cases = common_breaks(cfg, layer)
+    cases.update(bias_breaks(cfg, layer, biases))
+    cases.update(window_breaks(cfg, windows))
+    if not mlp_bias:  # (the refusal names the MLP's field as "bias", within its layer)
+        cases["bias"] = mc.mutate_mlp(cfg, layer, bias=True)
+    if extra is not None:
+        cases.update(extra(cfg, layer))
+    field = draw(st.sampled_from(sorted(cases)))
+    return cases[field], field
