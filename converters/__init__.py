@@ -1,11 +1,16 @@
 """The code under test: declarative converters between native checkpoints and HF transformers."""
 from .base import Converter
 from .errors import ConversionError
+from .gpt_neox import GPTNeoXConverter
 from .llama import LlamaConverter
 from .mistral import MistralConverter
+from .olmo2 import Olmo2Converter
+from .phi3 import Phi3Converter
 from .qwen2 import Qwen2Converter
 from .qwen3 import Qwen3Converter
 from .registry import all_converters, detect, get, names, register
+from .starcoder2 import Starcoder2Converter
 
-for _cls in (LlamaConverter, MistralConverter, Qwen2Converter, Qwen3Converter):
+for _cls in (LlamaConverter, MistralConverter, Qwen2Converter, Qwen3Converter,
+             Phi3Converter, Olmo2Converter, Starcoder2Converter, GPTNeoXConverter):
     register(_cls())

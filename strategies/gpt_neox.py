@@ -11,6 +11,7 @@ from . import _hf_common as hc
 from . import building_blocks as bb
 from .generic import native_configs as generic_configs
 
+MODEL_TYPE = "gpt_neox"
 ARCHITECTURE = "GPTNeoXForCausalLM"
 ROPE_KINDS = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
 DEFAULT_ROTARY_PCT = 0.25

@@ -9,6 +9,7 @@ from . import _hf_common as hc
 from . import building_blocks as bb
 from .generic import native_configs as generic_configs
 
+MODEL_TYPE = "olmo2"
 ARCHITECTURE = "Olmo2ForCausalLM"
 ROPE_KINDS = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
 

@@ -11,6 +11,7 @@ from . import _hf_common as hc
 from . import building_blocks as bb
 from .generic import native_configs as generic_configs
 
+MODEL_TYPE = "phi3"
 ARCHITECTURE = "Phi3ForCausalLM"
 REAL = "microsoft__Phi-3-mini-4k-instruct.json"
 

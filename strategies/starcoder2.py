@@ -10,6 +10,7 @@ from . import building_blocks as bb
 from .generic import native_configs as generic_configs
 from .olmo2 import ROPE_KINDS
 
+MODEL_TYPE = "starcoder2"
 ARCHITECTURE = "Starcoder2ForCausalLM"
 
 
