@@ -101,6 +101,20 @@ def examples(model_type: str, real: str | None, small: Callable[[dict], dict] | 
 
 
 # ---------------------------------------------------------------------------- unrepresentable
+def mutate_block(cfg: native.ModelConfig, layer: int, **changes) -> native.ModelConfig:
+    layers = cfg.decoder.layers()
+    layers[layer] = dataclasses.replace(layers[layer], **changes)
+    return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers(layers))
+
+
+def mutate_attention(cfg: native.ModelConfig, layer: int, **changes) -> native.ModelConfig:
+    return mutate_block(cfg, layer, attention=dataclasses.replace(cfg.decoder.layer(layer).attention, **changes))
+
+
+def mutate_mlp(cfg: native.ModelConfig, layer: int, **changes) -> native.ModelConfig:
+    return mutate_block(cfg, layer, mlp=dataclasses.replace(cfg.decoder.layer(layer).mlp, **changes))
+
+
 def _all_layers(cfg: native.ModelConfig, **attention) -> native.ModelConfig:
     layers = [dataclasses.replace(b, attention=dataclasses.replace(b.attention, **attention)) for b in cfg.decoder.layers()]
     return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers(layers))
@@ -115,14 +129,27 @@ def _two_layers(cfg: native.ModelConfig) -> native.ModelConfig:
 def common_breaks(cfg: native.ModelConfig, layer: int) -> dict[str, native.ModelConfig]:
     """Changes no Llama-family format can express, keyed by the field the refusal must name."""
     block = cfg.decoder.layer(layer)
-    out = mc.mutations(cfg, layer)  # placement, qk_norm, softmax_scale, logit_softcap, rotary, ...
-    out["gated"] = mc.mutate_mlp(cfg, layer, gated=False)
-    out["mlp"] = mc.mutate_block(cfg, layer, mlp=native.MoEConfig(experts=2, top_k=1, intermediate=4,
-                                                                  activation=block.mlp.activation))
-    out["final_norm"] = dataclasses.replace(cfg, final_norm=native.RMSNormConfig(eps=cfg.final_norm.eps * 2))
+    a = block.attention
+    out = {
+        "placement": mutate_block(cfg, layer, placement="post"),
+        "qk_norm": mutate_attention(cfg, layer, qk_norm=native.RMSNormConfig(eps=1e-6)),
+        "softmax_scale": mutate_attention(cfg, layer, softmax_scale=0.3),
+        "logit_softcap": mutate_attention(cfg, layer, logit_softcap=30.0),
+        "rotary": mutate_attention(cfg, layer, rotary=native.NoRotary()),
+        "multiplier": dataclasses.replace(cfg, embeddings=dataclasses.replace(cfg.embeddings, multiplier=2.0)),
+        "final_softcap": dataclasses.replace(cfg, head=dataclasses.replace(cfg.head, final_softcap=30.0)),
+        "norm": mutate_block(cfg, layer, norm=native.LayerNormConfig(eps=block.norm.eps)),
+        "gated": mutate_mlp(cfg, layer, gated=False),
+        "mlp": mutate_block(cfg, layer, mlp=native.MoEConfig(experts=2, top_k=1, intermediate=4,
+                                                              activation=block.mlp.activation)),
+        "final_norm": dataclasses.replace(cfg, final_norm=native.RMSNormConfig(eps=cfg.final_norm.eps * 2)),
+    }
+    if a.head_dim >= 4:
+        out["fraction"] = mutate_attention(cfg, layer, rotary=native.DefaultRotary(
+            fraction=bb.fraction_for(2, a.head_dim)))
     two = _two_layers(cfg)
     first = two.decoder.layer(0).attention
-    out["attention.heads"] = mc.mutate_attention(two, 0, heads=first.heads * 2, kv_heads=first.kv_heads * 2)
+    out["attention.heads"] = mutate_attention(two, 0, heads=first.heads * 2, kv_heads=first.kv_heads * 2)
     return out
 
 
@@ -134,7 +161,7 @@ def bias_breaks(cfg: native.ModelConfig, layer: int, allowed: tuple[bb.BiasPatte
         flipped = {n: getattr(a, n) for n in ("q_bias", "k_bias", "v_bias", "o_bias")}
         flipped[name] = not flipped[name]
         if bb.BiasPattern(*flipped.values()) not in allowed:
-            out[name] = mc.mutate_attention(cfg, layer, **{name: flipped[name]})
+            out[name] = mutate_attention(cfg, layer, **{name: flipped[name]})
     return out
 
 
@@ -143,7 +170,7 @@ def window_breaks(cfg: native.ModelConfig, kind: str) -> dict[str, native.ModelC
     if kind == "none":
         return {"attention.window": _all_layers(cfg, window=3)}
     two = _two_layers(cfg)
-    return {"attention.window": mc.mutate_attention(mc.mutate_attention(two, 0, window=2), 1, window=5)}
+    return {"attention.window": mutate_attention(mutate_attention(two, 0, window=2), 1, window=5)}
 
 
 @st.composite
@@ -156,7 +183,7 @@ def unrepresentable_configs(draw, base: st.SearchStrategy, *, biases: tuple[bb.B
     cases.update(bias_breaks(cfg, layer, biases))
     cases.update(window_breaks(cfg, windows))
     if not mlp_bias:  # (the refusal names the MLP's field as "bias", within its layer)
-        cases["bias"] = mc.mutate_mlp(cfg, layer, bias=True)
+        cases["bias"] = mutate_mlp(cfg, layer, bias=True)
     if extra is not None:
         cases.update(extra(cfg, layer))
     field = draw(st.sampled_from(sorted(cases)))

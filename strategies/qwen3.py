@@ -57,9 +57,9 @@ def hf_examples() -> list[dict]:
 
 def _qk_norm_breaks(cfg, layer):
     a = cfg.decoder.layer(layer).attention
-    return {"qk_norm": _mc.mutate_attention(cfg, layer, qk_norm=None),  # replaces the shared "add one"
-            "qk_norm_scope": _mc.mutate_attention(cfg, layer, qk_norm_scope="full"),
-            "qk_norm.kind": _mc.mutate_attention(cfg, layer, qk_norm=_native.LayerNormConfig(eps=a.qk_norm.eps))}
+    return {"qk_norm": lf.mutate_attention(cfg, layer, qk_norm=None),  # replaces the shared "add one"
+            "qk_norm_scope": lf.mutate_attention(cfg, layer, qk_norm_scope="full"),
+            "qk_norm.kind": lf.mutate_attention(cfg, layer, qk_norm=_native.LayerNormConfig(eps=a.qk_norm.eps))}
 
 
 def unrepresentable_configs() -> st.SearchStrategy:

@@ -1,0 +1,246 @@
+"""Deliberately broken converters: each is a real converter with one bug that real converters have
+shipped. The meta-tests (test_broken_converters.py) require the property named beside each bug to
+reject it within the gate profile's budget; a property that lets one through is too weak.
+
+Each class subclasses the real converter (same ``model_type``, so the same strategies draw its
+inputs) and changes one thing: a weight rule's transform, the exported config dict, or the
+tensors streamed out.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable
+
+from converters.llama import LlamaConverter
+from converters.mistral import MistralConverter
+from converters.weights import Chain, Chunk, ExpertSplit, GroupedQKV, Identity, NormOffset, Parallel, RotaryPermute
+from converters.weights.transforms import Transform
+
+
+# ------------------------------------------------------------------------------------ helpers
+@dataclass(frozen=True)
+class Reorder(Transform):
+    """``n`` tensors put in ``order`` on export (``out[k] = in[order[k]]``), and back on import: a
+    bijection, so weight round trips stay exact while the HF side is wrong."""
+
+    order: tuple[int, ...]
+
+    @property
+    def n_native(self) -> int:
+        return len(self.order)
+
+    @property
+    def n_hf(self) -> int:
+        return len(self.order)
+
+    def export(self, xs):
+        return [xs[i] for i in self.order]
+
+    def import_(self, xs):
+        out = [None] * len(self.order)
+        for k, i in enumerate(self.order):
+            out[i] = xs[k]
+        return out
+
+
+def swap(n: int, i: int, j: int) -> Reorder:
+    order = list(range(n))
+    order[i], order[j] = order[j], order[i]
+    return Reorder(tuple(order))
+
+
+def map_transforms(rules, fn: Callable[[Transform], Transform]):
+    """Rules with ``fn`` applied to every transform, recursively into Chain and Parallel."""
+    def walk(t: Transform) -> Transform:
+        if isinstance(t, Chain):
+            t = Chain(tuple(walk(s) for s in t.steps))
+        elif isinstance(t, Parallel):
+            t = Parallel(tuple(walk(p) for p in t.parts))
+        return fn(t)
+
+    return [dataclasses.replace(rule, transform=walk(rule.transform)) for rule in rules]
+
+
+def is_qkv_split(t: Transform) -> bool:
+    return isinstance(t, Chain) and isinstance(t.steps[0], GroupedQKV)
+
+
+# ------------------------------------------------------------------------- weight-rule bugs
+class QKPermutationSkipped(LlamaConverter):
+    """q/k rows exported in the native interleaved rotary order (no rotate_half permutation)."""
+
+    def weight_rules(self, cfg):
+        return map_transforms(super().weight_rules(cfg),
+                              lambda t: Identity() if isinstance(t, RotaryPermute) else t)
+
+
+class KVSwapped(LlamaConverter):
+    """k_proj and v_proj exchanged on export (and back on import: round trips stay exact)."""
+
+    def weight_rules(self, cfg):
+        return map_transforms(super().weight_rules(cfg),
+                              lambda t: Chain((t, swap(3, 1, 2))) if is_qkv_split(t) else t)
+
+
+class GateUpSwapped(LlamaConverter):
+    """gate_proj and up_proj exchanged (native ``fc1 = [gate; up]`` read as ``[up; gate]``)."""
+
+    def weight_rules(self, cfg):
+        return map_transforms(super().weight_rules(cfg),
+                              lambda t: Chain((t, swap(2, 0, 1))) if isinstance(t, Chunk) else t)
+
+
+def norm_offset_missing(base: type) -> type:
+    """A Gemma-style converter storing the norm multiplier instead of ``multiplier - 1``."""
+
+    class NormOffsetMissing(base):
+        def weight_rules(self, cfg):
+            return map_transforms(super().weight_rules(cfg),
+                                  lambda t: Identity() if isinstance(t, NormOffset) else t)
+
+    NormOffsetMissing.__qualname__ = NormOffsetMissing.__name__ = f"NormOffsetMissing[{base.__name__}]"
+    return NormOffsetMissing
+
+
+def expert_order_reversed(base: type) -> type:
+    """A per-expert MoE converter writing the experts in reverse order (the router untouched)."""
+
+    def reverse(t: Transform) -> Transform:
+        if not isinstance(t, ExpertSplit):
+            return t
+        order = tuple((t.experts - 1 - e) * t.parts + p for e in range(t.experts) for p in range(t.parts))
+        return Chain((t, Reorder(order)))
+
+    class ExpertOrderReversed(base):
+        def weight_rules(self, cfg):
+            return map_transforms(super().weight_rules(cfg), reverse)
+
+    ExpertOrderReversed.__qualname__ = ExpertOrderReversed.__name__ = f"ExpertOrderReversed[{base.__name__}]"
+    return ExpertOrderReversed
+
+
+# ---------------------------------------------------------------------------- stream bugs
+class BiasDropped(LlamaConverter):
+    """The o_proj bias is not written (the config still says ``attention_bias: true``)."""
+
+    def export_weights(self, cfg, state):
+        return ((n, t) for n, t in super().export_weights(cfg, state) if not n.endswith("o_proj.bias"))
+
+
+class LmHeadExportedWhileTied(LlamaConverter):
+    """A tied model exported with an ``lm_head.weight`` copy of the embedding."""
+
+    def export_weights(self, cfg, state):
+        for name, tensor in super().export_weights(cfg, state):
+            yield name, tensor
+            if cfg.head.tied and name == "model.embed_tokens.weight":
+                yield "lm_head.weight", tensor.clone()
+
+
+class ExportUpcasts(LlamaConverter):
+    """Every exported tensor cast to float32 (a bf16 checkpoint comes out twice as large)."""
+
+    def export_weights(self, cfg, state):
+        return ((n, t.float()) for n, t in super().export_weights(cfg, state))
+
+
+@dataclass(frozen=True)
+class UpcastOnImport(Transform):
+    """``inner``, with its import outputs cast to float32."""
+
+    inner: Transform
+
+    @property
+    def n_native(self) -> int:
+        return self.inner.n_native
+
+    @property
+    def n_hf(self) -> int:
+        return self.inner.n_hf
+
+    def export(self, xs):
+        return self.inner.export(xs)
+
+    def import_(self, xs):
+        return [x.float() for x in self.inner.import_(xs)]
+
+
+class ImportUpcasts(LlamaConverter):
+    """Every imported tensor cast to float32 (in the weight rules, which ``convcheck convert``
+    streams through)."""
+
+    def weight_rules(self, cfg):
+        return [dataclasses.replace(rule, transform=UpcastOnImport(rule.transform))
+                for rule in super().weight_rules(cfg)]
+
+
+# ------------------------------------------------------------------------------ config bugs
+class TieFlagLost(LlamaConverter):
+    """``tie_word_embeddings`` not written (LlamaConfig then unties, and the head is missing)."""
+
+    def export_config(self, cfg):
+        hf = super().export_config(cfg)
+        hf.pop("tie_word_embeddings", None)
+        return hf
+
+
+class RopeThetaDropped(LlamaConverter):
+    """``rope_theta`` not written (transformers falls back to 10000)."""
+
+    def export_config(self, cfg):
+        hf = super().export_config(cfg)
+        hf.get("rope_parameters", {}).pop("rope_theta", None)
+        return hf
+
+
+class RopeScalingDropped(LlamaConverter):
+    """A v4 config's ``rope_scaling`` ignored on import (plain RoPE assumed)."""
+
+    def import_config(self, hf):
+        return super().import_config({k: v for k, v in hf.items() if k != "rope_scaling"})
+
+
+class PlainRopeFactor(LlamaConverter):
+    """``factor: 1.0`` written into the rope parameters of plain RoPE (transformers warns: an
+    unrecognized key)."""
+
+    def export_config(self, cfg):
+        hf = super().export_config(cfg)
+        rope = hf.get("rope_parameters", {})
+        if rope.get("rope_type") == "default":
+            rope["factor"] = 1.0
+        return hf
+
+
+class HeadDimDropped(LlamaConverter):
+    """``head_dim`` not written (transformers then derives ``hidden_size // num_attention_heads``)."""
+
+    def export_config(self, cfg):
+        hf = super().export_config(cfg)
+        hf.pop("head_dim", None)
+        return hf
+
+
+class WindowIgnored(LlamaConverter):
+    """The declaration forgets ``attention.window``: a windowed model exports as full attention."""
+
+    def layer_section(self):
+        section = dict(super().layer_section())
+        section.pop("window")
+        return section
+
+
+class SlidingWindowDropped(MistralConverter):
+    """``sliding_window`` written as null (full attention) whatever the native window."""
+
+    def export_config(self, cfg):
+        return {**super().export_config(cfg), "sliding_window": None}
+
+
+__all__ = [
+    "Reorder", "swap", "map_transforms", "QKPermutationSkipped", "KVSwapped", "GateUpSwapped",
+    "norm_offset_missing", "expert_order_reversed", "BiasDropped", "LmHeadExportedWhileTied", "ExportUpcasts",
+    "ImportUpcasts", "TieFlagLost", "RopeThetaDropped", "RopeScalingDropped", "PlainRopeFactor", "HeadDimDropped",
+    "WindowIgnored", "SlidingWindowDropped",
+]
