@@ -75,27 +75,35 @@ def hf_configs(draw) -> dict:
     return hf
 
 
-@st.composite
-def unrepresentable_configs(draw):
+def _two_windows(cfg, i, draw):
+    cfg = mc.at_least_layers(cfg, 2)
+    window = draw(bb.windows())
+    return mc.mutate_attention(mc.mutate_attention(cfg, 0, window=window), 1, window=window + 1)
+
+
+def _other_experts(cfg, i, draw):
+    cfg = mc.at_least_layers(cfg, 2)
+    return mc.mutate_mlp(cfg, 1, experts=cfg.decoder.layer(1).mlp.experts + 1)
+
+
+#: field → breaker (see strategies.moe_common.broken)
+BREAKERS = {
+    **mc.COMMON_BREAKERS,
+    "qk_norm": lambda cfg, i, draw: mc.mutate_attention(cfg, i, qk_norm=native.RMSNormConfig(eps=1e-6)),
+    "q_bias": lambda cfg, i, draw: mc.mutate_attention(cfg, i, q_bias=True),
+    "o_bias": lambda cfg, i, draw: mc.mutate_attention(cfg, i, o_bias=True),
+    "mlp.kind": lambda cfg, i, draw: mc.mutate_block(cfg, i, mlp=native.MLPConfig(
+        intermediate=cfg.decoder.layer(i).mlp.intermediate, activation=cfg.decoder.layer(i).mlp.activation)),
+    "normalize_top_k": lambda cfg, i, draw: mc.mutate_mlp(cfg, i, normalize_top_k=False),
+    "shared_intermediate": lambda cfg, i, draw: mc.mutate_mlp(cfg, i, shared_intermediate=draw(bb.intermediate_sizes(32))),
+    "attention.window": _two_windows,
+    "experts": _other_experts,
+}
+
+
+def unrepresentable_configs():
     """``(field, cfg)``: ``export_config(cfg)`` must raise ConversionError naming ``field``."""
-    cfg = draw(native_configs())
-    layer = draw(st.integers(0, cfg.num_layers - 1))
-    block = cfg.decoder.layer(layer)
-    moe = block.mlp
-    cases = mc.mutations(cfg, layer)
-    cases.update({
-        "q_bias": mc.mutate_attention(cfg, layer, q_bias=True),
-        "o_bias": mc.mutate_attention(cfg, layer, o_bias=True),
-        "mlp.kind": mc.mutate_block(cfg, layer, mlp=native.MLPConfig(intermediate=moe.intermediate)),
-        "normalize_top_k": mc.mutate_mlp(cfg, layer, normalize_top_k=False),
-        "shared_intermediate": mc.mutate_mlp(cfg, layer, shared_intermediate=4),
-    })
-    if cfg.num_layers > 1:
-        other = block.attention.window + 1 if block.attention.window else 3
-        cases["attention.window"] = mc.mutate_attention(cfg, layer, window=other)
-        cases["experts"] = mc.mutate_mlp(cfg, layer, experts=moe.experts + 1)
-    field = draw(st.sampled_from(sorted(cases)))
-    return field, cases[field]
+    return mc.broken(native_configs(), BREAKERS)
 
 
 def hf_examples() -> list[dict]:

@@ -173,6 +173,10 @@ def scaled_down(real: dict[str, Any], **sizes: Any) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------- native mutations
+# Unrepresentable configs are drawn field first (uniformly over a fixed list of breakers), then a
+# layer the breaker applies to; a breaker that needs a layer the config lacks (a second layer, a
+# sparse or a dense one) makes one. So every refusal is reached about equally often.
+
 def mutate_block(cfg: native.ModelConfig, layer: int, **changes) -> native.ModelConfig:
     layers = cfg.decoder.layers()
     layers[layer] = dataclasses.replace(layers[layer], **changes)
@@ -189,21 +193,62 @@ def mutate_mlp(cfg, layer, **changes):
     return mutate_block(cfg, layer, mlp=dataclasses.replace(block.mlp, **changes))
 
 
-def mutations(cfg: native.ModelConfig, layer: int) -> dict[str, native.ModelConfig]:
-    """Single changes of an accepted config that none of the MoE formats can express, keyed by the
-    field the refusal must name."""
-    block = cfg.decoder.layer(layer)
-    out = {
-        "placement": mutate_block(cfg, layer, placement="post"),
-        "qk_norm": mutate_attention(cfg, layer, qk_norm=native.RMSNormConfig(eps=1e-6)),
-        "softmax_scale": mutate_attention(cfg, layer, softmax_scale=0.3),
-        "logit_softcap": mutate_attention(cfg, layer, logit_softcap=30.0),
-        "rotary": mutate_attention(cfg, layer, rotary=native.NoRotary()),
-        "multiplier": dataclasses.replace(cfg, embeddings=dataclasses.replace(cfg.embeddings, multiplier=2.0)),
-        "final_softcap": dataclasses.replace(cfg, head=dataclasses.replace(cfg.head, final_softcap=30.0)),
-        "norm": mutate_block(cfg, layer, norm=native.LayerNormConfig(eps=block.norm.eps)),
-    }
-    if block.attention.head_dim >= 4:
-        out["fraction"] = mutate_attention(cfg, layer, rotary=native.DefaultRotary(
-            fraction=bb.fraction_for(2, block.attention.head_dim)))
-    return out
+def at_least_layers(cfg: native.ModelConfig, n: int) -> native.ModelConfig:
+    """``cfg`` with its last layer repeated up to ``n`` layers."""
+    layers = cfg.decoder.layers()
+    layers += [layers[-1]] * (n - len(layers))
+    return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers(layers))
+
+
+def layers_of(cfg: native.ModelConfig, kind: type, make, count: int = 1) -> tuple[native.ModelConfig, list[int]]:
+    """``cfg`` with at least ``count`` layers whose ``mlp`` is a ``kind`` (made by ``make(cfg)`` from
+    the last layers when missing, adding layers if needed), and the indices of those layers."""
+    cfg = at_least_layers(cfg, count)
+    have = [i for i, b in enumerate(cfg.decoder.layers()) if isinstance(b.mlp, kind)]
+    for i in reversed(range(cfg.num_layers)):
+        if len(have) >= count:
+            break
+        if i not in have:
+            cfg = mutate_block(cfg, i, mlp=make(cfg))
+            have.append(i)
+    return cfg, sorted(have)
+
+
+def other_activation(activation: str) -> str:
+    return "relu" if activation != "relu" else "silu"
+
+
+def partial_rotary(cfg: native.ModelConfig) -> native.ModelConfig:
+    """Every layer rotating 2 of its (at least 4) head dims."""
+    layers = []
+    for block in cfg.decoder.layers():
+        head_dim = max(4, block.attention.head_dim)
+        rotary = native.DefaultRotary(theta=10000.0, fraction=bb.fraction_for(2, head_dim))
+        layers.append(dataclasses.replace(block, attention=dataclasses.replace(block.attention, head_dim=head_dim,
+                                                                                rotary=rotary)))
+    return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers(layers))
+
+
+#: breakers every MoE format here refuses: ``(cfg, layer, draw) -> cfg``
+COMMON_BREAKERS = {
+    "placement": lambda cfg, i, draw: mutate_block(cfg, i, placement=draw(st.sampled_from(("post", "sandwich", "parallel")))),
+    "softmax_scale": lambda cfg, i, draw: mutate_attention(cfg, i, softmax_scale=draw(bb.positive_floats(0.05, 1.0))),
+    "logit_softcap": lambda cfg, i, draw: mutate_attention(cfg, i, logit_softcap=draw(bb.positive_floats(0.5, 60.0))),
+    "rotary": lambda cfg, i, draw: mutate_attention(cfg, i, rotary=native.NoRotary()),
+    "fraction": lambda cfg, i, draw: partial_rotary(cfg),
+    "multiplier": lambda cfg, i, draw: dataclasses.replace(
+        cfg, embeddings=dataclasses.replace(cfg.embeddings, multiplier=draw(bb.positive_floats(0.5, 10.0)))),
+    "final_softcap": lambda cfg, i, draw: dataclasses.replace(
+        cfg, head=dataclasses.replace(cfg.head, final_softcap=draw(bb.positive_floats(0.5, 60.0)))),
+    "norm": lambda cfg, i, draw: mutate_block(cfg, i, norm=native.LayerNormConfig(eps=cfg.decoder.layer(i).norm.eps)),
+}
+
+
+@st.composite
+def broken(draw, configs: st.SearchStrategy, breakers: dict) -> tuple[str, native.ModelConfig]:
+    """``(field, cfg)``: a drawn config broken by one drawn breaker (``breakers[field](cfg, layer,
+    draw)``), the field the refusal must name."""
+    cfg = draw(configs)
+    field = draw(st.sampled_from(sorted(breakers)))
+    layer = draw(st.integers(0, cfg.num_layers - 1))
+    return field, breakers[field](cfg, layer, draw)

@@ -129,31 +129,71 @@ def hf_configs(draw) -> dict:
     return hf
 
 
-@st.composite
-def unrepresentable_configs(draw):
+def _activation(cfg: native.ModelConfig) -> str:
+    return cfg.decoder.layer(0).mlp.activation
+
+
+def _some(cfg: native.ModelConfig, kind: type, fallback):
+    return next((b.mlp for b in cfg.decoder.layers() if isinstance(b.mlp, kind)), None) or fallback
+
+
+def make_moe(cfg: native.ModelConfig) -> native.MoEConfig:
+    """The config's sparse MoE, or a small one with a gated shared expert."""
+    return _some(cfg, native.MoEConfig, native.MoEConfig(experts=2, top_k=1, intermediate=4, activation=_activation(cfg),
+                                                         shared_intermediate=4, shared_gate=True))
+
+
+def make_dense(cfg: native.ModelConfig) -> native.MLPConfig:
+    return _some(cfg, native.MLPConfig, native.MLPConfig(intermediate=8, activation=_activation(cfg)))
+
+
+def on_sparse(change, count: int = 1, make=make_moe):
+    """A breaker changing the last of ``count`` sparse layers (made when missing)."""
+    def breaker(cfg, i, draw):
+        cfg, sparse = mc.layers_of(cfg, native.MoEConfig, make, count)
+        return mc.mutate_mlp(cfg, sparse[-1], **change(cfg.decoder.layer(sparse[-1]).mlp, draw))
+    return breaker
+
+
+def on_dense(change):
+    def breaker(cfg, i, draw):
+        cfg, dense = mc.layers_of(cfg, native.MLPConfig, make_dense)
+        return mc.mutate_mlp(cfg, dense[0], **change)
+    return breaker
+
+
+def second_layer(mutate):
+    """A breaker making layer 1 (added when missing) differ from layer 0."""
+    def breaker(cfg, i, draw):
+        return mutate(mc.at_least_layers(cfg, 2), draw)
+    return breaker
+
+
+def two_windows(cfg, draw):
+    window = draw(bb.windows())
+    return mc.mutate_attention(mc.mutate_attention(cfg, 0, window=window), 1, window=window + 1)
+
+
+#: field → breaker (see strategies.moe_common.broken)
+BREAKERS = {
+    **mc.COMMON_BREAKERS,
+    "qk_norm": lambda cfg, i, draw: mc.mutate_attention(cfg, i, qk_norm=native.RMSNormConfig(eps=1e-6)),
+    "o_bias": lambda cfg, i, draw: mc.mutate_attention(cfg, i, o_bias=True),
+    "k_bias": lambda cfg, i, draw: mc.mutate_attention(cfg, i, k_bias=not cfg.decoder.layer(i).attention.k_bias),
+    "shared_gate": on_sparse(lambda moe, draw: {"shared_gate": False}),
+    "shared_intermediate": on_sparse(lambda moe, draw: {"shared_intermediate": None, "shared_gate": False}),
+    "experts": on_sparse(lambda moe, draw: {"experts": moe.experts + 1}, count=2),
+    "gated": on_dense({"gated": False}),
+    "bias": on_dense({"bias": True}),
+    "activation": second_layer(lambda cfg, draw: mc.mutate_mlp(
+        cfg, 1, activation=mc.other_activation(cfg.decoder.layer(1).mlp.activation))),
+    "attention.window": second_layer(two_windows),
+}
+
+
+def unrepresentable_configs():
     """``(field, cfg)``: ``export_config(cfg)`` must raise ConversionError naming ``field``."""
-    cfg = draw(native_configs())
-    layer = draw(st.integers(0, cfg.num_layers - 1))
-    block = cfg.decoder.layer(layer)
-    cases = mc.mutations(cfg, layer)
-    cases["o_bias"] = mc.mutate_attention(cfg, layer, o_bias=True)
-    cases["k_bias"] = mc.mutate_attention(cfg, layer, k_bias=not block.attention.k_bias)
-    if isinstance(block.mlp, native.MoEConfig):
-        cases["shared_gate"] = mc.mutate_mlp(cfg, layer, shared_gate=False)
-        cases["shared_intermediate"] = mc.mutate_mlp(cfg, layer, shared_intermediate=None, shared_gate=False)
-        if sum(isinstance(b.mlp, native.MoEConfig) for b in cfg.decoder.layers()) > 1:
-            cases["experts"] = mc.mutate_mlp(cfg, layer, experts=block.mlp.experts + 1)
-    else:
-        cases["gated"] = mc.mutate_mlp(cfg, layer, gated=False)
-        cases["bias"] = mc.mutate_mlp(cfg, layer, bias=True)
-    other = "relu" if block.mlp.activation != "relu" else "silu"
-    if cfg.num_layers > 1:
-        cases["activation"] = mc.mutate_mlp(cfg, layer, activation=other)
-        windows = sorted({b.attention.window for b in cfg.decoder.layers() if b.attention.window is not None})
-        if windows and cfg.num_layers > 1:
-            cases["attention.window"] = mc.mutate_attention(cfg, layer, window=windows[0] + 1)
-    field = draw(st.sampled_from(sorted(cases)))
-    return field, cases[field]
+    return mc.broken(native_configs(), BREAKERS)
 
 
 def hf_examples() -> list[dict]:

@@ -20,7 +20,7 @@ import native
 from . import building_blocks as bb
 from . import moe_common as mc
 from .generic import native_configs as generic_configs
-from .qwen2_moe import base_keys, sparse_keys, with_dense_layers
+from .qwen2_moe import base_keys, on_dense, on_sparse, second_layer, sparse_keys, with_dense_layers
 
 MODEL_TYPE = "qwen3_moe"
 ARCHITECTURE = "Qwen3MoeForCausalLM"
@@ -67,30 +67,37 @@ def hf_configs(draw) -> dict:
     return hf
 
 
-@st.composite
-def unrepresentable_configs(draw):
+def make_moe(cfg: native.ModelConfig) -> native.MoEConfig:
+    return next((b.mlp for b in cfg.decoder.layers() if isinstance(b.mlp, native.MoEConfig)), None) or \
+        native.MoEConfig(experts=2, top_k=1, intermediate=4, activation=cfg.decoder.layer(0).mlp.activation)
+
+
+def _window_on_one_layer(cfg, draw):
+    window = draw(bb.windows())
+    return mc.mutate_attention(mc.mutate_attention(cfg, 0, window=None), 1, window=window)
+
+
+#: field → breaker (see strategies.moe_common.broken)
+BREAKERS = {
+    **mc.COMMON_BREAKERS,
+    "qk_norm": lambda cfg, i, draw: mc.mutate_attention(cfg, i, qk_norm=None),
+    "qk_norm_scope": lambda cfg, i, draw: mc.mutate_attention(cfg, i, qk_norm_scope="full"),
+    "o_bias": lambda cfg, i, draw: mc.mutate_attention(cfg, i, o_bias=not cfg.decoder.layer(i).attention.o_bias),
+    "shared_intermediate": on_sparse(lambda moe, draw: {"shared_intermediate": draw(bb.intermediate_sizes(32))},
+                                     make=make_moe),
+    "top_k": on_sparse(lambda moe, draw: {"experts": max(2, moe.experts), "top_k": 1 if moe.top_k > 1 else 2},
+                       count=2, make=make_moe),
+    "gated": on_dense({"gated": False}),
+    "bias": on_dense({"bias": True}),
+    "activation": second_layer(lambda cfg, draw: mc.mutate_mlp(
+        cfg, 1, activation=mc.other_activation(cfg.decoder.layer(1).mlp.activation))),
+    "attention.window": second_layer(_window_on_one_layer),
+}
+
+
+def unrepresentable_configs():
     """``(field, cfg)``: ``export_config(cfg)`` must raise ConversionError naming ``field``."""
-    cfg = draw(native_configs())
-    layer = draw(st.integers(0, cfg.num_layers - 1))
-    block = cfg.decoder.layer(layer)
-    cases = mc.mutations(cfg, layer)
-    cases["qk_norm"] = mc.mutate_attention(cfg, layer, qk_norm_scope="full")
-    cases["o_bias"] = mc.mutate_attention(cfg, layer, o_bias=not block.attention.o_bias)
-    if isinstance(block.mlp, native.MoEConfig):
-        cases["shared_intermediate"] = mc.mutate_mlp(cfg, layer, shared_intermediate=4)
-        if sum(isinstance(b.mlp, native.MoEConfig) for b in cfg.decoder.layers()) > 1:
-            cases["top_k"] = mc.mutate_mlp(cfg, layer, top_k=1 if block.mlp.top_k > 1 else 2,
-                                           experts=max(2, block.mlp.experts))
-    else:
-        cases["gated"] = mc.mutate_mlp(cfg, layer, gated=False)
-        cases["bias"] = mc.mutate_mlp(cfg, layer, bias=True)
-    if cfg.num_layers > 1:
-        other = "relu" if block.mlp.activation != "relu" else "silu"
-        cases["activation"] = mc.mutate_mlp(cfg, layer, activation=other)
-        window = block.attention.window
-        cases["attention.window"] = mc.mutate_attention(cfg, layer, window=None if window else 3)
-    field = draw(st.sampled_from(sorted(cases)))
-    return field, cases[field]
+    return mc.broken(native_configs(), BREAKERS)
 
 
 def hf_examples() -> list[dict]:
