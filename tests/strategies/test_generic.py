@@ -229,9 +229,9 @@ def test_hf_valid_rotary_parameters():
 
 def test_unknown_choices_are_refused():
     with pytest.raises(ValueError, match="hidden"):
-        native_configs(hidden="square").example()
+        simplest(native_configs(hidden="square"))
     with pytest.raises(ValueError, match="varying"):
-        native_configs(varying=("everything",)).example()
+        simplest(native_configs(varying=("everything",)))
 
 
 # --------------------------------------------------------------------------------- building blocks
