@@ -140,6 +140,11 @@ def test_register_torch_rng_is_idempotent():
     assert rng.register_torch_rng() and rng.register_torch_rng()
 
 
+def test_torch_threads_are_pinned_for_reproducible_reductions():
+    expected = int(os.environ.get(rng.ENV_THREADS) or 1)
+    assert torch.get_num_threads() == expected
+
+
 # ------------------------------------------------------------------------------ in a fresh pytest
 PROBE = '''
 import os, pytest
