@@ -29,6 +29,7 @@ import native
 
 from . import building_blocks as bb
 from .generic import native_configs as _native_configs
+from .moe_common import hf_buildable, hf_buildable_rotary
 
 MODEL_TYPE = "gemma"
 ROTARY_KINDS = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
@@ -62,8 +63,9 @@ CONSTRAINTS = dict(
 
 
 def native_configs(**overrides) -> st.SearchStrategy[native.ModelConfig]:
-    """Native configs a Gemma converter must accept (``overrides`` narrow or widen CONSTRAINTS)."""
-    return _native_configs(**{**CONSTRAINTS, **overrides})
+    """Native configs a Gemma converter must accept (``overrides`` narrow or widen CONSTRAINTS);
+    ``hf_buildable``: no dynamic rotary over 2 dims, which transformers cannot build."""
+    return _native_configs(**{**CONSTRAINTS, **overrides}).map(hf_buildable)
 
 
 # ------------------------------------------------------------------------------- unrepresentable
@@ -167,7 +169,8 @@ def rotary_to_hf(rotary) -> dict[str, Any]:
 
 @st.composite
 def rope_dicts(draw, head_dim: int, max_position: int, kinds=ROTARY_KINDS) -> dict[str, Any]:
-    return rotary_to_hf(draw(bb.rotaries(head_dim, max_position, kinds=kinds, fractions=("full",), hf_valid=True)))
+    rotary = draw(bb.rotaries(head_dim, max_position, kinds=kinds, fractions=("full",), hf_valid=True))
+    return rotary_to_hf(hf_buildable_rotary(rotary, head_dim, max_position))
 
 
 @st.composite
@@ -287,3 +290,18 @@ def scaled_down(h: dict[str, Any], *, hidden: int = 16, heads: int = 2, kv_heads
             out[key] = value % vocab
     out.update(extra)
     return out
+
+
+def default_config(model_type: str) -> dict[str, Any]:
+    """transformers' default config of ``model_type`` as a dict (file keys dropped)."""
+    from transformers import AutoConfig
+
+    return {k: v for k, v in AutoConfig.for_model(model_type).to_dict().items()
+            if k not in ("transformers_version", "_name_or_path")}
+
+
+def hf_examples() -> list[dict[str, Any]]:
+    """GemmaConfig's default, google/gemma-7b as published (legacy ``hidden_act: gelu``, v4 rope
+    keys), and gemma-7b scaled down for the tensor properties."""
+    return [default_config(MODEL_TYPE), GEMMA_7B,
+            scaled_down(GEMMA_7B, hidden=24, heads=4, kv_heads=4, head_dim=8, intermediate=40, layers=2, vocab=61)]

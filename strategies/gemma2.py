@@ -23,7 +23,8 @@ from native.config import ACTIVATIONS
 
 from . import building_blocks as bb
 from .gemma import (BREAKS as _GEMMA_BREAKS, CONSTRAINTS as _GEMMA, ROTARY_KINDS, _attention, _broken,
-                    hf_extras, real_config, rope_dicts, rope_forms)
+                    default_config, hf_extras, real_config, rope_dicts, rope_forms, scaled_down)
+from .moe_common import hf_buildable
 from .generic import native_configs as _native_configs
 
 MODEL_TYPE = "gemma2"
@@ -59,7 +60,7 @@ def with_query_pre_attn_scalar(draw, cfg: native.ModelConfig) -> native.ModelCon
 @st.composite
 def native_configs(draw, **overrides) -> native.ModelConfig:
     """Native configs a Gemma2 converter must accept."""
-    return draw(with_query_pre_attn_scalar(draw(_native_configs(**{**CONSTRAINTS, **overrides}))))
+    return hf_buildable(draw(with_query_pre_attn_scalar(draw(_native_configs(**{**CONSTRAINTS, **overrides})))))
 
 
 # ------------------------------------------------------------------------------- unrepresentable
@@ -161,3 +162,14 @@ def hf_configs(draw) -> dict[str, Any]:
 
 #: google/gemma-2-2b (../shared/real_configs), for ``@example``.
 GEMMA2_2B = real_config("google__gemma-2-2b")
+
+
+def hf_examples() -> list[dict[str, Any]]:
+    """Gemma2Config's default, google/gemma-2-2b as published, and gemma-2-2b scaled down (window 3,
+    softcaps and the alternating pattern kept; query_pre_attn_scalar = the new head_dim as in the
+    original) for the tensor properties."""
+    out = [default_config(MODEL_TYPE)]
+    if GEMMA2_2B is not None:
+        out += [GEMMA2_2B, scaled_down(GEMMA2_2B, hidden=32, heads=4, kv_heads=2, head_dim=8, intermediate=48,
+                                       layers=3, vocab=61, sliding_window=3, query_pre_attn_scalar=8)]
+    return out

@@ -20,10 +20,11 @@ from hypothesis import strategies as st
 import native
 
 from . import building_blocks as bb
-from .gemma import ROTARY_KINDS, _attention, _broken, _map_blocks, hf_extras, rope_dicts
+from .gemma import ROTARY_KINDS, _attention, _broken, _map_blocks, default_config, hf_extras, rope_dicts, scaled_down
 from .gemma2 import (BREAKS as _GEMMA2_BREAKS, CONSTRAINTS as _GEMMA2, FULL, HF_ACTIVATIONS, SLIDING, _layer0,
                      with_query_pre_attn_scalar)
 from .generic import native_configs as _native_configs
+from .moe_common import hf_buildable
 
 MODEL_TYPE = "gemma3_text"
 ARCHITECTURE = "Gemma3ForCausalLM"
@@ -53,8 +54,8 @@ def native_configs(draw, **overrides) -> native.ModelConfig:
     mixed = _native_configs(**constraints)
     uniform = _native_configs(**{**constraints, **UNIFORM})
     cfg = draw(with_query_pre_attn_scalar(draw(st.one_of(mixed, uniform))))
-    return _map_blocks(cfg, lambda b: dataclasses.replace(
-        b, attention=dataclasses.replace(b.attention, rotary=_truncating(b.attention.rotary))))
+    return hf_buildable(_map_blocks(cfg, lambda b: dataclasses.replace(
+        b, attention=dataclasses.replace(b.attention, rotary=_truncating(b.attention.rotary)))))
 
 
 def _yarn_not_truncating(cfg, draw):
@@ -195,3 +196,13 @@ GEMMA3_4B_TEXT = {
     "num_key_value_heads": 4, "num_hidden_layers": 34, "sliding_window": 1024, "max_position_embeddings": 131072,
     "rope_scaling": {"factor": 8.0, "rope_type": "linear"}, "vocab_size": 262208,
 }
+
+
+def hf_examples() -> list[dict[str, Any]]:
+    """Gemma3TextConfig's default, gemma-3-1b and the text part of gemma-3-4b (v4 rope keys; linear
+    x8 scaling on global layers), and both scaled down to 6 layers (5 sliding, 1 global) with
+    window 3 for the tensor properties."""
+    small = dict(hidden=32, heads=4, kv_heads=2, head_dim=8, intermediate=48, layers=6, vocab=61,
+                 sliding_window=3, query_pre_attn_scalar=8, max_position_embeddings=64)
+    return [default_config(MODEL_TYPE), GEMMA3_1B, GEMMA3_4B_TEXT,
+            scaled_down(GEMMA3_1B, **{**small, "kv_heads": 1}), scaled_down(GEMMA3_4B_TEXT, **small)]

@@ -1,0 +1,182 @@
+"""The gemma2 converter against transformers' Gemma2Config / Gemma2ForCausalLM."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from hypothesis import given
+
+import native
+from arch_cases import refusal
+from converters import ConversionError
+from converters.gemma2 import FULL, SLIDING, Gemma2Converter
+from fixtures.profiles import settings_for
+from gemma_cases import (assert_hf_roundtrip, assert_native_roundtrip, assert_weight_roundtrips, block, forward_check,
+                         hf_model_keys, model)
+from strategies import gemma2 as strategy
+
+CONVERTER = Gemma2Converter()
+
+
+def sandwich(**kw) -> native.BlockConfig:
+    return block(placement="sandwich", **kw)
+
+
+ALTERNATING = [sandwich(window=3, softcap=50.0, scale=12 ** -0.5), sandwich(softcap=50.0, scale=12 ** -0.5)]
+FORWARD_CASES = {
+    "alternating_softcaps_qpas": model(ALTERNATING * 2, final_softcap=30.0),
+    "no_caps_untied_exact_gelu": model([sandwich(window=2, activation="gelu"), sandwich(activation="gelu")],
+                                       tied=False),
+    "window_1_mqa_biases": model([sandwich(window=1, heads=4, kv_heads=1, bias=True, softcap=5.0), sandwich(
+        heads=4, kv_heads=1, bias=True, softcap=5.0)], final_softcap=3.0),
+    "arbitrary_layer_types_yarn": model([sandwich(window=4, rotary=r) if s else sandwich(rotary=r) for s, r in zip(
+        (False, True, True), [native.YarnRotary(theta=1000.0, factor=4.0, original_max_position_embeddings=16)] * 3)]),
+    "all_sliding_dynamic": model([sandwich(window=5, rotary=native.DynamicRotary(theta=100.0, factor=2.0))] * 2,
+                                 max_position=12),
+}
+
+
+# ----------------------------------------------------------------------------------------- config
+def test_transformers_default_config_roundtrips():
+    from transformers import AutoConfig
+
+    cfg = assert_hf_roundtrip(CONVERTER, AutoConfig.for_model("gemma2").to_dict())
+    first, second = cfg.decoder.layer(0), cfg.decoder.layer(1)
+    assert first.placement == "sandwich" and first.attention.window == 4096 and second.attention.window is None
+    assert first.attention.logit_softcap == 50.0 and cfg.head.final_softcap == 30.0
+    assert first.attention.softmax_scale is None  # query_pre_attn_scalar 256 == head_dim
+    assert cfg.decoder.pattern == (0, 1) * 13
+
+
+@pytest.mark.parametrize("hf", strategy.hf_examples(), ids=("default", "gemma-2-2b", "gemma-2-2b-small"))
+def test_example_configs_roundtrip(hf):
+    cfg = assert_hf_roundtrip(CONVERTER, hf)
+    assert cfg.metadata.get("cache_implementation", "hybrid") == "hybrid"
+
+
+def test_real_config_carries_inert_keys():
+    cfg = CONVERTER.import_config(strategy.GEMMA2_2B)
+    assert cfg.metadata["hidden_act"] == "gelu_pytorch_tanh" and cfg.metadata["cache_implementation"] == "hybrid"
+    assert cfg.decoder.layer(0).mlp.activation == "gelu_tanh"
+
+
+def test_query_pre_attn_scalar():
+    hf = CONVERTER.export_config(FORWARD_CASES["alternating_softcaps_qpas"])
+    assert hf["query_pre_attn_scalar"] == 12 and hf["head_dim"] == 8
+    cfg = CONVERTER.import_config({**hf, "query_pre_attn_scalar": 8})
+    assert cfg.decoder.layer(0).attention.softmax_scale is None
+    assert CONVERTER.export_config(cfg)["query_pre_attn_scalar"] == 8
+
+
+def test_layer_types_default_and_explicit():
+    hf = CONVERTER.export_config(FORWARD_CASES["arbitrary_layer_types_yarn"])
+    assert hf["layer_types"] == [FULL, SLIDING, SLIDING] and hf["sliding_window"] == 4
+    derived = {k: v for k, v in hf.items() if k != "layer_types"}
+    assert [b.attention.window for b in CONVERTER.import_config(derived).decoder.layers()] == [4, None, 4]
+
+
+def test_inert_window_is_carried():
+    cfg = model([sandwich()] * 2)
+    hf = CONVERTER.export_config(cfg)
+    assert hf["layer_types"] == [FULL, FULL] and hf["sliding_window"] == 4096
+    back = CONVERTER.import_config({**hf, "sliding_window": None})
+    assert back.metadata["sliding_window"] is None and CONVERTER.export_config(back)["sliding_window"] is None
+
+
+@given(cfg=strategy.native_configs())
+@settings_for("config_roundtrip")
+def test_native_configs_roundtrip_and_build(cfg):
+    assert_native_roundtrip(CONVERTER, cfg)
+
+
+@given(hf=strategy.hf_configs())
+@settings_for("hf_config_roundtrip")
+def test_hf_configs_roundtrip(hf):
+    assert_hf_roundtrip(CONVERTER, hf)
+
+
+@given(case=strategy.unrepresentable_configs())
+@settings_for("unrepresentable_rejected")
+def test_unrepresentable_configs_are_refused(case):
+    cfg, field = case
+    refusal(CONVERTER, cfg, field)
+
+
+# --------------------------------------------------------------------------------------- refusals
+BASE = FORWARD_CASES["alternating_softcaps_qpas"]
+
+
+def _layers(cfg, fn):
+    return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers([fn(i, b) for i, b in enumerate(cfg.decoder.layers())]))
+
+
+def _attn(b, **changes):
+    return dataclasses.replace(b, attention=dataclasses.replace(b.attention, **changes))
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda c: _layers(c, lambda i, b: _attn(b, window=2 + i) if b.attention.window else b), "attention.window"),
+    (lambda c: _layers(c, lambda i, b: _attn(b, softmax_scale=0.3)), "attention.softmax_scale"),
+    (lambda c: _layers(c, lambda i, b: _attn(b, softmax_scale=8 ** -0.5)), "attention.softmax_scale"),
+    (lambda c: _layers(c, lambda i, b: _attn(b, logit_softcap=10.0 + i)), "attention.logit_softcap"),
+    (lambda c: _layers(c, lambda i, b: dataclasses.replace(b, placement="pre")), "placement"),
+    (lambda c: _layers(c, lambda i, b: _attn(b, qk_norm=native.RMSNormConfig(1e-6))), "attention.qk_norm"),
+    (lambda c: dataclasses.replace(c, hidden_size=34, embeddings=native.EmbeddingConfig(61, 34 ** 0.5)), "hidden_size"),
+])
+def test_unrepresentable_native_features_are_named(change, field):
+    refusal(CONVERTER, change(BASE), field)
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    ({"use_bidirectional_attention": True}, "use_bidirectional_attention"),
+    ({"sliding_window": None}, "sliding_window"),
+    ({"sliding_window": 0}, "sliding_window"),
+    ({"layer_types": [SLIDING, "chunked_attention", FULL, SLIDING]}, "layer_types"),
+    ({"layer_types": [SLIDING]}, "layer_types"),
+    ({"query_pre_attn_scalar": 144.0}, "query_pre_attn_scalar"),
+    ({"num_attention_heads": 5, "num_key_value_heads": 5}, "num_attention_heads"),
+])
+def test_hf_refusals(extra, fragment):
+    hf = {**CONVERTER.export_config(BASE), **extra}
+    with pytest.raises(ConversionError, match=fragment):
+        CONVERTER.import_config(hf)
+
+
+# ---------------------------------------------------------------------------------------- weights
+@pytest.mark.parametrize("name", sorted(FORWARD_CASES))
+def test_weights_roundtrip_and_match_the_hf_model(name):
+    cfg = FORWARD_CASES[name]
+    hf_state = assert_weight_roundtrips(CONVERTER, cfg)
+    assert {k: tuple(v.shape) for k, v in hf_state.items()} == hf_model_keys(CONVERTER.export_config(cfg))
+
+
+def test_sandwich_norms_map_to_gemma2_names_with_the_offset():
+    cfg = BASE
+    state = native.random_state(cfg, 0)
+    hf = dict(CONVERTER.export_weights(cfg, state))
+    for native_name, hf_name in (("attn_norm", "input_layernorm"), ("attn_post_norm", "post_attention_layernorm"),
+                                 ("mlp_norm", "pre_feedforward_layernorm"), ("mlp_post_norm", "post_feedforward_layernorm")):
+        assert torch.equal(hf[f"model.layers.2.{hf_name}.weight"], state[f"layers.2.{native_name}.weight"] - 1)
+
+
+# ---------------------------------------------------------------------------------------- forward
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("name", sorted(FORWARD_CASES))
+def test_forward_matches_transformers(name, dtype):
+    result = forward_check(CONVERTER, FORWARD_CASES[name], dtype=dtype)
+    assert result.ok, result.describe()
+
+
+def test_forward_of_scaled_down_real_config():
+    cfg = CONVERTER.import_config(strategy.hf_examples()[-1])
+    assert [b.attention.window for b in cfg.decoder.layers()] == [3, None, 3]
+    result = forward_check(CONVERTER, cfg, seed=5)
+    assert result.ok, result.describe()
+
+
+@given(cfg=strategy.native_configs())
+@settings_for("forward_equivalence")
+def test_forward_matches_transformers_on_drawn_configs(cfg):
+    result = forward_check(CONVERTER, cfg)
+    assert result.ok, result.describe()

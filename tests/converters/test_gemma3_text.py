@@ -1,0 +1,199 @@
+"""The gemma3_text converter against transformers' Gemma3TextConfig / Gemma3ForCausalLM."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from hypothesis import given
+
+import native
+from arch_cases import refusal
+from converters import ConversionError
+from converters.gemma3_text import FULL, SLIDING, Gemma3TextConverter
+from fixtures.profiles import settings_for
+from gemma_cases import (assert_hf_roundtrip, assert_native_roundtrip, assert_weight_roundtrips, block, forward_check,
+                         hf_model_keys, model)
+from strategies import gemma3_text as strategy
+
+CONVERTER = Gemma3TextConverter()
+LOCAL = native.DefaultRotary(theta=10000.0)
+GLOBAL = native.LinearRotary(theta=1_000_000.0, factor=8.0)
+
+
+def gemma3(window: int | None, rotary, **kw) -> native.BlockConfig:
+    return block(placement="sandwich", qk_norm=True, window=window, rotary=rotary, **kw)
+
+
+def five_to_one(layers: int = 6, window: int = 3, local=LOCAL, global_=GLOBAL, **kw) -> list[native.BlockConfig]:
+    return [gemma3(None, global_, **kw) if (i + 1) % 6 == 0 else gemma3(window, local, **kw) for i in range(layers)]
+
+
+FORWARD_CASES = {
+    "five_to_one_linear_global": model(five_to_one()),
+    "alternating_qpas_softcap_untied": model([gemma3(2, LOCAL, scale=20 ** -0.5), gemma3(None, GLOBAL, scale=20 ** -0.5)] * 2,
+                                             tied=False, final_softcap=10.0),
+    "global_yarn_local_default_mqa_bias": model(
+        [gemma3(4, native.DefaultRotary(theta=100.0), heads=4, kv_heads=1, bias=True),
+         gemma3(None, native.YarnRotary(theta=5000.0, factor=4.0, original_max_position_embeddings=16), heads=4,
+                kv_heads=1, bias=True)]),
+    "local_longrope_global_llama3": model(
+        [gemma3(3, native.LongRopeRotary(theta=500.0, short_factor=(1.0, 1.5, 2.0, 4.0), long_factor=(2.0, 3.0, 5.0, 8.0),
+                                         original_max_position_embeddings=8, factor=8.0)),
+         gemma3(None, native.Llama3Rotary(theta=50000.0, factor=8.0, original_max_position_embeddings=8))],
+        max_position=64),
+    "all_global_dynamic": model([gemma3(None, native.DynamicRotary(theta=1000.0, factor=2.0))] * 2, max_position=10),
+    "all_sliding_window_1": model([gemma3(1, LOCAL)] * 2),
+}
+
+
+# ----------------------------------------------------------------------------------------- config
+def test_transformers_default_config_roundtrips():
+    from transformers import AutoConfig
+
+    cfg = assert_hf_roundtrip(CONVERTER, AutoConfig.for_model("gemma3_text").to_dict())
+    layers = cfg.decoder.layers()
+    assert [b.attention.window is None for b in layers] == [(i + 1) % 6 == 0 for i in range(26)]
+    assert layers[0].attention.rotary == native.DefaultRotary(theta=10000.0)
+    assert layers[5].attention.rotary == native.DefaultRotary(theta=1_000_000.0)
+    assert layers[0].attention.qk_norm == native.RMSNormConfig(eps=1e-6) and layers[0].attention.logit_softcap is None
+    assert cfg.head.final_softcap is None and cfg.head.tied
+
+
+@pytest.mark.parametrize("hf", strategy.hf_examples(), ids=("default", "1b", "4b", "1b-small", "4b-small"))
+def test_example_configs_roundtrip(hf):
+    assert_hf_roundtrip(CONVERTER, hf)
+
+
+def test_v4_rope_keys_mean_global_theta_local_theta_and_global_scaling():
+    cfg = CONVERTER.import_config(strategy.GEMMA3_4B_TEXT)
+    assert cfg.decoder.layer(0).attention.rotary == native.DefaultRotary(theta=10000.0)
+    assert cfg.decoder.layer(5).attention.rotary == native.LinearRotary(theta=1_000_000.0, factor=8.0)
+    hf = CONVERTER.export_config(cfg)
+    assert hf["rope_parameters"] == {SLIDING: {"rope_type": "default", "rope_theta": 10000.0},
+                                     FULL: {"rope_type": "linear", "rope_theta": 1_000_000.0, "factor": 8.0}}
+    assert not {"rope_theta", "rope_scaling", "rope_local_base_freq"} & set(hf)
+    assert hf["sliding_window_pattern"] == 6 and len(hf["layer_types"]) == 34
+
+
+def test_sliding_window_pattern_derives_layer_types():
+    hf = CONVERTER.export_config(model(five_to_one(layers=4)))
+    derived = {k: v for k, v in hf.items() if k != "layer_types"}
+    cfg = CONVERTER.import_config({**derived, "sliding_window_pattern": 2})
+    assert [b.attention.window for b in cfg.decoder.layers()] == [3, None, 3, None]
+    assert cfg.metadata["sliding_window_pattern"] == 2
+
+
+def test_unused_layer_type_rope_is_carried():
+    hf = CONVERTER.export_config(FORWARD_CASES["all_sliding_window_1"])
+    assert hf["layer_types"] == [SLIDING, SLIDING]
+    assert hf["rope_parameters"][FULL] == {"rope_type": "default", "rope_theta": 1_000_000.0}
+    custom = {"rope_type": "linear", "rope_theta": 5.0, "factor": 2.0}
+    cfg = CONVERTER.import_config({**hf, "rope_parameters": {**hf["rope_parameters"], FULL: custom}})
+    assert cfg.metadata["rope_parameters"] == {FULL: custom}
+    assert CONVERTER.export_config(cfg)["rope_parameters"][FULL] == custom
+
+
+@given(cfg=strategy.native_configs())
+@settings_for("config_roundtrip")
+def test_native_configs_roundtrip_and_build(cfg):
+    assert_native_roundtrip(CONVERTER, cfg)
+
+
+@given(hf=strategy.hf_configs())
+@settings_for("hf_config_roundtrip")
+def test_hf_configs_roundtrip(hf):
+    assert_hf_roundtrip(CONVERTER, hf)
+
+
+@given(case=strategy.unrepresentable_configs())
+@settings_for("unrepresentable_rejected")
+def test_unrepresentable_configs_are_refused(case):
+    cfg, field = case
+    refusal(CONVERTER, cfg, field)
+
+
+# --------------------------------------------------------------------------------------- refusals
+BASE = FORWARD_CASES["five_to_one_linear_global"]
+
+
+def _layers(cfg, fn):
+    return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers([fn(i, b) for i, b in enumerate(cfg.decoder.layers())]))
+
+
+def _attn(b, **changes):
+    return dataclasses.replace(b, attention=dataclasses.replace(b.attention, **changes))
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda c: _layers(c, lambda i, b: _attn(b, rotary=native.DefaultRotary(theta=100.0 + i)) if b.attention.window else b),
+     "attention.rotary"),
+    (lambda c: _layers(c, lambda i, b: _attn(b, logit_softcap=50.0)), "attention.logit_softcap"),
+    (lambda c: _layers(c, lambda i, b: _attn(b, qk_norm=None)), "attention.qk_norm"),
+    (lambda c: _layers(c, lambda i, b: _attn(b, qk_norm_scope="full")), "attention.qk_norm_scope"),
+    (lambda c: _layers(c, lambda i, b: _attn(b, qk_norm=native.RMSNormConfig(1e-5))), "rms_norm_eps"),
+    (lambda c: _layers(c, lambda i, b: b if b.attention.window else _attn(b, rotary=native.YarnRotary(
+        theta=1e4, factor=4.0, original_max_position_embeddings=16, truncate=False))), "truncate"),
+    (lambda c: _layers(c, lambda i, b: _attn(b, rotary=native.DefaultRotary(theta=1e4, fraction=0.5))), "fraction"),
+])
+def test_unrepresentable_native_features_are_named(change, field):
+    refusal(CONVERTER, change(BASE), field)
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    ({"use_bidirectional_attention": True}, "use_bidirectional_attention"),
+    ({"attn_logit_softcapping": 50.0}, "attn_logit_softcapping"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4}}, "rope_parameters"),
+    ({"rope_theta": 5.0}, "rope_theta"),  # contradicts rope_parameters.full_attention.rope_theta
+    ({"rope_local_base_freq": 5.0}, "rope_local_base_freq"),
+    ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "rope_scaling"),
+    ({"rope_parameters": {SLIDING: {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0,
+                                    "original_max_position_embeddings": 16, "truncate": False}}}, "truncate"),
+    ({"num_attention_heads": 6, "num_key_value_heads": 2}, "num_attention_heads"),
+])
+def test_hf_refusals(extra, fragment):
+    hf = {**CONVERTER.export_config(BASE), **extra}
+    with pytest.raises(ConversionError, match=fragment):
+        CONVERTER.import_config(hf)
+
+
+# ---------------------------------------------------------------------------------------- weights
+@pytest.mark.parametrize("name", sorted(FORWARD_CASES))
+def test_weights_roundtrip_and_match_the_hf_model(name):
+    cfg = FORWARD_CASES[name]
+    hf_state = assert_weight_roundtrips(CONVERTER, cfg)
+    assert {k: tuple(v.shape) for k, v in hf_state.items()} == hf_model_keys(CONVERTER.export_config(cfg))
+
+
+def test_qk_norms_are_permuted_to_rotate_half_order_and_offset():
+    cfg = BASE
+    state = native.random_state(cfg, 0)
+    hf = dict(CONVERTER.export_weights(cfg, state))
+    native_q = state["layers.0.attn.q_norm.weight"]  # interleaved pairs (0,1), (2,3), ...
+    expected = torch.cat((native_q[0::2], native_q[1::2])) - 1
+    assert torch.equal(hf["model.layers.0.self_attn.q_norm.weight"], expected)
+    assert torch.equal(hf["model.layers.0.self_attn.k_norm.weight"],
+                       torch.cat((state["layers.0.attn.k_norm.weight"][0::2], state["layers.0.attn.k_norm.weight"][1::2])) - 1)
+
+
+# ---------------------------------------------------------------------------------------- forward
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("name", sorted(FORWARD_CASES))
+def test_forward_matches_transformers(name, dtype):
+    result = forward_check(CONVERTER, FORWARD_CASES[name], dtype=dtype)
+    assert result.ok, result.describe()
+
+
+@pytest.mark.parametrize("index", [-2, -1], ids=("1b-small", "4b-small"))
+def test_forward_of_scaled_down_real_configs(index):
+    cfg = CONVERTER.import_config(strategy.hf_examples()[index])
+    assert [b.attention.window for b in cfg.decoder.layers()] == [3] * 5 + [None]
+    result = forward_check(CONVERTER, cfg, seed=7)
+    assert result.ok, result.describe()
+
+
+@given(cfg=strategy.native_configs())
+@settings_for("forward_equivalence")
+def test_forward_matches_transformers_on_drawn_configs(cfg):
+    result = forward_check(CONVERTER, cfg)
+    assert result.ok, result.describe()
