@@ -6,6 +6,7 @@ form are one mechanism shared by every section, so each section class only decla
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from typing import Any, ClassVar, Iterator
@@ -44,7 +45,10 @@ class Section:
             self._set(name, tuple(convert(v) for v in value))
 
 
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
+    """Resolved type hints of a section class (cached: resolving them is most of the cost of
+    ``from_plain``, which every import_config and checkpoint read runs)."""
     return typing.get_type_hints(cls)
 
 
