@@ -18,8 +18,8 @@ from .violation import Reporter, short
 
 #: Keys of an HF config that describe the file, not the model. ``normalize`` drops them; every
 #: other key is compared. (``dtype``/``torch_dtype`` is the storage dtype of the weights, which a
-#: config round trip does not carry.)
-FILE_METADATA_KEYS = ("transformers_version", "_name_or_path", "architectures", "dtype", "torch_dtype")
+#: config round trip does not carry; ``auto_map`` points at remote-code files shipped beside it.)
+FILE_METADATA_KEYS = ("transformers_version", "_name_or_path", "architectures", "dtype", "torch_dtype", "auto_map")
 #: transformers 4 wrote the rope kind as ``type``; v5 config classes keep it beside ``rope_type``.
 V4_ROPE_ALIAS = "type"
 #: Top-level rope keys of the v4 form, which an export must not use.

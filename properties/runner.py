@@ -146,9 +146,10 @@ def hypothesis_test(name: str, converter, *, settings: Settings | None = None, e
 
 
 def run(name: str, converter, *, settings: Settings | None = None, save_failures: bool = False,
-        note: str = "") -> None:
+        note: str = "", directory=None) -> None:
     """Run one property for one converter; on failure optionally save the minimal case to
-    ``tests/regressions/`` (the path is added to the exception's notes), then re-raise."""
+    ``directory`` (default ``tests/regressions/``; the path is added to the exception's notes),
+    then re-raise."""
     failure = Failure()
     test = hypothesis_test(name, converter, settings=settings, failure=failure)
     rng.register_torch_rng()
@@ -158,7 +159,8 @@ def run(name: str, converter, *, settings: Settings | None = None, save_failures
         if save_failures and failure.case is not None:
             data = failure.regression(PROPERTIES[name], converter.model_type, note)
             path = save_regression(data["architecture"], data["property"], native_config=data.get("native_config"),
-                                   hf_config=data.get("hf_config"), seed=data["seed"], note=note)
+                                   hf_config=data.get("hf_config"), seed=data["seed"], note=note,
+                                   directory=directory)
             if hasattr(exc, "add_note"):
                 exc.add_note(f"saved as {path}; replay with: convcheck replay {path}")
         raise
