@@ -95,8 +95,12 @@ def checkpoint_roundtrip(converter, cfg: native.ModelConfig, seed: int = 0) -> N
             model_type=converter.model_type)
 
         expected = common.export_weights(report, converter, cfg, cast)
-        with open_hf_checkpoint(root / "hf1") as reader:
+        try:
+            reader = open_hf_checkpoint(root / "hf1")
             back_cfg = converter.import_config(reader.config)
+        except ConversionError as exc:
+            report.fail("hf1/config.json", f"the HF checkpoint convert wrote cannot be read back ({options}): {exc}")
+        with reader:
             report.expect(without_metadata(back_cfg) == without_metadata(cfg), "config.json",
                           "imports to another architecture: "
                           + "; ".join(config_difference(without_metadata(cfg), without_metadata(back_cfg))[:4]))

@@ -124,12 +124,19 @@ def embedding_names(hf_cfg: Mapping) -> tuple[str, str]:
     projection (``get_input_embeddings``/``get_output_embeddings``; ``embed_tokens``/``lm_head`` for
     most models, ``embed_in``/``embed_out`` for GPT-NeoX). A tied model lists its one tensor under
     both names; the head is the name that is not the embedding's."""
+    from transformers.core_model_loading import revert_weight_conversion
+
     model = common.empty_hf_model(hf_cfg)
     state = model.state_dict(keep_vars=True)
     inputs, outputs = model.get_input_embeddings().weight, model.get_output_embeddings().weight
     embedding = next(n for n, t in state.items() if t is inputs)
     head = next(n for n, t in state.items() if t is outputs and n != embedding)
-    return embedding, head
+
+    def on_disk(name: str) -> str:  # the checkpoint name (GPT-NeoX's lm_head is saved as embed_out)
+        (saved,) = revert_weight_conversion(model, {name: state[name]})
+        return saved
+
+    return on_disk(embedding), on_disk(head)
 
 
 def tied_embeddings(converter, cfg: native.ModelConfig, seed: int = 0) -> None:
