@@ -43,6 +43,15 @@ def test_forward_equivalence(arch):
         pass
 
     inner()
+
+
+def test_every_property_is_tested():
+    pass
+
+
+@pytest.mark.parametrize("arch,case", [])
+def test_regression(arch, case):
+    pass
 '''
 
 
@@ -82,6 +91,10 @@ def test_matrix_cells_outcomes_and_examples_under_xdist(full_run):
     assert cells["llama", "forward_equivalence"].examples == budgets.examples("forward_equivalence", "gate")
     assert cells["qwen2_moe", "config_roundtrip"].examples == budgets.examples("config_roundtrip", "gate")
     assert all(c.seconds >= 0 for c in cells.values())
+    # tests of no architecture are suite checks, outside the matrix
+    assert set(result.suite) == {"every_property_is_tested", "regression"}
+    assert result.suite["every_property_is_tested"].outcome == PASSED
+    assert result.suite["regression"].outcome == SKIPPED
     per_property = result.per_property()
     assert per_property["forward_equivalence"]["examples"] == 2 * budgets.examples("forward_equivalence", "gate")
 
@@ -91,6 +104,7 @@ def test_printed_matrix_and_minimal_example(full_run):
     assert "architecture" in output and "config_roundtrip" in output
     assert "FAIL" in output and "PASS 100ex" in output and "skip" in output
     assert "FAILED qwen2 x config_roundtrip" in output
+    assert "suite checks: every_property_is_tested PASS, regression skip" in output
     # derandomized and shrunk: the boundary value, with the reproduce_failure blob (print_blob)
     assert "x=50" in output
     assert "reproduce_failure" in output
