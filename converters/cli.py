@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 EXIT_OK, EXIT_PROPERTY_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -28,10 +29,22 @@ def _convert_parser(sub) -> None:
     p.add_argument("dst", metavar="DST", help="output directory (must not exist unless --overwrite)")
     p.add_argument("--to", choices=("hf", "native"), help="target format (default: the other one)")
     p.add_argument("--dtype", default="keep", choices=("keep", "bf16", "fp16", "fp32", "fp64"),
-                   help="cast floating tensors (integer and bool tensors are kept; default: keep)")
+                   help="cast floating tensors (integer and bool tensors are kept; default: keep, and config.json's "
+                        "dtype is then the dominant floating dtype)")
+    p.add_argument("--weight-dtype", choices=("bf16", "fp16", "fp32", "fp64"),
+                   help="FP8 checkpoints: the dtype of the FP8-quantized weights (import: dequantize into it; "
+                        "export: write them as plain weights in it, no scales, no quantization_config)")
+    p.add_argument("--requantize", action="store_true",
+                   help="native -> HF of a checkpoint imported from FP8: write the quantized weights as FP8 "
+                        "blocks with their _scale_inv companions and restore quantization_config")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="convert weights holding NaN or Inf (refused by default, every offending tensor listed)")
     p.add_argument("--max-shard-size", default="5GB", help="HF output shard size, e.g. 500MB, 5GB (default 5GB)")
+    p.add_argument("--pipeline-stages", type=int, default=1, metavar="N",
+                   help="HF -> native: write pipeline-stage folders pp0..pp{N-1} (default 1: no stage folders)")
     p.add_argument("--model-type", help="HF model_type for a native checkpoint that does not record one")
-    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace DST if it exists (atomically: a killed run leaves the previous DST)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -41,7 +54,9 @@ def run_convert(args) -> int:
 
     with progress_bar(disable=args.quiet) as progress:
         summary = convert(args.src, args.dst, to=args.to, dtype=args.dtype, max_shard_size=args.max_shard_size,
-                          overwrite=args.overwrite, model_type=args.model_type, progress=progress)
+                          overwrite=args.overwrite, model_type=args.model_type, progress=progress,
+                          weight_dtype=args.weight_dtype, requantize=args.requantize,
+                          allow_nonfinite=args.allow_nonfinite, pipeline_stages=args.pipeline_stages)
     print(summary.line())
     return EXIT_OK
 
@@ -57,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Large CPU tensors on transparent huge pages: fresh 4 KiB pages cost ~4x a copy here (page
+    # faults), and conversion allocates a few per layer. Set before torch allocates; opt out with 0.
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in SUITE_COMMANDS:
         module, function, _ = SUITE_COMMANDS[argv[0]]

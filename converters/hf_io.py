@@ -9,8 +9,8 @@ Reading (:func:`open_hf_checkpoint`) understands, in transformers' order of pref
 Opening parses every safetensors header itself (8-byte length + JSON) and checks that each
 tensor's byte range lies inside its file, so a truncated or corrupt file is refused at open time
 rather than half-way through a conversion. Tensor data is read only on ``reader[name]``: each
-tensor is a private (copy-on-write) memory map of exactly its byte range, so it costs no copy,
-owns its storage (a rename passes it through untouched) and pages are read as they are touched.
+tensor is a private (copy-on-write) memory map of exactly its byte range, so it costs no copy and
+owns its storage (a rename passes it through untouched); its pages are mapped in one call.
 
 Writing (:func:`write_hf_checkpoint`) streams, and writes safetensors files itself (the format
 is an 8-byte length, a JSON header and the raw bytes; ``safetensors.torch.save_file`` would first
@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 from native.atomic import atomic_directory
+from native.pages import populate
 
 from .errors import ConversionError
 
@@ -173,8 +174,8 @@ class HFCheckpointReader(Mapping):
     ``config`` is config.json as a dict; ``generation_config`` the generation_config.json dict or
     None. Keys iterate in sorted order. ``reader[name]`` returns that one tensor, shared with no
     other returned tensor and owning its storage: from safetensors it is a private (copy-on-write)
-    memory map of exactly its bytes, so pages are read as they are touched and in-place edits
-    never reach the file; from ``.bin`` it is a copy. ``shape_of``/``dtype_of`` answer from the
+    memory map of exactly its bytes (mapped at once, no copy), and in-place edits never reach the
+    file; from ``.bin`` it is a copy. ``shape_of``/``dtype_of`` answer from the
     headers without reading data. The files must not change while the reader is in use.
     """
 
@@ -341,7 +342,8 @@ class HFCheckpointReader(Mapping):
 def map_tensor(file: Path, dtype: torch.dtype, shape: tuple[int, ...], begin: int, end: int,
                name: str = "") -> torch.Tensor:
     """Bytes ``[begin, end)`` of ``file`` as a tensor: a private (copy-on-write) memory map of that
-    range alone, owning its storage (offset 0, exactly its bytes). No data is read until touched."""
+    range alone, owning its storage (offset 0, exactly its bytes), its pages mapped at once
+    (:func:`native.pages.populate`: a conversion reads every byte, and bulk mapping is faster)."""
     if end == begin:
         return torch.empty(shape, dtype=dtype)
     start = begin - begin % mmap.ALLOCATIONGRANULARITY
@@ -354,7 +356,11 @@ def map_tensor(file: Path, dtype: torch.dtype, shape: tuple[int, ...], begin: in
     except (OSError, ValueError) as exc:
         raise ConversionError(f"{file}: could not read tensor {name!r} ({type(exc).__name__}: {exc})") from None
     numel = (end - begin) // dtype.itemsize
-    return torch.frombuffer(mapped, dtype=dtype, count=numel, offset=begin - start).view(shape)
+    tensor = torch.frombuffer(mapped, dtype=dtype, count=numel, offset=begin - start).view(shape)
+    if not populate(tensor):
+        raise ConversionError(f"{file}: could not read tensor {name!r} (the file is shorter than its header says; "
+                              "was it truncated while being read?)")
+    return tensor
 
 
 def open_hf_checkpoint(path: str | os.PathLike) -> HFCheckpointReader:

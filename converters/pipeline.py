@@ -1,15 +1,25 @@
 """``convcheck convert``: one checkpoint directory in, the other format out.
 
-The source format is detected from its contents. Weights stream from a lazy reader through the
-converter's rules into the writer, so the HF side never holds more than one output shard. The
-native checkpoint records the HF ``model_type`` and ``generation_config`` it came from in its
-config metadata (non-architecture), and keeps tokenizer files in ``hf_files/``, so HF→native→HF
-reproduces the directory.
+The source format is detected from its contents. Both directions stream (``converters.streaming``
+plans them before reading any tensor; see the README's "Converting real checkpoints"):
+
+- HF → native: safetensors tensors are memory-mapped one at a time, run through the converter's
+  weight rules and pulled by the native writer as DCP writes them (``native.checkpoint.
+  write_checkpoint``): memory holds one rule's tensors, never the model.
+- native → HF: the native reader maps one tensor at a time; the HF writer lays out every shard
+  and header from the plan and writes each tensor at its offset as it arrives.
+
+The native checkpoint records the HF ``model_type``, ``generation_config`` and FP8 quantization it
+came from in its config metadata (non-architecture), and keeps tokenizer files in ``hf_files/``,
+so HF→native→HF reproduces the directory. Every check that needs no tensor data runs before the
+output is created; later refusals (nonfinite weights, unreadable data) remove the partial output.
+Either way nothing appears at the destination unless the conversion is complete.
 """
 from __future__ import annotations
 
-import dataclasses
+import gc
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,18 +27,13 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
-import native
-from native.checkpoint import is_native_checkpoint, open_checkpoint, save_checkpoint
+from native.checkpoint import is_native_checkpoint, write_checkpoint
 
-from . import registry
 from .errors import ConversionError
-from .hf_io import is_hf_checkpoint, open_hf_checkpoint, parse_size, write_hf_checkpoint
-
-DTYPES = {"keep": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp64": torch.float64}
-DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32", torch.float64: "float64"}
-MODEL_TYPE_KEY = "hf_model_type"  # native metadata: the HF model_type this checkpoint came from
-GENERATION_KEY = "hf_generation_config"  # native metadata: the HF generation_config.json
-HF_FILES_DIR = "hf_files"  # native checkpoint folder keeping tokenizer files for the way back
+from .hf_io import is_hf_checkpoint, open_hf_checkpoint, parse_size, tokenizer_files, write_hf_checkpoint
+from .streaming import (  # noqa: F401  (re-exported: the pipeline's names before streaming.py existed)
+    DTYPE_NAMES, DTYPES, GENERATION_KEY, HF_FILES_DIR, MODEL_TYPE_KEY, hf_export, hf_import, parse_dtype, prefetch,
+)
 
 
 @dataclass
@@ -71,17 +76,30 @@ def _check_paths(src: Path, dst: Path, overwrite: bool) -> None:
     src_real, dst_real = src.resolve(), dst.resolve()
     if dst_real == src_real or src_real in dst_real.parents:
         raise ConversionError(f"{dst}: the output must not be inside the input {src}")
+    if dst_real in src_real.parents:
+        raise ConversionError(f"{dst}: the output must not contain the input {src} (replacing it would delete the input)")
     if dst.exists() and not overwrite:
         raise ConversionError(f"{dst}: already exists (pass --overwrite to replace it)")
+    if dst.exists() and not dst.is_dir():
+        raise ConversionError(f"{dst}: exists and is not a directory; refusing to replace it")
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = None, dtype: str = "keep",
             max_shard_size: str | int = "5GB", overwrite: bool = False, model_type: str | None = None,
-            progress: Callable[[str, int], None] | None = None) -> Summary:
-    """Convert the checkpoint at ``src`` into the other format at ``dst`` (atomically)."""
+            progress: Callable[[str, int], None] | None = None, weight_dtype: str | None = None,
+            requantize: bool = False, allow_nonfinite: bool = False, pipeline_stages: int = 1) -> Summary:
+    """Convert the checkpoint at ``src`` into the other format at ``dst`` (atomically, streaming).
+
+    ``dtype`` (keep, bf16, fp16, fp32, fp64) casts floating tensors; ``weight_dtype`` and
+    ``requantize`` concern FP8 checkpoints (see :func:`converters.streaming.hf_export` and
+    :func:`~converters.streaming.hf_import`); nonfinite weights are refused unless
+    ``allow_nonfinite``; ``pipeline_stages`` splits a native output into stage folders.
+    ``progress(name, nbytes)`` is called per tensor written; if it has a ``start(tensors, nbytes)``
+    attribute, that is called first with the totals.
+    """
     src, dst = Path(src), Path(dst)
-    if dtype not in DTYPES:
-        raise ConversionError(f"--dtype={dtype!r} must be one of {', '.join(DTYPES)}")
+    parse_dtype(dtype)
+    parse_dtype(weight_dtype, "--weight-dtype", allow_keep=False)
     source_format = detect_format(src)
     target = to or ("native" if source_format == "hf" else "hf")
     if target not in ("hf", "native"):
@@ -90,19 +108,55 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = 
         raise ConversionError(f"{src} is already a {source_format} checkpoint (--to {target})")
     _check_paths(src, dst, overwrite)
     max_bytes = parse_size(max_shard_size)
+    if (not isinstance(pipeline_stages, int) or isinstance(pipeline_stages, bool) or pipeline_stages < 1):
+        raise ConversionError(f"--pipeline-stages={pipeline_stages!r} must be a positive integer")
+    if target == "hf" and pipeline_stages != 1:
+        raise ConversionError("--pipeline-stages applies to a native output only")
+    if target == "native" and requantize:
+        raise ConversionError("--requantize applies to a native -> HF conversion (FP8 is dequantized on import)")
     counter = _Counter(progress)
     start = time.perf_counter()
-    if source_format == "hf":
-        model_type = _hf_to_native(src, dst, DTYPES[dtype], overwrite, counter)
-    else:
-        model_type = _native_to_hf(src, dst, DTYPES[dtype], max_bytes, overwrite, counter, model_type)
+    threads, interval, collecting = torch.get_num_threads(), sys.getswitchinterval(), gc.isenabled()
+    torch.set_num_threads(1)  # see _process_settings_note
+    sys.setswitchinterval(min(interval, 0.0005))
+    gc.disable()
+    try:
+        if source_format == "hf":
+            model_type = _hf_to_native(src, dst, dtype, weight_dtype, allow_nonfinite, pipeline_stages, overwrite,
+                                       counter)
+        else:
+            model_type = _native_to_hf(src, dst, dtype, weight_dtype, requantize, allow_nonfinite, max_bytes,
+                                       overwrite, counter, model_type)
+    finally:
+        torch.set_num_threads(threads)
+        sys.setswitchinterval(interval)
+        if collecting:
+            gc.enable()
     direction = f"{source_format} -> {target}"
     return Summary(direction, model_type, counter.tensors, counter.nbytes, time.perf_counter() - start, dst)
+
+
+_process_settings_note = """What convert() changes while it runs (and restores):
+
+- torch runs one intra-op thread. Its kernels here (copies, cat, casts, min/max) are memory-bound
+  and gain nothing from more threads, while OpenMP's barriers on a machine whose cores are busy
+  cost a lot: on the 2-core dev box under load the same stream took 2-5 s with two threads and
+  0.6-1 s with one. The parallelism that pays is overlapping the computing of tensors (a producer
+  thread, ``streaming.prefetch``) with writing them.
+- The GIL switch interval drops to 0.5 ms, so the writing thread gets the GIL back quickly after
+  each ``write(2)`` instead of waiting up to 5 ms for the producer.
+- The cyclic garbage collector is off: the conversion makes no cycles worth collecting, and full
+  collections walk every object torch and transformers loaded (~10% of the CPU time here)."""
 
 
 class _Counter:
     def __init__(self, progress):
         self.progress, self.tensors, self.nbytes = progress, 0, 0
+
+    def start(self, tensors: int, nbytes: int) -> None:
+        start = getattr(self.progress, "start", None)
+        if callable(start):
+            start(tensors, nbytes)
 
     def __call__(self, name: str, nbytes: int) -> None:
         self.tensors += 1
@@ -112,51 +166,33 @@ class _Counter:
 
     def wrap(self, stream):
         for name, tensor in stream:
-            self(name, tensor.numel() * tensor.element_size())
+            nbytes = tensor.numel() * tensor.element_size()
             yield name, tensor
+            del tensor
+            self(name, nbytes)  # counted once written (the writer pulls the next one after writing)
 
 
-def _hf_to_native(src: Path, dst: Path, dtype, overwrite: bool, counter: _Counter) -> str:
+def _hf_to_native(src: Path, dst: Path, dtype: str, weight_dtype: str | None, allow_nonfinite: bool,
+                  pipeline_stages: int, overwrite: bool, counter: _Counter) -> str:
     with open_hf_checkpoint(src) as reader:
-        converter = registry.detect(reader.config)
-        cfg = converter.import_config(reader.config)
-        metadata = {**cfg.metadata, MODEL_TYPE_KEY: converter.model_type}
-        if reader.generation_config is not None:
-            metadata[GENERATION_KEY] = reader.generation_config
-        cfg = dataclasses.replace(cfg, metadata=metadata)
-        state = dict(counter.wrap(cast(converter.import_weights(cfg, reader), dtype)))
-        from .hf_io import tokenizer_files
-
-        save_checkpoint(dst, cfg, state, overwrite=overwrite, extra_files={
-            f"{HF_FILES_DIR}/{f.name}": f for f in tokenizer_files(src)})
-    return converter.model_type
+        plan = hf_import(reader, dtype=dtype, weight_dtype=weight_dtype, allow_nonfinite=allow_nonfinite,
+                         pipeline_stages=pipeline_stages)
+        if pipeline_stages > plan.cfg.num_layers:
+            raise ConversionError(f"--pipeline-stages={pipeline_stages} exceeds the model's {plan.cfg.num_layers} layers")
+        counter.start(len(plan.dtypes), plan.nbytes)
+        write_checkpoint(dst, plan.cfg, counter.wrap(prefetch(plan.tensors())), plan.dtypes, pipeline_stages,
+                         overwrite=overwrite,
+                         extra_files={f"{HF_FILES_DIR}/{f.name}": f for f in tokenizer_files(src)})
+    return plan.converter.model_type
 
 
-def _native_to_hf(src: Path, dst: Path, dtype, max_bytes: int, overwrite: bool, counter: _Counter,
+def _native_to_hf(src: Path, dst: Path, dtype: str, weight_dtype: str | None, requantize: bool,
+                  allow_nonfinite: bool, max_bytes: int, overwrite: bool, counter: _Counter,
                   model_type: str | None) -> str:
-    reader = open_checkpoint(src)
-    cfg = reader.config
-    metadata = dict(cfg.metadata)
-    recorded = metadata.pop(MODEL_TYPE_KEY, None)
-    generation = metadata.pop(GENERATION_KEY, None)
-    model_type = model_type or recorded
-    if model_type is None:
-        raise ConversionError(f"{src}: the native checkpoint does not record an HF model_type; pass --model-type "
-                              f"(one of {', '.join(registry.names())})")
-    converter = registry.get(model_type)
-    cfg = dataclasses.replace(cfg, metadata=metadata)
-    hf_config = converter.export_config(cfg)
-    stream = cast(converter.export_weights(cfg, reader), dtype)
-    hf_config["dtype"] = _dtype_name(dtype, reader, cfg)
-    hf_files = src / HF_FILES_DIR
-    write_hf_checkpoint(dst, hf_config, stream, max_shard_size=max_bytes, generation_config=generation,
-                        copy_files_from=hf_files if hf_files.is_dir() else None, overwrite=overwrite,
-                        progress=counter)
-    return converter.model_type
-
-
-def _dtype_name(dtype, reader, cfg) -> str:
-    """config.json's ``dtype``: the requested one, else the embedding's."""
-    if dtype is None:
-        dtype = reader.dtype_of("embedding.weight")
-    return DTYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
+    export = hf_export(src, dtype=dtype, weight_dtype=weight_dtype, requantize=requantize,
+                       allow_nonfinite=allow_nonfinite, model_type=model_type)
+    counter.start(len(export.plan), export.nbytes)
+    write_hf_checkpoint(dst, export.config, prefetch(export.tensors()), max_shard_size=max_bytes,
+                        generation_config=export.generation_config, copy_files_from=export.hf_files,
+                        overwrite=overwrite, progress=counter, plan=export.plan)
+    return export.converter.model_type

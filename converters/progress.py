@@ -9,17 +9,26 @@ from tqdm import tqdm
 
 @contextmanager
 def progress_bar(disable: bool = False) -> Iterator[Callable[[str, int], None]]:
-    """Yield a callback; the bar shows tensors done, bytes done and throughput (stderr)."""
+    """Yield a callback; the bar (stderr) shows bytes done of the total, throughput, time left and
+    tensors done of the total. The pipeline announces the totals through ``callback.start``."""
     bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="converting", disable=disable,
                dynamic_ncols=True, leave=False)
     tensors = 0
+    total_tensors: int | None = None
+
+    def start(count: int, nbytes: int) -> None:
+        nonlocal total_tensors
+        total_tensors = count
+        bar.reset(total=nbytes)
 
     def update(name: str, nbytes: int) -> None:
         nonlocal tensors
         tensors += 1
         bar.update(nbytes)
-        bar.set_postfix_str(f"{tensors} tensors", refresh=False)
+        of = f"/{total_tensors}" if total_tensors is not None else ""
+        bar.set_postfix_str(f"{tensors}{of} tensors", refresh=False)
 
+    update.start = start  # type: ignore[attr-defined]
     try:
         yield update
     finally:

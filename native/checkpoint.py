@@ -35,8 +35,8 @@ Streaming (bounded memory whatever the model size):
   DCP option ``single_file_per_rank=False`` gives each tensor its own ``.distcp`` file, and the
   zip CRC of ``torch.save`` is skipped (it cost as much as the write itself; DCP never checks it).
 - Reading (:class:`NativeCheckpointReader`): a tensor stored alone in its data file is loaded
-  with ``torch.load(file, mmap=True)``: a private (copy-on-write) memory map, pages read when
-  touched, no copy made; the file is never modified. Other layouts (several tensors per file, as
+  with ``torch.load(file, mmap=True)``: a private (copy-on-write) memory map, no copy made, its
+  pages mapped in one call (``native.pages``); the file is never modified. Other layouts (several tensors per file, as
   older saves or other DCP writers make) go through ``dcp.load`` into a fresh tensor. Either way
   the caller owns what it gets. Merging stage folders is per tensor too: nothing loads a whole
   stage.
@@ -51,7 +51,7 @@ import os
 import re
 import shutil
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +66,7 @@ from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, Tenso
 from . import layout
 from .atomic import atomic_directory
 from .config import ModelConfig
+from .pages import populate
 
 CONFIG_FILE = "config.json"
 STAGE_FILE = "stage.json"
@@ -389,11 +390,20 @@ def write_checkpoint(path: str | os.PathLike, cfg: ModelConfig, tensors: Iterabl
     return Path(path)
 
 
-def stage_order(cfg: ModelConfig, names: Iterable[str], pipeline_stages: int) -> list[str]:
-    """``names`` stably reordered stage by stage (the order :func:`write_checkpoint` streams in)."""
+def stage_index(cfg: ModelConfig, pipeline_stages: int) -> Callable[[str], int]:
+    """``name -> the stage (0-based) holding it`` when saved in ``pipeline_stages`` stages."""
     ranges = stage_ranges(cfg.num_layers, pipeline_stages)
     stages = [Stage(f"pp{k}", Path(), k, r, k == 0, k == len(ranges) - 1) for k, r in enumerate(ranges)]
-    return sorted(names, key=lambda n: next(s.index for s in stages if s.owns(n)))
+
+    def index(name: str) -> int:
+        return next(s.index for s in stages if s.owns(name))
+
+    return index
+
+
+def stage_order(cfg: ModelConfig, names: Iterable[str], pipeline_stages: int) -> list[str]:
+    """``names`` stably reordered stage by stage (the order :func:`write_checkpoint` streams in)."""
+    return sorted(names, key=stage_index(cfg, pipeline_stages))
 
 
 # -------------------------------------------------------------------------------------- reading
@@ -536,8 +546,8 @@ class NativeCheckpointReader(Mapping):
     against ``layout.state_shapes(config)``. ``reader[name]`` loads that one tensor (DCP load of
     the single key into a preallocated tensor); :meth:`load_many` loads several with one DCP call
     per stage. Every returned tensor is owned by the caller: freshly allocated, or a private
-    copy-on-write memory map of a data file holding that tensor alone (pages are read when
-    touched; writes to the tensor never reach the file).
+    copy-on-write memory map of a data file holding that tensor alone (its pages mapped at once;
+    writes to the tensor never reach the file).
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -654,6 +664,8 @@ class NativeCheckpointReader(Mapping):
         if (not isinstance(tensor, torch.Tensor) or tensor.dtype != entry.properties.dtype
                 or tuple(tensor.shape) != tuple(entry.size)):
             return None
+        if not populate(tensor):
+            return None  # unreadable pages: DCP's own read reports it
         if not (tensor.is_contiguous() and tensor.storage_offset() == 0
                 and tensor.untyped_storage().nbytes() == tensor.nbytes):
             tensor = tensor.clone(memory_format=torch.contiguous_format)

@@ -1,0 +1,516 @@
+"""Streaming conversion between a checkpoint on disk and the other format, tensor by tensor.
+
+The two directions as reusable plans, both built before any tensor is read (so every refusal
+that needs no data comes first, and writers can lay out their files up front):
+
+- :func:`hf_export` / :func:`stream_hf_weights`: a native checkpoint as HF ``(name, tensor)``
+  pairs, never touching the disk beyond reading the source: the online path for pushing weights
+  into an inference engine (RL), and what the HF writer of ``convcheck convert`` consumes.
+- :func:`hf_import`: an HF checkpoint as native ``(name, tensor)`` pairs, with the native config
+  and the dtype of every tensor, for :func:`native.checkpoint.write_checkpoint`.
+
+Along the way: the dtype policy (``--dtype``, ``--weight-dtype``), FP8 block-scaled weights
+(:mod:`converters.fp8`), and the nonfinite check (:class:`NonfiniteCheck`), all applied one tensor
+at a time. Peak memory is one weight rule's inputs and outputs (about one layer's largest
+matrices), whatever the model size.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import queue
+import re
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+import native
+from native.checkpoint import NativeCheckpointReader, open_checkpoint, stage_index
+
+from . import fp8, registry
+from .base import Converter
+from .errors import ConversionError
+from .weights import convert_stream, export_shapes
+
+DTYPES: dict[str, torch.dtype | None] = {"keep": None, "bf16": torch.bfloat16, "fp16": torch.float16,
+                                         "fp32": torch.float32, "fp64": torch.float64}
+DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32", torch.float64: "float64"}
+MODEL_TYPE_KEY = "hf_model_type"  # native metadata: the HF model_type this checkpoint came from
+GENERATION_KEY = "hf_generation_config"  # native metadata: the HF generation_config.json
+HF_FILES_DIR = "hf_files"  # native checkpoint folder keeping tokenizer files for the way back
+
+Entry = tuple[str, torch.dtype, tuple[int, ...]]
+
+
+def parse_dtype(value: str | None, option: str = "--dtype", allow_keep: bool = True) -> torch.dtype | None:
+    choices = [k for k in DTYPES if allow_keep or k != "keep"]
+    if value is None or (allow_keep and value == "keep"):
+        return None
+    if value not in choices:
+        raise ConversionError(f"{option}={value!r} must be one of {', '.join(choices)}")
+    return DTYPES[value]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return DTYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
+
+
+# ------------------------------------------------------------------------------ overlapping
+def prefetch(items: Iterable, depth: int = 1) -> Iterator:
+    """Iterate ``items`` in a background thread, at most ``depth`` items ahead of the consumer.
+
+    A conversion is two kinds of work: computing tensors (transforms, casts, the nonfinite check:
+    torch kernels) and writing them (``write(2)``: a kernel copy). Both release the GIL, so a
+    producer thread and the writing thread overlap them on two cores. Memory grows by ``depth``
+    items (plus the one being computed). An exception in the producer is re-raised, as itself, to
+    the consumer at the point it would have occurred; closing the returned generator (or
+    dropping it) stops the producer."""
+    channel: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(message) -> bool:
+        while not stop.is_set():
+            try:
+                channel.put(message, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+                del item
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            put((False, exc))
+            return
+        put((False, None))
+
+    thread = threading.Thread(target=produce, name="convcheck-prefetch", daemon=True)
+    thread.start()
+
+    def consume() -> Iterator:
+        try:
+            while True:
+                ok, value = channel.get()
+                if ok:
+                    yield value
+                    del value
+                elif value is None:
+                    return
+                else:
+                    raise value
+        finally:
+            stop.set()
+            thread.join()
+
+    return consume()
+
+
+# --------------------------------------------------------------------------- nonfinite values
+def _finite(tensor: torch.Tensor) -> bool:
+    """One read-only pass: NaN propagates through min/max, Inf shows as an extreme (``aminmax`` is
+    ~20x faster than ``isfinite().all()`` on bf16 here)."""
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return True
+    low, high = torch.aminmax(tensor)
+    return bool(torch.isfinite(low) and torch.isfinite(high))
+
+
+class NonfiniteCheck:
+    """Counts NaN and Inf per tensor as tensors pass; :meth:`finish` refuses them all at once.
+
+    ``allow=True`` checks nothing (``--allow-nonfinite``)."""
+
+    def __init__(self, allow: bool = False):
+        self.allow = allow
+        self.found: list[tuple[str, int, int]] = []
+
+    def check(self, name: str, tensor: torch.Tensor) -> bool:
+        if self.allow or _finite(tensor):
+            return True
+        self.found.append((name, int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())))
+        return False
+
+    def check_cast(self, name: str, before: torch.Tensor, after: torch.Tensor) -> None:
+        """A narrowing cast that turned finite values into Inf (overflow)."""
+        if self.allow or _finite(after) or not _finite(before):
+            return
+        self.found.append((f"{name} (overflow casting to {dtype_name(after.dtype)})", 0, int(torch.isinf(after).sum())))
+
+    def finish(self) -> None:
+        if self.found:
+            raise ConversionError(f"nonfinite weights in {len(self.found)} tensor(s), refused (--allow-nonfinite "
+                                  f"converts anyway): {describe_counts(self.found)}")
+
+
+_DIGIT_RUN = re.compile(r"[0-9]+")
+
+
+def describe_counts(found: list[tuple[str, int, int]]) -> str:
+    """``name: 2 NaN, 1 Inf; ...`` with names differing in one number folded together:
+    ``model.layers.{0,3,7}.mlp.down_proj.weight: NaN 1/0/4, Inf 0/2/0``."""
+    groups: dict[tuple[str, int], list[tuple[str, int, int, str]]] = {}
+    for name, nan, inf in found:
+        runs = list(_DIGIT_RUN.finditer(name))
+        key = (_DIGIT_RUN.sub("#", name), len(runs))
+        groups.setdefault(key, []).append((name, nan, inf, ""))
+    parts = []
+    for (pattern, _), members in groups.items():
+        folded = _fold(members) if len(members) >= 3 else None
+        if folded:
+            parts.append(folded)
+        else:
+            parts.extend(f"{name}: {_counts(nan, inf)}" for name, nan, inf, _ in members)
+    return "; ".join(parts)
+
+
+def _counts(nan: int, inf: int) -> str:
+    return ", ".join(p for p in (f"{nan} NaN" if nan else "", f"{inf} Inf" if inf else "") if p) or "nonfinite"
+
+
+def _fold(members) -> str | None:
+    """Members differing in exactly one digit run: ``prefix{a,b,c}suffix: NaN x/y/z, Inf ...``."""
+    split = [_DIGIT_RUN.split(m[0]) for m in members]
+    numbers = [_DIGIT_RUN.findall(m[0]) for m in members]
+    varying = [k for k in range(len(numbers[0])) if len({n[k] for n in numbers}) > 1]
+    if len(varying) != 1:
+        return None
+    k = varying[0]
+    first = numbers[0]
+    head = "".join(split[0][i] + first[i] for i in range(k)) + split[0][k]
+    tail = split[0][k + 1] + "".join(first[i] + split[0][i + 1] for i in range(k + 1, len(first)))
+    index = ",".join(n[k] for n in numbers)
+    nans = "/".join(str(m[1]) for m in members)
+    infs = "/".join(str(m[2]) for m in members)
+    return f"{head}{{{index}}}{tail}: NaN {nans}, Inf {infs}"
+
+
+class CheckedSource(Mapping):
+    """A lazy source whose tensors go through a :class:`NonfiniteCheck` as they are read (by their
+    names in the source, i.e. as the user's files call them)."""
+
+    def __init__(self, source: Mapping, check: NonfiniteCheck):
+        self.source, self.check = source, check
+
+    def __iter__(self):
+        return iter(self.source)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.source
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        tensor = self.source[name]
+        self.check.check(name, tensor)
+        return tensor
+
+    def shape_of(self, name: str) -> torch.Size:
+        return self.source.shape_of(name)
+
+    def dtype_of(self, name: str) -> torch.dtype:
+        return self.source.dtype_of(name)
+
+
+# ------------------------------------------------------------------------------- planning
+class _MetaCat(TorchFunctionMode):
+    """``torch.cat`` of ``meta`` tensors answered from the shapes alone.
+
+    Plans run every weight rule on ``meta`` tensors. torch's meta ``cat`` is a Python
+    decomposition whose first call imports ``torch._dynamo``: 1-2.5 s here, more than the whole
+    rest of planning a 70B model. Anything unusual (mismatched shapes, other devices) goes to the
+    real ``cat``, which raises as usual."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.cat, torch.concat) and args and isinstance(args[0], (list, tuple)) and args[0]:
+            tensors = args[0]
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+            ref = tensors[0]
+            if (isinstance(dim, int) and set(kwargs) <= {"dim"} and ref.dim() > 0
+                    and all(isinstance(t, torch.Tensor) and t.device.type == "meta" and t.dim() == ref.dim()
+                            for t in tensors)):
+                d = dim % ref.dim()
+                if all(t.shape[:d] == ref.shape[:d] and t.shape[d + 1:] == ref.shape[d + 1:] for t in tensors):
+                    shape = list(ref.shape)
+                    shape[d] = sum(t.shape[d] for t in tensors)
+                    dtype = ref.dtype
+                    for t in tensors[1:]:
+                        dtype = torch.promote_types(dtype, t.dtype)
+                    return torch.empty(shape, dtype=dtype, device="meta")
+        return func(*args, **kwargs)
+
+
+def plan_outputs(rules, source: Mapping, direction: str) -> list[Entry]:
+    """``(name, dtype, shape)`` of every tensor the rules produce, in stream order, by running each
+    rule on ``meta`` tensors of the source's shapes and dtypes (no data read)."""
+    out: list[Entry] = []
+    with _MetaCat():
+        for rule in rules:
+            tensors = [torch.empty(tuple(source.shape_of(n)), dtype=source.dtype_of(n), device="meta")
+                       for n in rule.sources(direction)]
+            for name, t in zip(rule.targets(direction), rule.run(direction, tensors)):
+                out.append((name, t.dtype, tuple(t.shape)))
+    return out
+
+
+def _narrowing(source: torch.dtype, target: torch.dtype) -> bool:
+    return (source.is_floating_point and target.is_floating_point
+            and torch.finfo(target).max < torch.finfo(source).max)
+
+
+def _cast(name: str, tensor: torch.Tensor, target: torch.dtype, check: NonfiniteCheck) -> torch.Tensor:
+    if tensor.dtype == target:
+        return tensor
+    out = tensor.to(target)
+    if _narrowing(tensor.dtype, target):
+        check.check_cast(name, tensor, out)
+    return out
+
+
+def dominant(entries: Iterable[Entry], default: torch.dtype) -> torch.dtype:
+    """The floating dtype holding the most bytes (config.json's ``dtype`` under ``--dtype keep``)."""
+    total: dict[torch.dtype, int] = {}
+    for _, dtype, shape in entries:
+        if dtype.is_floating_point and not fp8._is_fp8(dtype):
+            total[dtype] = total.get(dtype, 0) + math.prod(shape) * dtype.itemsize
+    return max(total, key=lambda d: (total[d], str(d))) if total else default
+
+
+# --------------------------------------------------------------------------------- export
+@dataclass
+class HFExport:
+    """A native checkpoint, planned as an HF checkpoint. :meth:`tensors` streams the weights (call
+    it again for another pass); ``plan`` lists ``(name, dtype, shape)`` in stream order."""
+
+    converter: Converter
+    cfg: native.ModelConfig
+    reader: NativeCheckpointReader
+    config: dict
+    generation_config: dict | None
+    plan: list[Entry]
+    hf_files: Path | None
+    targets: dict[str, torch.dtype]
+    quantized: frozenset[str]
+    scheme: fp8.Scheme | None
+    requantize: bool
+    allow_nonfinite: bool
+
+    @property
+    def nbytes(self) -> int:
+        return sum(math.prod(shape) * dtype.itemsize for _, dtype, shape in self.plan)
+
+    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        check = NonfiniteCheck(self.allow_nonfinite)
+        rules = self.converter.weight_rules(self.cfg)
+        stream = convert_stream(rules, CheckedSource(self.reader, check), "export", native.state_shapes(self.cfg),
+                                copy=False)
+        return self._tensors(stream, check)
+
+    def _tensors(self, stream, check: NonfiniteCheck) -> Iterator[tuple[str, torch.Tensor]]:
+        for name, tensor in stream:
+            if self.requantize and name in self.quantized:
+                q, scale = fp8.quantize(tensor, self.scheme.block)
+                del tensor
+                yield name, q
+                del q
+                yield fp8.scale_name(name), scale
+                continue
+            tensor = _cast(name, tensor, self.targets[name], check)
+            yield name, tensor
+            del tensor
+        check.finish()
+
+
+def hf_export(native_ckpt: str | os.PathLike | NativeCheckpointReader, *, dtype: str = "keep",
+              weight_dtype: str | None = None, requantize: bool = False, allow_nonfinite: bool = False,
+              model_type: str | None = None) -> HFExport:
+    """Plan the HF form of a native checkpoint (a path or an open reader). Reads metadata only.
+
+    ``dtype`` casts floating tensors (``keep``: as stored). For a checkpoint imported from FP8
+    (its metadata records the quantized weights), ``weight_dtype`` gives those weights their own
+    dtype, and ``requantize=True`` writes them as FP8 blocks with ``_scale_inv`` companions and
+    restores ``quantization_config``. ``model_type`` is needed only when the checkpoint does not
+    record one. Raises :class:`ConversionError` for everything checkable without data."""
+    reader = native_ckpt if isinstance(native_ckpt, NativeCheckpointReader) else open_checkpoint(native_ckpt)
+    cast_to = parse_dtype(dtype)
+    weight_to = parse_dtype(weight_dtype, "--weight-dtype", allow_keep=False)
+    cfg = reader.config
+    metadata = dict(cfg.metadata)
+    recorded = metadata.pop(MODEL_TYPE_KEY, None)
+    generation = metadata.pop(GENERATION_KEY, None)
+    quant_record = metadata.pop(fp8.METADATA_KEY, None)
+    model_type = model_type or recorded
+    if model_type is None:
+        raise ConversionError(f"{reader.path}: the native checkpoint does not record an HF model_type; pass "
+                              f"--model-type (one of {', '.join(registry.names())})")
+    converter = registry.get(model_type)
+    cfg = dataclasses.replace(cfg, metadata=metadata)
+    config = converter.export_config(cfg)
+    rules = converter.weight_rules(cfg)
+    convert_stream(rules, reader, "export", native.state_shapes(cfg))  # names and shapes, up front
+    outputs = plan_outputs(rules, reader, "export")
+    scheme, quantized = None, set()
+    if quant_record is not None:
+        scheme, record = fp8.read_record(quant_record)
+        quantized = fp8.expand_names(record, [name for name, _, _ in outputs])
+    if requantize and weight_to is not None:
+        raise ConversionError("--requantize and --weight-dtype exclude each other (FP8 weights, or plain weights "
+                              "in that dtype)")
+    if (requantize or weight_to is not None) and not quantized:
+        option = "--requantize" if requantize else "--weight-dtype"
+        raise ConversionError(f"{option}: {reader.path} records no FP8-quantized weights (native metadata "
+                              f"{fp8.METADATA_KEY}); use --dtype")
+    targets: dict[str, torch.dtype] = {}
+    plan: list[Entry] = []
+    for name, source_dtype, shape in outputs:
+        if not source_dtype.is_floating_point:
+            target = source_dtype
+        elif name in quantized and weight_to is not None:
+            target = weight_to
+        else:
+            target = cast_to or source_dtype
+        targets[name] = target
+        if requantize and name in quantized:
+            plan.append((name, fp8.FP8_DTYPE, shape))
+            plan.append((fp8.scale_name(name), fp8.SCALE_DTYPE, fp8.scale_shape(shape, scheme.block)))
+        else:
+            plan.append((name, target, shape))
+    plain = [(n, targets[n], s) for n, _, s in outputs if not (requantize and n in quantized)]
+    config["dtype"] = dtype_name(dominant(plain or [(n, targets[n], s) for n, _, s in outputs], torch.bfloat16))
+    if requantize:
+        config[fp8.QUANT_KEY] = scheme.config
+    hf_files = reader.path / HF_FILES_DIR
+    return HFExport(converter, cfg, reader, dict(sorted(config.items())), generation, plan,
+                    hf_files if hf_files.is_dir() else None, targets, frozenset(quantized), scheme, requantize,
+                    allow_nonfinite)
+
+
+def stream_hf_weights(native_ckpt: str | os.PathLike | NativeCheckpointReader, *, dtype: str = "keep",
+                      weight_dtype: str | None = None, requantize: bool = False, allow_nonfinite: bool = False,
+                      model_type: str | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield a native checkpoint's weights as HF ``(name, tensor)`` pairs, one rule at a time,
+    without writing anything: for pushing weights into an inference engine (e.g. during RL).
+
+    Options as :func:`hf_export` (and ``convcheck convert``, whose HF writer consumes this same
+    stream). Everything checkable without data is checked by this call, before the first tensor.
+    Nonfinite weights are refused with :class:`ConversionError` once the stream has been run to
+    its end (all offenders listed): a consumer must treat what it received as void then, as the
+    disk writer does. Each tensor is the caller's (a fresh tensor, or a private copy-on-write
+    map of the source file)."""
+    return hf_export(native_ckpt, dtype=dtype, weight_dtype=weight_dtype, requantize=requantize,
+                     allow_nonfinite=allow_nonfinite, model_type=model_type).tensors()
+
+
+# --------------------------------------------------------------------------------- import
+_POSITIVE_KEYS = ("hidden_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers",
+                  "intermediate_size", "vocab_size", "head_dim")
+
+
+def check_hf_config(config: Mapping[str, Any]) -> None:
+    """Contradictions every decoder config shares, named by their HF keys (before any converter
+    reads the dict): the head keys must be positive integers, ``num_key_value_heads`` must divide
+    ``num_attention_heads``, and without ``head_dim`` the heads must divide ``hidden_size``."""
+    for key in _POSITIVE_KEYS:
+        value = config.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+            raise ConversionError(f"config.json: {key}={value!r} must be a positive integer")
+    heads, kv = config.get("num_attention_heads"), config.get("num_key_value_heads")
+    hidden = config.get("hidden_size")
+    if heads and kv and heads % kv:
+        raise ConversionError(f"config.json: num_key_value_heads={kv} does not divide num_attention_heads={heads}")
+    if heads and hidden and config.get("head_dim") is None and hidden % heads:
+        raise ConversionError(f"config.json: hidden_size={hidden} is not divisible by num_attention_heads={heads} "
+                              "(and no head_dim is given)")
+
+
+def import_hf_config(converter: Converter, config: Mapping[str, Any]) -> native.ModelConfig:
+    """``converter.import_config`` with any unexpected failure turned into a one-line refusal."""
+    try:
+        return converter.import_config(config)
+    except ConversionError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, ZeroDivisionError) as exc:
+        raise ConversionError(f"config.json: cannot be read as {converter.model_type} "
+                              f"({type(exc).__name__}: {exc})") from None
+
+
+@dataclass
+class HFImport:
+    """An HF checkpoint, planned as a native one: ``cfg`` (with metadata for the way back),
+    ``dtypes`` (every native tensor's dtype, in stream order) and :meth:`tensors`."""
+
+    converter: Converter
+    cfg: native.ModelConfig
+    source: Mapping
+    rules: list
+    dtypes: dict[str, torch.dtype]
+    cast_to: torch.dtype | None
+    allow_nonfinite: bool
+    shapes: dict[str, tuple[int, ...]]
+
+    @property
+    def nbytes(self) -> int:
+        shapes = native.state_shapes(self.cfg)
+        return sum(math.prod(shapes[n]) * d.itemsize for n, d in self.dtypes.items())
+
+    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        check = NonfiniteCheck(self.allow_nonfinite)
+        stream = convert_stream(self.rules, CheckedSource(self.source, check), "import", self.shapes, copy=False)
+        return self._tensors(stream, check)
+
+    def _tensors(self, stream, check) -> Iterator[tuple[str, torch.Tensor]]:
+        for name, tensor in stream:
+            tensor = _cast(name, tensor, self.dtypes[name], check)
+            yield name, tensor
+            del tensor
+        check.finish()
+
+
+def hf_import(reader, *, dtype: str = "keep", weight_dtype: str | None = None, allow_nonfinite: bool = False,
+              pipeline_stages: int = 1) -> HFImport:
+    """Plan the native form of an open HF checkpoint (``converters.hf_io`` reader). Reads headers
+    only. ``quantization_config`` is handled here, not by the converters: FP8 weights are
+    dequantized to ``weight_dtype`` (else ``dtype``, else the checkpoint's dominant floating
+    dtype) and what was quantized is recorded in the native metadata (:mod:`converters.fp8`).
+    With ``pipeline_stages > 1`` the rules run stage by stage (the order the native writer needs)."""
+    cast_to = parse_dtype(dtype)
+    weight_to = parse_dtype(weight_dtype, "--weight-dtype", allow_keep=False)
+    config = dict(reader.config)
+    scheme = fp8.inspect(reader, config)
+    config.pop(fp8.QUANT_KEY, None)
+    check_hf_config(config)
+    converter = registry.detect(config)
+    cfg = import_hf_config(converter, config)
+    metadata = {**cfg.metadata, MODEL_TYPE_KEY: converter.model_type}
+    if reader.generation_config is not None:
+        metadata[GENERATION_KEY] = reader.generation_config
+    source: Mapping = reader
+    if scheme is not None:
+        plain = [n for n in reader.keys() if not fp8._is_fp8(reader.dtype_of(n)) and not n.endswith(fp8.SCALE_SUFFIX)]
+        source = fp8.DequantizedSource(reader, scheme, weight_to or cast_to or fp8.dominant_dtype(reader, plain))
+        metadata[fp8.METADATA_KEY] = fp8.metadata_record(scheme, source.quantized, list(source))
+    elif weight_to is not None:
+        raise ConversionError(f"--weight-dtype: {reader.path} has no FP8 weights; use --dtype")
+    cfg = dataclasses.replace(cfg, metadata=metadata)
+    rules = converter.weight_rules(cfg)
+    if pipeline_stages > 1:
+        stage = stage_index(cfg, pipeline_stages)
+        rules = sorted(rules, key=lambda rule: min((stage(n) for n in rule.targets("import")), default=0))
+    with _MetaCat():
+        shapes = export_shapes(rules, native.state_shapes(cfg))
+    convert_stream(rules, source, "import", shapes)  # missing, extra and misshapen tensors, up front
+    dtypes = {}
+    for name, source_dtype, _ in plan_outputs(rules, source, "import"):
+        dtypes[name] = cast_to if cast_to is not None and source_dtype.is_floating_point else source_dtype
+    return HFImport(converter, cfg, source, rules, dtypes, cast_to, allow_nonfinite, shapes)
