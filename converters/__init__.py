@@ -9,6 +9,7 @@ from .phi3 import Phi3Converter
 from .qwen2 import Qwen2Converter
 from .qwen3 import Qwen3Converter
 from .registry import all_converters, detect, get, names, register
+from .streaming import stream_hf_weights
 from .starcoder2 import Starcoder2Converter
 
 for _cls in (LlamaConverter, MistralConverter, Qwen2Converter, Qwen3Converter,
