@@ -72,17 +72,22 @@ def buildable_rotary() -> Custom:
     return Custom((), (), export, lambda hf: {})
 
 
-def _hf_head_dim_default(hidden_size: int, heads: int) -> int:
+def _hf_head_dim_default(hidden_size: Any, heads: Any) -> int:
+    for key, value in (("hidden_size", hidden_size), ("num_attention_heads", heads)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConversionError(f"config.json: {key}={value!r} must be a positive integer")
     return hidden_size // heads
 
 
 class HeadDim(LayerwisePrimitive):
     """``head_dim`` read as ``getattr(config, "head_dim", None) or hidden // heads``.
 
-    Export writes it when it differs from ``hidden_size // num_attention_heads`` or when metadata
-    says config.json had it explicitly; otherwise ``absent`` (``None``: write ``"head_dim": null``,
+    Export writes it when it differs from ``hidden_size // num_attention_heads``, when the heads do
+    not divide ``hidden_size`` (the floor default is a transformers quirk other readers refuse), or
+    when metadata says config.json had it explicitly; otherwise ``absent`` (``None``: write ``"head_dim": null``,
     as MixtralConfig saves it; ``OMIT``: leave the key out, as for classes without the field).
-    Import: absent (or ``null`` where ``null_is_default``) means the default.
+    Import: absent (or ``null`` where ``null_is_default``) means the default, refused when the
+    heads do not divide ``hidden_size`` (as ``convcheck convert`` refuses it).
 
     ``explicit_for_rope``: rope types whose validation in transformers reads ``config.head_dim``
     directly (MixtralConfig's longrope check multiplies it, so ``null`` fails): always written."""
@@ -101,8 +106,9 @@ class HeadDim(LayerwisePrimitive):
         if len(dims) > 1:
             raise ConversionError(f"attention.head_dim differs between layers ({dims}); this format has one head_dim")
         head_dim = dims[0]
-        default = _hf_head_dim_default(get_model("hidden_size"), layers[0].attention.heads)
-        if (head_dim != default or get_model("metadata").get("head_dim") == head_dim
+        hidden, heads = get_model("hidden_size"), layers[0].attention.heads
+        default = _hf_head_dim_default(hidden, heads)
+        if (head_dim != default or hidden % heads or get_model("metadata").get("head_dim") == head_dim
                 or any(block.attention.rotary.kind in self.explicit_for_rope for block in layers)):
             return {"head_dim": head_dim}
         return {} if self.absent is self.OMIT else {"head_dim": self.absent}
@@ -113,10 +119,15 @@ class HeadDim(LayerwisePrimitive):
         if value is None:
             if hf.has("head_dim") and not self.null_is_default:
                 raise ConversionError("config.json: head_dim=null is not supported by this class (omit it)")
+            if hf.get("hidden_size") % hf.get("num_attention_heads"):
+                raise ConversionError(f"config.json: hidden_size={hf.get('hidden_size')} is not divisible by "
+                                      f"num_attention_heads={hf.get('num_attention_heads')} and no head_dim is given "
+                                      "(transformers would floor it; give head_dim)")
             return [{"attention.head_dim": default}] * num_layers, {}
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConversionError(f"config.json: head_dim={value!r} must be a positive integer")
-        always = hf.get("rope_parameters.rope_type", "default") in self.explicit_for_rope
+        always = (hf.get("rope_parameters.rope_type", "default") in self.explicit_for_rope
+                  or hf.get("hidden_size") % hf.get("num_attention_heads"))
         metadata = {"metadata.head_dim": value} if value == default and not always else {}
         return [{"attention.head_dim": value}] * num_layers, metadata
 

@@ -108,8 +108,10 @@ def file_keys(draw, architecture: str) -> dict[str, Any]:
 def attention_sizes(draw) -> dict[str, Any]:
     """``hidden_size``, head counts and ``head_dim`` (absent/``None``-able when it is the default
     ``hidden // heads``; the caller decides which spellings its class allows)."""
-    layout = draw(bb.head_layouts())
-    hidden = draw(bb.hidden_sizes(max(bb.MIN_HIDDEN, layout.heads)))
+    # hidden = heads * head_dim half the time: then head_dim may also be left out (an even default)
+    policy = draw(st.sampled_from(("free", "heads_times_head_dim")))
+    layout = draw(bb.head_layouts(max_q_width=bb.MAX_HIDDEN if policy != "free" else None))
+    hidden = draw(bb.hidden_for(layout, policy, min_value=max(bb.MIN_HIDDEN, layout.heads)))
     return {"hidden_size": hidden, "num_attention_heads": layout.heads,
             "num_key_value_heads": layout.kv_heads, "head_dim": layout.head_dim}
 
@@ -117,10 +119,11 @@ def attention_sizes(draw) -> dict[str, Any]:
 @st.composite
 def head_dim_keys(draw, sizes: dict[str, Any], *, null_allowed: bool) -> dict[str, Any]:
     """How ``head_dim`` is spelled: drawn freely, or the default spelled explicitly, left out, or
-    ``null`` (where the class reads ``null`` as the default)."""
+    ``null`` (where the class reads ``null`` as the default). Left out or ``null`` only when the
+    heads divide ``hidden_size`` (the converters refuse transformers' floored default)."""
     default = sizes["hidden_size"] // sizes["num_attention_heads"]
     choice = draw(st.sampled_from(("drawn", "default_explicit", "absent") + (("null",) if null_allowed else ())))
-    if choice == "drawn" or default < 2 or default % 2:
+    if choice == "drawn" or default < 2 or default % 2 or sizes["hidden_size"] % sizes["num_attention_heads"]:
         return {"head_dim": sizes["head_dim"]}
     if choice == "default_explicit":
         return {"head_dim": default}

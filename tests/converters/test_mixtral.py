@@ -88,6 +88,10 @@ def test_head_dim_spellings():
     explicit = {**hf, "head_dim": 6}
     assert CONVERTER.export_config(CONVERTER.import_config(explicit))["head_dim"] == 6  # kept as written
     assert CONVERTER.export_config(config(head_dim=8))["head_dim"] == 8
+    uneven = dataclasses.replace(config(head_dim=6), hidden_size=25)  # 25 // 4 == 6, but 4 does not divide 25
+    assert CONVERTER.export_config(uneven)["head_dim"] == 6  # spelled out, not left to transformers' floor
+    with pytest.raises(ConversionError, match="head_dim"):
+        CONVERTER.import_config({**CONVERTER.export_config(uneven), "head_dim": None})
 
 
 # ------------------------------------------------------------------------------------- forward
