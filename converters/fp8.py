@@ -82,7 +82,7 @@ def dequantize(weight: torch.Tensor, scale: torch.Tensor, block: tuple[int, int]
     rows, cols = weight.shape
     out = torch.empty((rows, cols), dtype=dtype)
     for i in range(0, rows, block[0]):
-        part = weight[i:i + block[0]].to(torch.float32)
+        part = weight[i:i + block[0]].to(torch.float32, copy=True)  # never the caller's tensor
         part.mul_(scale[i // block[0]].to(torch.float32).repeat_interleave(block[1])[:cols])
         out[i:i + block[0]] = part
     return out
@@ -96,7 +96,7 @@ def quantize(weight: torch.Tensor, block: tuple[int, int]) -> tuple[torch.Tensor
     scales = torch.empty((n_rows, n_cols), dtype=SCALE_DTYPE)
     pad = n_cols * block[1] - cols
     for k, i in enumerate(range(0, rows, block[0])):
-        part = weight[i:i + block[0]].to(torch.float32)
+        part = weight[i:i + block[0]].to(torch.float32, copy=True)  # never the caller's tensor
         magnitude = torch.nn.functional.pad(part.abs(), (0, pad)) if pad else part.abs()
         amax = magnitude.view(part.shape[0], n_cols, block[1]).amax(dim=(0, 2))
         scale = amax / FP8_MAX
