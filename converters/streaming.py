@@ -342,9 +342,9 @@ def hf_export(native_ckpt: str | os.PathLike | NativeCheckpointReader, *, dtype:
     dtype, and ``requantize=True`` writes them as FP8 blocks with ``_scale_inv`` companions and
     restores ``quantization_config``. ``model_type`` is needed only when the checkpoint does not
     record one. Raises :class:`ConversionError` for everything checkable without data."""
-    reader = native_ckpt if isinstance(native_ckpt, NativeCheckpointReader) else open_checkpoint(native_ckpt)
     cast_to = parse_dtype(dtype)
     weight_to = parse_dtype(weight_dtype, "--weight-dtype", allow_keep=False)
+    reader = native_ckpt if isinstance(native_ckpt, NativeCheckpointReader) else open_checkpoint(native_ckpt)
     cfg = reader.config
     metadata = dict(cfg.metadata)
     recorded = metadata.pop(MODEL_TYPE_KEY, None)
