@@ -445,6 +445,15 @@ def import_hf_config(converter: Converter, config: Mapping[str, Any]) -> native.
                               f"({type(exc).__name__}: {exc})") from None
 
 
+def _in_file(reader, message: str) -> str:
+    """Prefix a refusal that starts with a tensor name by the file holding that tensor."""
+    name = message.split(":", 1)[0]
+    file_of = getattr(reader, "file_of", None)
+    if callable(file_of) and name in reader:
+        return f"{reader.path / file_of(name)}: {message}"
+    return message
+
+
 @dataclass
 class HFImport:
     """An HF checkpoint, planned as a native one: ``cfg`` (with metadata for the way back),
@@ -509,7 +518,10 @@ def hf_import(reader, *, dtype: str = "keep", weight_dtype: str | None = None, a
         rules = sorted(rules, key=lambda rule: min((stage(n) for n in rule.targets("import")), default=0))
     with _MetaCat():
         shapes = export_shapes(rules, native.state_shapes(cfg))
-    convert_stream(rules, source, "import", shapes)  # missing, extra and misshapen tensors, up front
+    try:
+        convert_stream(rules, source, "import", shapes)  # missing, extra and misshapen tensors, up front
+    except ConversionError as exc:
+        raise ConversionError(_in_file(reader, str(exc))) from None
     dtypes = {}
     for name, source_dtype, _ in plan_outputs(rules, source, "import"):
         dtypes[name] = cast_to if cast_to is not None and source_dtype.is_floating_point else source_dtype
