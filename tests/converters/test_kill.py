@@ -1,0 +1,117 @@
+"""SIGKILL at random moments of ``convert``: the destination holds the previous output or the complete new
+one, never anything else; the leftovers of the killed run are cleaned up by the next run.
+
+The conversions run in children forked from this process (no interpreter start-up per kill, which
+costs seconds here); each child sets its own state and leaves with ``os._exit``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import native
+from converters import get
+from converters.hf_io import write_hf_checkpoint
+from converters.pipeline import convert
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+
+
+def digest(root: Path) -> dict[str, str] | None:
+    if not root.exists():
+        return None
+    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
+
+
+def run_child(src: Path, dst: Path, delay: float | None, **options) -> int | None:
+    """Convert in a forked child; SIGKILL it after ``delay`` seconds (None: let it finish)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            os.environ["CONVCHECK_FSYNC"] = "0"
+            convert(src, dst, **options)
+            code = 0
+        finally:
+            os._exit(code)
+    if delay is not None:
+        time.sleep(delay)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """About 100 MB of bf16 Llama, in the HF layout: a conversion takes about a second here."""
+    block = native.BlockConfig(attention=native.AttentionConfig(heads=8, kv_heads=2, head_dim=64),
+                               mlp=native.MLPConfig(intermediate=1408))
+    cfg = native.ModelConfig(hidden_size=512, embeddings=native.EmbeddingConfig(vocab_size=32000),
+                             decoder=native.DecoderConfig(blocks=(block,), pattern=(0,) * 6), head=native.HeadConfig(tied=False))
+    conv = get("llama")
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(1 << 16, generator=g).to(torch.bfloat16)
+
+    def tensors():
+        for k, (name, shape) in enumerate(conv.hf_shapes(cfg).items()):
+            n = torch.Size(shape).numel()
+            yield name, noise.roll(k).repeat(n // noise.numel() + 1)[:n].reshape(shape).clone()
+
+    root = tmp_path_factory.mktemp("kill")
+    config = conv.export_config(cfg)
+    write_hf_checkpoint(root / "hf", config, tensors(), max_shard_size="40MB")
+    return root
+
+
+@pytest.mark.parametrize("direction", ["hf->native", "native->hf"])
+def test_sigkill_at_random_moments(source, tmp_path, direction):
+    rng = random.Random(direction)
+    if direction == "hf->native":
+        src = source / "hf"
+    else:
+        src = tmp_path / "native-src"
+        assert run_child(source / "hf", src, None) == 0
+    reference, previous = tmp_path / "reference", tmp_path / "out"
+    started = time.perf_counter()
+    assert run_child(src, reference, None) == 0
+    duration = time.perf_counter() - started
+    assert run_child(src, previous, None, dtype="fp16") == 0  # a different previous output
+    new, old = digest(reference), digest(previous)
+    assert new != old
+    outcomes = []
+    for k in range(3):
+        overwrite = k % 2 == 0
+        dst = previous if overwrite else tmp_path / f"fresh{k}"
+        before = digest(dst)
+        delay = rng.uniform(0.02, duration * 1.1)
+        run_child(src, dst, delay, overwrite=overwrite)
+        after = digest(dst)
+        assert after in (before, new), f"kill after {delay:.2f}s left a partial destination"
+        outcomes.append("new" if after == new and before != new else "unchanged")
+        if overwrite and after == new:  # put the old output back for the next round
+            assert run_child(src, previous, None, dtype="fp16", overwrite=True) == 0
+    assert run_child(src, tmp_path / "final", None) == 0  # the next run cleans up after the killed ones
+    assert digest(tmp_path / "final") == new
+    for name in ["out"] + [f"fresh{k}" for k in range(3)]:
+        native_atomic_recover(tmp_path / name)
+    assert leftovers(tmp_path) == [], outcomes
+
+
+def native_atomic_recover(dst: Path) -> None:
+    from native.atomic import recover
+    recover(dst)
