@@ -463,3 +463,70 @@ def test_is_hf_checkpoint(tmp_path, sharded):
     root, _, _, _ = sharded
     assert hf_io.is_hf_checkpoint(root)
     assert not hf_io.is_hf_checkpoint(tmp_path / "absent")
+
+
+# ------------------------------------------------------------------------------ planned writing
+def plan_of(tensors: dict) -> list:
+    return [(n, t.dtype, tuple(t.shape)) for n, t in tensors.items()]
+
+
+@pytest.mark.parametrize("max_shard_size", [10**12, 300, 1])
+def test_planned_writer_gives_the_same_bytes_in_any_arrival_order(tmp_path, max_shard_size):
+    tensors = sample_tensors()
+    write_hf_checkpoint(tmp_path / "held", CONFIG, tensors.items(), max_shard_size=max_shard_size)
+    write_hf_checkpoint(tmp_path / "planned", CONFIG, tensors.items(), max_shard_size=max_shard_size,
+                        plan=plan_of(tensors))
+    write_hf_checkpoint(tmp_path / "reversed", CONFIG, reversed(list(tensors.items())), max_shard_size=max_shard_size,
+                        plan=plan_of(tensors))
+    assert all_bytes(tmp_path / "held") == all_bytes(tmp_path / "planned") == all_bytes(tmp_path / "reversed")
+    assert_bit_equal(tensors, dict(open_hf_checkpoint(tmp_path / "planned").items()))
+    for file in (tmp_path / "planned").glob("*.safetensors"):
+        assert_bit_equal(load_file(file), {n: t for n, t in tensors.items()
+                                           if n in load_file(file)})  # safetensors itself reads them
+
+
+def test_planned_writer_holds_no_shard_in_memory(tmp_path):
+    import gc
+    import weakref
+    tensors = sample_tensors()
+    alive = []
+
+    def stream():
+        for name, t in tensors.items():
+            gc.collect()
+            assert sum(ref() is not None for ref in alive) <= 1
+            t = t.clone()
+            alive.append(weakref.ref(t))
+            yield name, t
+
+    write_hf_checkpoint(tmp_path / "hf", CONFIG, stream(), max_shard_size=10**12, plan=plan_of(tensors))
+    assert_bit_equal(tensors, dict(open_hf_checkpoint(tmp_path / "hf").items()))
+
+
+@pytest.mark.parametrize("case", ["unplanned", "missing", "dtype", "shape", "twice"])
+def test_planned_writer_refusals(tmp_path, case):
+    tensors = sample_tensors()
+    plan = plan_of(tensors)
+    items = list(tensors.items())
+    if case == "unplanned":
+        items.append(("extra.weight", torch.zeros(2)))
+    elif case == "missing":
+        items.pop(3)
+    elif case == "dtype":
+        items[0] = (items[0][0], items[0][1].double())
+    elif case == "shape":
+        items[0] = (items[0][0], items[0][1][:1])
+    elif case == "twice":
+        items.append(items[0])
+    with pytest.raises(ConversionError):
+        write_hf_checkpoint(tmp_path / "hf", CONFIG, items, max_shard_size=200, plan=plan)
+    assert not (tmp_path / "hf").exists() and leftovers(tmp_path) == []
+
+
+def test_mapped_tensors_own_exactly_their_bytes(tmp_path):
+    tensors = sample_tensors()
+    write_hf_checkpoint(tmp_path / "hf", CONFIG, tensors.items())
+    reader = open_hf_checkpoint(tmp_path / "hf")
+    for name in reader:
+        t = reader[name]
+        assert t.storage_offset() == 0 and t.untyped_storage().nbytes() == nbytes(t), name

@@ -472,3 +472,100 @@ def test_extra_files_copied_inside_the_atomic_write(tmp_path):
     with pytest.raises(CheckpointError, match="cannot copy"):
         native.save_checkpoint(tmp_path / "d", cfg, state, extra_files={"x.json": tmp_path / "absent"})
     assert not (tmp_path / "d").exists() and leftovers(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------- streaming write
+def test_write_checkpoint_pulls_each_tensor_only_when_writing_it(tmp_path):
+    import gc
+    import weakref
+    cfg = tiny_config(num_layers=3)
+    state = random_state(cfg, torch.bfloat16)
+    alive = []
+
+    def stream():
+        for name in state:
+            gc.collect()
+            assert sum(ref() is not None for ref in alive) <= 1, "earlier tensors are still held"
+            tensor = state[name].clone()
+            alive.append(weakref.ref(tensor))
+            yield name, tensor
+
+    dtypes = {n: t.dtype for n, t in state.items()}
+    checkpoint.write_checkpoint(tmp_path / "c", cfg, stream(), dtypes, 2)
+    assert_same_state(state, native.load_checkpoint(tmp_path / "c")[1])
+
+
+def test_write_checkpoint_holds_early_tensors_until_their_turn(tmp_path, monkeypatch):
+    cfg = tiny_config(num_layers=2)
+    state = random_state(cfg)
+    sources = []
+    real = checkpoint._Source
+    monkeypatch.setattr(checkpoint, "_Source", lambda *a: sources.append(real(*a)) or sources[-1])
+    dtypes = {n: t.dtype for n, t in state.items()}
+    checkpoint.write_checkpoint(tmp_path / "c", cfg, reversed(list(state.items())), dtypes)
+    assert_same_state(state, native.load_checkpoint(tmp_path / "c")[1])
+    assert sources[0].peak_pending_bytes > 0  # correct, at the cost of memory: callers stream in order
+    order = checkpoint.stage_order(cfg, reversed(list(state)), 2)
+    stage = checkpoint.stage_index(cfg, 2)
+    assert sorted(order) == sorted(state) and [stage(n) for n in order] == sorted(stage(n) for n in order)
+
+
+@pytest.mark.parametrize("case", ["dtype", "unknown", "twice", "short", "extra", "trailing"])
+def test_write_checkpoint_refuses_a_stream_that_breaks_its_plan(tmp_path, case):
+    cfg = tiny_config(num_layers=2)
+    state = random_state(cfg)
+    items = list(state.items())
+    dtypes = {n: t.dtype for n, t in items}
+    if case == "dtype":
+        items[3] = (items[3][0], items[3][1].double())
+    elif case == "unknown":
+        items.insert(2, ("layers.7.attn.o.weight", torch.zeros(1)))
+    elif case == "twice":
+        items.insert(2, items[1])
+    elif case == "short":
+        items.pop()
+    elif case == "extra":
+        items.append(("final_norm.weight", state["final_norm.weight"]))
+
+    def stream():
+        yield from items
+        if case == "trailing":
+            raise CheckpointError("the producer's own last check failed")
+
+    with pytest.raises(CheckpointError):
+        checkpoint.write_checkpoint(tmp_path / "c", cfg, stream(), dtypes, 2)
+    assert not (tmp_path / "c").exists() and leftovers(tmp_path) == []
+
+
+def test_data_files_hold_one_tensor_each_and_load_memory_mapped(tmp_path, monkeypatch):
+    cfg = tiny_config(num_layers=2)
+    state = random_state(cfg)
+    native.save_checkpoint(tmp_path / "c", cfg, state)
+    files = sorted((tmp_path / "c").glob("*.distcp"))
+    assert len(files) == len(state)
+    before = {f.name: f.read_bytes() for f in files}
+    reader = native.open_checkpoint(tmp_path / "c")
+    monkeypatch.setattr(checkpoint.dcp, "load", lambda *a, **k: pytest.fail("tensors stored alone are mapped"))
+    tensor = reader["layers.1.mlp.fc1.weight"]
+    assert torch.equal(tensor, state["layers.1.mlp.fc1.weight"])
+    tensor.add_(1)  # a private mapping: the file never changes
+    assert {f.name: f.read_bytes() for f in files} == before
+    assert torch.equal(reader["layers.1.mlp.fc1.weight"], state["layers.1.mlp.fc1.weight"])
+
+
+def test_a_single_file_dcp_save_is_read_through_dcp(tmp_path):
+    """What other writers (and DCP's default) make: every tensor in one .distcp file."""
+    cfg = tiny_config(num_layers=2)
+    state = random_state(cfg, torch.float16)
+    root = tmp_path / "c"
+    root.mkdir()
+    (root / "config.json").write_text(cfg.to_json())
+    with checkpoint._quiet_dcp():
+        torch.distributed.checkpoint.save(state, storage_writer=torch.distributed.checkpoint.FileSystemWriter(root),
+                                          no_dist=True)
+    assert len(list(root.glob("*.distcp"))) == 1
+    reader = native.open_checkpoint(root)
+    assert reader._file_of == {}
+    assert_same_state(state, reader.load_all())
+    native.save_checkpoint(tmp_path / "d", cfg, reader, pipeline_stages=2)  # re-staging streams from a reader
+    assert_same_state(state, native.load_checkpoint(tmp_path / "d")[1])
