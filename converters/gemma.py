@@ -20,7 +20,7 @@ from typing import Any
 
 from .config_primitives import ConfigPrimitive, ConstantImport, Custom, Mapped, Rename
 from .errors import ConversionError
-from .llama import CARRIED, LlamaConverter, rms_norm
+from .llama import CARRIED, LlamaConverter
 
 #: native activation ↔ Gemma ``hidden_act`` (transformers 5). ``"gelu"`` is imported as the tanh
 #: approximation (GemmaConfig's legacy rewrite); the first pair per native value wins on export.
@@ -100,6 +100,7 @@ class InertAlias(ConfigPrimitive):
     key: str
     live_key: str
     table: tuple[tuple[str, str], ...]
+    live_default: str  # the live key's class default, when it is absent
 
     @property
     def hf_keys(self):
@@ -129,8 +130,8 @@ class InertAlias(ConfigPrimitive):
             return {}
         value = hf.get(self.key)
         if value is not None:
-            live = hf.get(self.live_key, None)
-            if self._native(value) is None or (live is not None and self._native(value) != self._native(live)):
+            live = hf.get(self.live_key, self.live_default)
+            if self._native(value) is None or self._native(value) != self._native(live):
                 raise ConversionError(f"config.json: {self.key}={value!r} contradicts {self.live_key}={live!r} "
                                       f"(transformers 5 reads only {self.live_key}; refused rather than ignored)")
         return {f"metadata.{self.key}": value}
@@ -155,7 +156,8 @@ class GemmaConverter(LlamaConverter):
             "multiplier": embedding_scale(),
             "tied": Rename("head.tied", "tie_word_embeddings", default=True),
             "bidirectional": bidirectional(),
-            "activation_alias": InertAlias(self.activation_alias, self.activation_key, self.activations),
+            "activation_alias": InertAlias(self.activation_alias, self.activation_key, self.activations,
+                                           self.activation_default),
         }
 
     def layer_section(self):
@@ -163,13 +165,7 @@ class GemmaConverter(LlamaConverter):
             **super().layer_section(),
             "kv_heads": Rename("attention.kv_heads", "num_key_value_heads", default=self.kv_heads_default),
             "head_dim": Rename("attention.head_dim", "head_dim", default=self.head_dim_default),
-            "rotary": self.rotary_section(),
         }
-
-    def rotary_section(self):
-        from .rope import rotary_dispatch
-
-        return rotary_dispatch(self.rope_kinds)
 
     def mlp_section(self):
         return {
@@ -185,4 +181,4 @@ class GemmaConverter(LlamaConverter):
 
 
 __all__ = ["GemmaConverter", "GEMMA_ACTIVATIONS", "GEMMA_CARRIED", "embedding_scale", "CarriedUnless", "InertAlias",
-           "bidirectional", "rms_norm"]
+           "bidirectional"]

@@ -28,7 +28,7 @@ from typing import Any, Mapping
 from .config_primitives import ConstantExport, ConstantImport, Custom, Dispatch, HFView, Variant
 from .errors import ConversionError
 from .gemma import bidirectional
-from .gemma2 import FULL, LAYER_TYPES, SLIDING, Gemma2Converter, GemmaLayerTypes, softcap
+from .gemma2 import FULL, LAYER_TYPES, SLIDING, Gemma2Converter, GemmaLayerTypes
 from .llama import ALL_ROPE_KINDS, rms_norm
 from .rope import _ORIGINAL_DEFAULTS_TO_MAX, rotary_dispatch
 
@@ -206,4 +206,4 @@ class Gemma3TextConverter(Gemma2Converter):
         return canonical
 
 
-__all__ = ["Gemma3TextConverter", "canonical_gemma3_rope", "pattern_layer_types", "softcap"]
+__all__ = ["Gemma3TextConverter", "canonical_gemma3_rope", "pattern_layer_types"]

@@ -155,3 +155,10 @@ def test_forward_of_scaled_down_real_config():
 def test_forward_matches_transformers_on_drawn_configs(cfg):
     result = forward_check(CONVERTER, cfg)
     assert result.ok, result.describe()
+
+
+def test_hidden_activation_is_checked_against_the_default_hidden_act():
+    hf = {k: v for k, v in CONVERTER.export_config(BASE).items() if k != "hidden_act"}
+    with pytest.raises(ConversionError, match="hidden_activation"):
+        CONVERTER.import_config({**hf, "hidden_activation": "silu"})
+    assert CONVERTER.import_config({**hf, "hidden_activation": "gelu_pytorch_tanh"}).metadata["hidden_activation"]
