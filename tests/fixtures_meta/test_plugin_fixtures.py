@@ -34,6 +34,18 @@ def test_profiles_are_registered_as_designed():
     assert dev.max_examples == 10 and dev.deadline is None
 
 
+def test_loading_a_profile_never_inherits_the_previous_one():
+    before = profiles.active()
+    try:
+        profiles.load("replay")
+        assert tuple(settings.default.phases) == (Phase.explicit,)
+        profiles.load("dev")
+        assert Phase.generate in settings.default.phases and settings.default.max_examples == 10
+        assert Phase.generate in settings.get_profile("gate").phases
+    finally:
+        profiles.load(before)
+
+
 def test_settings_for_uses_the_budget_table():
     for prop in budgets.PROPERTY_CLASSES:
         assert profiles.settings_for(prop, "gate").max_examples == budgets.examples(prop, "gate")
@@ -96,24 +108,23 @@ def test_gpu_marker_runs_only_with_cuda():
 
 
 # ------------------------------------------------------------------------------------- randomness
-FIRST_DRAWS: list[float] = []
+def test_torch_global_rng_is_seeded_before_every_example():
+    first_draws: list[float] = []
 
+    @settings(max_examples=5, database=None, deadline=None)
+    @given(st.integers())
+    def inner(_):
+        # registered with Hypothesis: every example starts from the same global state (seed 0)
+        first_draws.append(torch.rand(()).item())
+        torch.rand(100)  # consuming it must not leak into the next example
 
-@settings(max_examples=5, database=None, deadline=None)
-@given(st.integers())
-def test_torch_global_rng_is_seeded_before_every_example(_):
-    # registered with Hypothesis: every example starts from the same global state (seed 0)
-    FIRST_DRAWS.append(torch.rand(()).item())
-    torch.rand(100)  # consuming it must not leak into the next example
-
-
-def test_the_seeded_state_is_torch_manual_seed_zero():
-    assert len(FIRST_DRAWS) == 5 and len(set(FIRST_DRAWS)) == 1
+    inner()
+    assert len(first_draws) == 5 and len(set(first_draws)) == 1
     state = torch.get_rng_state()
     torch.manual_seed(0)
     expected = torch.rand(()).item()
     torch.set_rng_state(state)
-    assert FIRST_DRAWS[0] == expected
+    assert first_draws[0] == expected
 
 
 def test_global_rng_is_restored_after_a_test():
