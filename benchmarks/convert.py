@@ -82,8 +82,11 @@ def build(path: Path, cfg, shard: str) -> None:
 class Child:
     """subprocess.Popen + os.wait4, so that ru_maxrss is this child's own."""
 
+    cpu: dict[str, float] = {}
+
     @staticmethod
     def run(cmd: list[str], env: dict | None = None) -> tuple[float, int, str]:
+        os.sync()  # no dirty pages left by the previous measurement to be flushed during this one
         t0 = time.perf_counter()
         read, write = os.pipe()
         pid = os.fork()
@@ -99,6 +102,7 @@ class Child:
             out = f.read()
         _, status, usage = os.wait4(pid, 0)
         wall = time.perf_counter() - t0
+        Child.cpu["last"] = usage.ru_utime + usage.ru_stime
         if os.waitstatus_to_exitcode(status) != 0:
             raise SystemExit(f"{' '.join(cmd)} failed (exit {os.waitstatus_to_exitcode(status)}):\n{out[-3000:]}")
         return wall, usage.ru_maxrss * 1024, out
@@ -163,8 +167,11 @@ def main() -> None:
     times: dict[str, list[float]] = {}
     rss: dict[str, list[int]] = {}
 
+    cpu: dict[str, list[float]] = {}
+
     def record(key, seconds, peak=None):
         times.setdefault(key, []).append(seconds)
+        cpu.setdefault(key, []).append(Child.cpu["last"])
         if peak is not None:
             rss.setdefault(key, []).append(peak)
 
@@ -197,19 +204,23 @@ def main() -> None:
     record("native -> hf, fsync on", converter_seconds(out))
 
     med = {k: statistics.median(v) for k, v in times.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+    _, _, _ = Child.run([sys.executable, "-c", "import converters.pipeline, converters.cli"])
+    startup_cpu = Child.cpu["last"]
     peak = {k: max(v) for k, v in rss.items()}
     shard_hf = largest_file(hf, "*.safetensors")
     shard_out = largest_file(out_hf, "*.safetensors")
     print()
     print(f"model: {size_hf / 1e9:.2f} GB HF ({len(list(hf.glob('*.safetensors')))} shards, largest "
           f"{fmt_bytes(shard_hf)}), {size_native / 1e9:.2f} GB native; {args.rounds} rounds, medians")
-    print(f"{'measurement':40s} {'seconds':>8s} {'GB/s':>6s} {'peak RSS':>10s}")
+    print(f"{'measurement':40s} {'seconds':>8s} {'GB/s':>6s} {'CPU s':>6s} {'peak RSS':>10s}")
     for key, seconds in med.items():
         size = size_native if "native" in key.split("->")[-1] or key == "cp -r native" else size_hf
-        line = f"{key:40s} {seconds:8.2f} {size / seconds / 1e9:6.2f}"
+        line = f"{key:40s} {seconds:8.2f} {size / seconds / 1e9:6.2f} {med_cpu[key]:6.2f}"
         if key in peak:
             line += f" {fmt_bytes(peak[key]):>10s}"
         print(line)
+    print(f"(CPU s: user + system of the whole process, start-up included; start-up alone: {startup_cpu:.2f})")
     print(f"{'python + torch + convcheck imported':40s} {'':8s} {'':6s} {fmt_bytes(base_rss):>10s}")
     print()
     ratios = {
@@ -221,6 +232,9 @@ def main() -> None:
         ratios["native -> hf / transformers load+save"] = med["native -> hf"] / med["transformers load+save"]
     for key, value in ratios.items():
         print(f"ratio {key:50s} {value:5.2f}")
+    for key, base in (("hf -> native", "cp -r hf"), ("native -> hf", "cp -r native")):
+        print(f"CPU-time ratio {key} (start-up excluded) / {base}: "
+              f"{(med_cpu[key] - startup_cpu) / med_cpu[base]:5.2f}")
     print(f"peak RSS hf -> native: {fmt_bytes(peak['hf -> native'])} vs largest source shard {fmt_bytes(shard_hf)} "
           f"(+1 GiB budget: {fmt_bytes(shard_hf + 2**30)})")
     print(f"peak RSS native -> hf: {fmt_bytes(peak['native -> hf'])} vs largest output shard {fmt_bytes(shard_out)} "

@@ -63,36 +63,38 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 # ------------------------------------------------------------------------------ overlapping
 def prefetch(items: Iterable, depth: int = 1) -> Iterator:
-    """Iterate ``items`` in a background thread, at most ``depth`` items ahead of the consumer.
+    """Iterate ``items`` in a background thread, computing at most ``depth`` items ahead.
 
     A conversion is two kinds of work: computing tensors (transforms, casts, the nonfinite check:
     torch kernels) and writing them (``write(2)``: a kernel copy). Both release the GIL, so a
-    producer thread and the writing thread overlap them on two cores. Memory grows by ``depth``
-    items (plus the one being computed). An exception in the producer is re-raised, as itself, to
-    the consumer at the point it would have occurred; closing the returned generator (or
-    dropping it) stops the producer."""
-    channel: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    producer thread and the writing thread overlap them on two cores. The producer starts an item
+    only when the consumer has taken the previous one, so at most ``depth + 1`` items are alive
+    (with ``depth=1``: the one being written and the one being computed). An exception in the
+    producer is re-raised, as itself, to the consumer where it would have occurred; closing the
+    returned generator (or dropping it) stops the producer."""
+    channel: queue.Queue = queue.Queue()
+    slots = threading.Semaphore(max(1, depth))
     stop = threading.Event()
 
-    def put(message) -> bool:
+    def acquire() -> bool:
         while not stop.is_set():
-            try:
-                channel.put(message, timeout=0.05)
+            if slots.acquire(timeout=0.05):
                 return True
-            except queue.Full:
-                continue
         return False
 
     def produce() -> None:
+        iterator = iter(items)
         try:
-            for item in items:
-                if not put((True, item)):
+            while acquire():
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    channel.put((False, None))
                     return
+                channel.put((True, item))
                 del item
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
-            put((False, exc))
-            return
-        put((False, None))
+            channel.put((False, exc))
 
     thread = threading.Thread(target=produce, name="convcheck-prefetch", daemon=True)
     thread.start()
@@ -101,6 +103,7 @@ def prefetch(items: Iterable, depth: int = 1) -> Iterator:
         try:
             while True:
                 ok, value = channel.get()
+                slots.release()  # the producer may start the next item now
                 if ok:
                     yield value
                     del value
@@ -110,6 +113,7 @@ def prefetch(items: Iterable, depth: int = 1) -> Iterator:
                     raise value
         finally:
             stop.set()
+            slots.release()
             thread.join()
 
     return consume()

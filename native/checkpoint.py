@@ -32,14 +32,17 @@ Streaming (bounded memory whatever the model size):
   produced in plan order is written tensor by tensor: peak memory is the tensor in flight (plus
   whatever the producer holds, e.g. one rule's outputs). A tensor arriving before its turn is
   held until DCP asks for it (correct, but memory then grows: callers order their stream). The
-  DCP option ``single_file_per_rank=False`` gives each tensor its own ``.distcp`` file, and the
-  zip CRC of ``torch.save`` is skipped (it cost as much as the write itself; DCP never checks it).
+  DCP option ``single_file_per_rank=False`` gives each tensor its own ``.distcp`` file: DCP's
+  writer keeps a reference to every tensor of the file it is writing until the file is closed,
+  so with one file per stage a stage would sit in memory; with one file per tensor only the
+  tensor in flight does (and reads can map each file, below). The zip CRC of ``torch.save`` is
+  skipped: it cost as much as the write itself, and DCP never checks it.
 - Reading (:class:`NativeCheckpointReader`): a tensor stored alone in its data file is loaded
   with ``torch.load(file, mmap=True)``: a private (copy-on-write) memory map, no copy made, its
-  pages mapped in one call (``native.pages``); the file is never modified. Other layouts (several tensors per file, as
-  older saves or other DCP writers make) go through ``dcp.load`` into a fresh tensor. Either way
-  the caller owns what it gets. Merging stage folders is per tensor too: nothing loads a whole
-  stage.
+  pages mapped in one call (``native.pages``); the file is never modified. Other layouts
+  (several tensors per file, as older saves or other DCP writers make) go through ``dcp.load``
+  into a fresh tensor. Either way the caller owns what it gets. Merging stage folders is per
+  tensor too: nothing loads a whole stage.
 
 Any valid DCP save with these names is readable (a single ``.distcp`` per stage included); stock
 ``dcp.load`` reads what :func:`write_checkpoint` writes.
