@@ -74,9 +74,9 @@ def split_case(prop: Property, case: Any) -> tuple[Any, dict[str, Any]]:
     return case, {}
 
 
-def call(prop: Property, converter, case: Any, seed: int) -> None:
+def call(prop: Property, converter, case: Any, seed: int, **kwargs: Any) -> None:
     config, extra = split_case(prop, case)
-    prop.check(converter, config, seed, **extra)
+    prop.check(converter, config, seed, **extra, **kwargs)
 
 
 def _parameters(cfg: native.ModelConfig) -> int:
@@ -120,10 +120,11 @@ class Failure:
 
 
 def hypothesis_test(name: str, converter, *, settings: Settings | None = None, examples: bool = True,
-                    failure: Failure | None = None) -> Callable[[], None]:
+                    failure: Failure | None = None, kwargs: dict[str, Any] | None = None) -> Callable[[], None]:
     """A zero-argument Hypothesis test of property ``name`` against ``converter``: calling it runs
     the property over the architecture's strategy (and explicit examples) under ``settings``
-    (default: the active profile's settings for this property, see fixtures.profiles)."""
+    (default: the active profile's settings for this property, see fixtures.profiles). ``kwargs`` go
+    to the property's check (e.g. ``device``/``dtypes`` of forward_equivalence's precision columns)."""
     prop = PROPERTIES[name]
     module = strategy_module(converter.model_type)
     configs = config_strategy(prop, module)
@@ -131,7 +132,7 @@ def hypothesis_test(name: str, converter, *, settings: Settings | None = None, e
 
     def check(config, seed):
         try:
-            call(prop, converter, config, seed)
+            call(prop, converter, config, seed, **(kwargs or {}))
         except BaseException:
             record.case, record.seed = config, seed
             raise
