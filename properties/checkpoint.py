@@ -57,15 +57,19 @@ def same_bytes(report: Reporter, a: Path, b: Path, what: str) -> None:
 
 
 def checkpoint_roundtrip(converter, cfg: native.ModelConfig, seed: int = 0) -> None:
-    """native ckpt → HF dir → native ckpt → HF dir, with ``--dtype`` and ``--max-shard-size`` drawn
-    from the seed:
+    """native ckpt → HF dir → native ckpt → HF dir through ``convcheck convert``, with the state
+    dtype, ``--dtype`` and ``--max-shard-size`` drawn from the seed. The disk round trip must equal
+    the in-memory one, bit for bit, and be deterministic:
 
-    - the HF dir holds ``export_weights`` of the state (cast to the dtype) bit for bit, and its
-      config.json imports back to the same architecture;
-    - the native ckpt read back holds the cast state bit for bit, same architecture;
-    - HF → native → HF reproduces the HF dir byte for byte (so native → HF is deterministic: two
-      conversions of the same tensors give the same bytes), and HF → native run twice gives the
-      same bytes.
+    - the HF dir holds ``export_weights(state)`` cast to ``--dtype`` (the transforms run in the
+      source dtype, then the cast), and its config.json imports to the same architecture;
+    - HF → native gives ``import_weights`` of those tensors, same architecture; with ``--dtype
+      keep`` that is the state itself (weight_roundtrip's law, now through files);
+    - native → HF again gives ``export_weights`` of that native state; where that equals the first
+      HF dir's tensors (always with ``--dtype keep``; a cast can make an inexact transform, such as
+      Gemma's ``w - 1``, lose bits) the directory is reproduced byte for byte;
+    - converting the same input twice gives the same bytes (HF → native is run twice; native → HF
+      twice when the previous point does not already show it).
 
     The temporary directories are throwaway, so ``CONVCHECK_FSYNC=0`` is set while it runs.
     """
@@ -77,8 +81,7 @@ def checkpoint_roundtrip(converter, cfg: native.ModelConfig, seed: int = 0) -> N
     shard_size = SHARD_SIZES[0] if seed == 0 else rnd.choice(SHARD_SIZES)
     dtype_option = DTYPES[0] if seed == 0 else rnd.choice(DTYPES)
     state = native.random_state(cfg, seed, dtype=common.weight_dtype(seed))
-    target_dtype = _TORCH.get(dtype_option)
-    cast = {k: v.to(target_dtype) if target_dtype is not None else v for k, v in state.items()}
+    target = _TORCH.get(dtype_option)
     options = f"--dtype {dtype_option} --max-shard-size {shard_size}"
 
     def run(src: Path, dst: Path, **kwargs) -> None:
@@ -87,46 +90,55 @@ def checkpoint_roundtrip(converter, cfg: native.ModelConfig, seed: int = 0) -> N
         except ConversionError as exc:
             report.fail(f"convert {src.name} -> {dst.name}", f"refused ({options}): {exc}")
 
+    def same_tensors(expected, actual, what: str) -> None:
+        report.expect(sorted(actual) == sorted(expected), what,
+                      f"tensor names differ: {sorted(set(actual) ^ set(expected))[:6]} ({options})")
+        for name, tensor in expected.items():
+            report.expect(bits_equal(tensor, actual[name]), f"{what}: {name}",
+                          f"{describe_difference(tensor, actual[name])} ({options})")
+
+    def read_hf(path: Path) -> dict:
+        try:
+            with open_hf_checkpoint(path) as reader:
+                back = converter.import_config(reader.config)
+                tensors = {name: reader[name] for name in reader.keys()}
+        except ConversionError as exc:
+            report.fail(f"{path.name}/config.json", f"the HF checkpoint convert wrote cannot be read back ({options}): {exc}")
+        report.expect(without_metadata(back) == without_metadata(cfg), f"{path.name}/config.json",
+                      "imports to another architecture: "
+                      + "; ".join(config_difference(without_metadata(cfg), without_metadata(back))[:4]))
+        return tensors
+
     with (tempfile.TemporaryDirectory(prefix="convcheck-") as tmp, installed(converter), no_fsync(),
           common.quiet_transformers()):
         root = Path(tmp)
         native.save_checkpoint(root / "native0", cfg, state)
-        run(root / "native0", root / "hf1", to="hf", dtype=dtype_option, max_shard_size=shard_size,
-            model_type=converter.model_type)
-
-        expected = common.export_weights(report, converter, cfg, cast)
-        try:
-            reader = open_hf_checkpoint(root / "hf1")
-            back_cfg = converter.import_config(reader.config)
-        except ConversionError as exc:
-            report.fail("hf1/config.json", f"the HF checkpoint convert wrote cannot be read back ({options}): {exc}")
-        with reader:
-            report.expect(without_metadata(back_cfg) == without_metadata(cfg), "config.json",
-                          "imports to another architecture: "
-                          + "; ".join(config_difference(without_metadata(cfg), without_metadata(back_cfg))[:4]))
-            names = sorted(reader.keys())
-            report.expect(names == sorted(expected), "HF checkpoint",
-                          f"tensor names differ from export_weights: {sorted(set(names) ^ set(expected))[:6]}")
-            for name in names:
-                tensor = reader[name]
-                report.expect(bits_equal(expected[name], tensor), f"HF checkpoint: {name}",
-                              f"{describe_difference(expected[name], tensor)} ({options})")
+        hf_kwargs = dict(to="hf", max_shard_size=shard_size, model_type=converter.model_type)
+        run(root / "native0", root / "hf1", dtype=dtype_option, **hf_kwargs)
+        exported = common.export_weights(report, converter, cfg, state)
+        hf1 = read_hf(root / "hf1")
+        same_tensors({n: t.to(target) if target is not None else t for n, t in exported.items()}, hf1,
+                     "HF checkpoint")
 
         run(root / "hf1", root / "native2", to="native")
         run(root / "hf1", root / "native2b", to="native")
         same_bytes(report, root / "native2", root / "native2b", "HF -> native twice")
-        cfg2, state2 = native.load_checkpoint(root / "native2")
+        cfg2, native2 = native.load_checkpoint(root / "native2")
         report.expect(without_metadata(cfg2) == without_metadata(cfg), "native config.json",
                       "HF -> native changed the architecture: "
                       + "; ".join(config_difference(without_metadata(cfg), without_metadata(cfg2))[:4]))
-        report.expect(set(state2) == set(cast), "native checkpoint",
-                      f"tensor names differ: {sorted(set(state2) ^ set(cast))[:6]}")
-        for name, tensor in cast.items():
-            report.expect(bits_equal(tensor, state2[name]), f"native checkpoint: {name}",
-                          f"native -> HF -> native is not bit-exact: {describe_difference(tensor, state2[name])} ({options})")
+        same_tensors(common.import_weights(report, converter, cfg, hf1), native2, "native checkpoint")
+        if target is None:
+            same_tensors(state, native2, "native -> HF -> native")
 
-        run(root / "native2", root / "hf3", to="hf", max_shard_size=shard_size)
-        same_bytes(report, root / "hf1", root / "hf3", f"HF -> native -> HF ({options})")
+        run(root / "native2", root / "hf3", **hf_kwargs)
+        again = common.export_weights(report, converter, cfg, native2)
+        same_tensors(again, read_hf(root / "hf3"), "HF -> native -> HF checkpoint")
+        if all(bits_equal(again[n], hf1[n]) for n in hf1):
+            same_bytes(report, root / "hf1", root / "hf3", f"HF -> native -> HF ({options})")
+        else:
+            run(root / "native2", root / "hf3b", **hf_kwargs)
+            same_bytes(report, root / "hf3", root / "hf3b", f"native -> HF twice ({options})")
 
 
 @contextlib.contextmanager

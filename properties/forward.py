@@ -81,12 +81,39 @@ def _in_test() -> bool:
 def forward_equivalence(converter, cfg: native.ModelConfig, seed: int = 0, *, device: str = "cpu",
                         dtypes: tuple[str, ...] = DTYPES) -> None:
     """For each dtype: native logits vs HF logits of the exported weights, relative error over the
-    unpadded positions within ``fixtures.tolerances.tolerance(dtype)``. On failure the message gives
-    the error, the tolerance, the worst element and the first layer whose output diverges. Under
-    Hypothesis, ``target()`` is called with each dtype's error relative to its tolerance."""
+    unpadded positions within ``fixtures.tolerances.tolerance(dtype, baseline)``.
+
+    (bfloat16/float16 columns go to :func:`measure_reduced`, with the derived tolerance.) The
+    float64/float32 baseline (DESIGN §4) is HF's own error, measured per example: HF in the reduced dtype
+    against HF in float64 on the same inputs (``fixtures.tolerances``), and never below the static
+    bound of the dtype. float64 takes float32's measurement: HF's float64 models keep some float32
+    steps (rotary tables, RMSNorm upcasts, Gemma's float32 norms), so their distance from exact
+    float64 is of the order of, and below, the error of the same model run wholly in float32. A
+    tiny ill-conditioned model thus gets the wider tolerance its HF reference needs, and a single
+    realistic bug (1e-2 and up) stays far outside it.
+
+    On failure the message gives the error, the tolerance, the worst element and the first layer
+    whose output diverges. Under Hypothesis, ``target()`` is called with each dtype's error relative
+    to its tolerance."""
     report = Reporter("forward_equivalence", converter)
     hf_cfg = export_config(report, converter, cfg)
     state = native.random_state(cfg, seed, dtype=torch.float32)
+    wide_ids, wide_mask = inputs(cfg, seed, torch.float64, device)  # inputs HF float64 computes correctly
+    models: dict[torch.dtype, torch.nn.Module] = {}
+
+    def hf_in(dtype: torch.dtype):
+        if dtype not in models:
+            typed = {k: v.to(dtype) for k, v in state.items()}
+            models[dtype] = common.hf_model(report, hf_cfg, export_weights(report, converter, cfg, typed), dtype, device)
+        return models[dtype]
+
+    def measured_baseline(dtype: torch.dtype) -> float:
+        low = torch.float32 if dtype == torch.float64 else dtype
+        with torch.no_grad():
+            reference = hf_in(torch.float64)(input_ids=wide_ids, attention_mask=wide_mask).logits
+            low_logits = hf_in(low)(input_ids=wide_ids, attention_mask=wide_mask).logits
+        return tolerances.relative_error(low_logits, reference, wide_mask.bool())
+
     for name in dtypes:
         dtype = getattr(torch, tolerances.dtype_name(name))
         if tolerances.dtype_name(name) in tolerances.REDUCED_DTYPES:
@@ -100,26 +127,26 @@ def forward_equivalence(converter, cfg: native.ModelConfig, seed: int = 0, *, de
             continue
         ids, mask = inputs(cfg, seed, dtype, device)
         typed = {k: v.to(dtype) for k, v in state.items()}
-        hf_state = export_weights(report, converter, cfg, typed)
         model = common.native_model(cfg, typed, dtype, device)
-        hf = common.hf_model(report, hf_cfg, hf_state, dtype, device)
+        hf = hf_in(dtype)
         with torch.no_grad():
             ours = model(ids, attention_mask=mask)
             theirs = hf(input_ids=ids, attention_mask=mask).logits
         if ours.shape != theirs.shape:
             report.fail(f"logits ({name})", f"native shape {tuple(ours.shape)} vs HF {tuple(theirs.shape)}")
-        result = tolerances.compare(ours, theirs, dtype, f"logits ({name})", mask=mask.bool())
+        baseline = max(tolerances.tolerance_for(dtype).baseline_bound, measured_baseline(dtype))
+        result = tolerances.compare(ours, theirs, dtype, f"logits ({name})", mask=mask.bool(), baseline=baseline)
         if _in_test():
             from hypothesis import target
 
             error = result.error if result.error == result.error else float("inf")
             target(min(error / result.tolerance, 1e9), label=f"relative logit error / tolerance ({name})")
         if not result.ok:
-            where = first_divergence(model, hf, ids, mask, dtype)
+            where = first_divergence(model, hf, ids, mask, dtype, baseline)
             report.fail(f"logits ({name}, T={ids.shape[1]})", f"{result.describe()}; {where}")
 
 
-def first_divergence(model, hf, ids, mask, dtype) -> str:
+def first_divergence(model, hf, ids, mask, dtype, baseline: float | None = None) -> str:
     """The first layer whose output differs beyond tolerance (HF ``hidden_states[i]`` is the input
     of layer ``i``, like native ``hidden[i]``; HF's last entry is after the final norm, so the last
     layer is judged by the logits)."""
@@ -130,7 +157,7 @@ def first_divergence(model, hf, ids, mask, dtype) -> str:
         return "HF returned no hidden states"
     layers = len(ours) - 1
     for i in range(min(layers, len(theirs) - 1)):
-        result = tolerances.compare(ours[i], theirs[i], dtype, f"hidden[{i}]", mask=mask.bool())
+        result = tolerances.compare(ours[i], theirs[i], dtype, f"hidden[{i}]", mask=mask.bool(), baseline=baseline)
         if not result.ok:
             what = "the embedding output" if i == 0 else f"layer {i - 1}'s output"
             return f"first divergence: {what} ({result.describe()})"
