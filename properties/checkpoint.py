@@ -68,8 +68,9 @@ def checkpoint_roundtrip(converter, cfg: native.ModelConfig, seed: int = 0) -> N
     - native → HF again gives ``export_weights`` of that native state; where that equals the first
       HF dir's tensors (always with ``--dtype keep``; a cast can make an inexact transform, such as
       Gemma's ``w - 1``, lose bits) the directory is reproduced byte for byte;
-    - converting the same input twice gives the same bytes (HF → native is run twice; native → HF
-      twice when the previous point does not already show it).
+    - converting the same input twice gives the same bytes (HF → native is run twice for one
+      example in four, seed % 4 == 0; native → HF twice when the previous point does not already
+      show it).
 
     The temporary directories are throwaway, so ``CONVCHECK_FSYNC=0`` is set while it runs.
     """
@@ -121,8 +122,9 @@ def checkpoint_roundtrip(converter, cfg: native.ModelConfig, seed: int = 0) -> N
                      "HF checkpoint")
 
         run(root / "hf1", root / "native2", to="native")
-        run(root / "hf1", root / "native2b", to="native")
-        same_bytes(report, root / "native2", root / "native2b", "HF -> native twice")
+        if seed % 4 == 0:  # (a quarter of the examples: the writer's determinism, not the converter's)
+            run(root / "hf1", root / "native2b", to="native")
+            same_bytes(report, root / "native2", root / "native2b", "HF -> native twice")
         cfg2, native2 = native.load_checkpoint(root / "native2")
         report.expect(without_metadata(cfg2) == without_metadata(cfg), "native config.json",
                       "HF -> native changed the architecture: "

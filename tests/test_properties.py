@@ -106,11 +106,3 @@ REGRESSIONS = load_regressions()
 def test_regression(arch, case):
     """Every ``tests/regressions/*.json`` case, replayed exactly (config and seed)."""
     runner.replay(case)
-
-
-def test_every_property_is_tested():
-    """This module has one test per property of properties.PROPERTIES (none forgotten)."""
-    from properties import PROPERTIES
-
-    missing = [name for name in PROPERTIES if f"test_{name}" not in globals()]
-    assert not missing, f"properties without a test here: {missing}"

@@ -79,3 +79,16 @@ def test_every_property_has_a_broken_converter():
     caught = {prop for _, _, prop in CASES}
     missing = [name for name in PROPERTIES if name not in caught]
     assert not missing, f"properties no meta-test shows rejecting a bug: {missing}"
+
+
+def test_every_property_is_in_the_gate():
+    """tests/test_properties.py has one ``test_<property>`` per property (none forgotten)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "test_properties.py"
+    spec = importlib.util.spec_from_file_location("gate_module", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    missing = [name for name in PROPERTIES if not callable(getattr(module, f"test_{name}", None))]
+    assert not missing, f"properties without a gate test: {missing}"
