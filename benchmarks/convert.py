@@ -247,11 +247,12 @@ def main() -> None:
     fresh(nat, out_native, out_hf, out_cp, out_tf)
 
 
-def layer_bytes(hidden: int, intermediate: int, heads: int, kv_heads: int, head_dim: int) -> dict[str, int]:
-    """bf16 bytes of the largest rule (gate+up <-> fc1) and of one layer."""
-    mlp = 3 * hidden * intermediate * 2
-    attn = (2 * heads * head_dim * hidden + 2 * kv_heads * head_dim * hidden) * 2
-    return {"rule": 2 * 2 * hidden * intermediate * 2, "layer": mlp + attn}
+def in_flight_bytes(hidden: int, intermediate: int, vocab: int) -> int:
+    """bf16 bytes alive at the worst moment: the writer holds one item while the producer makes the
+    next (``streaming.prefetch``). Either the embedding and the output head (two vocab x hidden
+    renames, memory-mapped), or the gate+up -> fc1 rule (inputs and output: 4 hidden x intermediate)
+    while the previous matrix (at most hidden x intermediate) is written."""
+    return max(2 * vocab * hidden * 2, 5 * hidden * intermediate * 2)
 
 
 MODELS = {  # Llama 3.1 shapes: hidden, intermediate, layers, heads, kv heads, vocab
@@ -262,21 +263,21 @@ MODELS = {  # Llama 3.1 shapes: hidden, intermediate, layers, heads, kv heads, v
 
 
 def projection(cfg, size_hf: int, med: dict, peak: dict, base_rss: int) -> None:
-    """Time from the measured GB/s; memory = start-up + the measured excess over the largest rule,
-    scaled to each model's largest rule (memory does not grow with the model's size)."""
-    a = cfg.decoder.blocks[0].attention
-    here = layer_bytes(cfg.hidden_size, cfg.decoder.blocks[0].mlp.intermediate, a.heads, a.kv_heads, a.head_dim)
+    """Time from the measured GB/s; memory = start-up + the bytes in flight at the worst moment
+    (:func:`in_flight_bytes`) + whatever the measured peak here exceeds that model by."""
+    here = in_flight_bytes(cfg.hidden_size, cfg.decoder.blocks[0].mlp.intermediate, cfg.vocab_size)
     rate = {d: size_hf / med[d] for d in ("hf -> native", "native -> hf")}
-    excess = {d: peak[d] - base_rss - here["rule"] for d in rate}
+    excess = max(0, max(peak[d] for d in rate) - base_rss - here)
     print()
+    print(f"memory model here: start-up {fmt_bytes(base_rss)} + in flight {fmt_bytes(here)} "
+          f"+ unexplained {fmt_bytes(excess)} = measured {fmt_bytes(max(peak[d] for d in rate))}")
     print("| model | bf16 size | HF -> native | native -> HF | peak RSS (either way) |")
     print("|---|---|---|---|---|")
     for name, (hidden, inter, layers, heads, kv, vocab) in MODELS.items():
         params = layers * (3 * hidden * inter + 2 * heads * 128 * hidden + 2 * kv * 128 * hidden + 2 * hidden) \
             + 2 * vocab * hidden + hidden
         size = params * 2
-        lb = layer_bytes(hidden, inter, heads, kv, 128)
-        memory = base_rss + max(lb["rule"], 2 * vocab * hidden) + max(0, max(excess.values()))
+        memory = base_rss + in_flight_bytes(hidden, inter, vocab) + excess
         t = {d: size / r for d, r in rate.items()}
         print(f"| {name} | {size / 1e9:.0f} GB | {_duration(t['hf -> native'])} | {_duration(t['native -> hf'])} | "
               f"~{memory / 2**30:.1f} GiB |")
