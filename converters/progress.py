@@ -8,11 +8,11 @@ from tqdm import tqdm
 
 
 @contextmanager
-def progress_bar(disable: bool = False) -> Iterator[Callable[[str, int], None]]:
+def progress_bar(disable: bool = False, mininterval: float = 0.1) -> Iterator[Callable[[str, int], None]]:
     """Yield a callback; the bar (stderr) shows bytes done of the total, throughput, time left and
     tensors done of the total. The pipeline announces the totals through ``callback.start``."""
     bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="converting", disable=disable,
-               dynamic_ncols=True, leave=False)
+               dynamic_ncols=True, leave=False, mininterval=mininterval)
     tensors = 0
     total_tensors: int | None = None
 
@@ -24,9 +24,9 @@ def progress_bar(disable: bool = False) -> Iterator[Callable[[str, int], None]]:
     def update(name: str, nbytes: int) -> None:
         nonlocal tensors
         tensors += 1
-        bar.update(nbytes)
         of = f"/{total_tensors}" if total_tensors is not None else ""
         bar.set_postfix_str(f"{tensors}{of} tensors", refresh=False)
+        bar.update(nbytes)
 
     update.start = start  # type: ignore[attr-defined]
     try:

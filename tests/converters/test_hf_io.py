@@ -486,14 +486,12 @@ def test_planned_writer_gives_the_same_bytes_in_any_arrival_order(tmp_path, max_
 
 
 def test_planned_writer_holds_no_shard_in_memory(tmp_path):
-    import gc
     import weakref
     tensors = sample_tensors()
     alive = []
 
     def stream():
         for name, t in tensors.items():
-            gc.collect()
             assert sum(ref() is not None for ref in alive) <= 1
             t = t.clone()
             alive.append(weakref.ref(t))
