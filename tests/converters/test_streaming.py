@@ -236,7 +236,7 @@ def test_progress_bar_shows_tensors_bytes_and_throughput_unless_quiet(hf_model, 
         update.start(3, 3 * 2**20)
         for name in "abc":
             update(name, 2**20)
-        err = capsys.readouterr().err
+    err = capsys.readouterr().err
     assert "3/3 tensors" in err and "3.00M/3.00M" in err and "B/s" in err and "100%" in err, err
     src, _, _ = hf_model
     assert main(["convert", str(src), str(tmp_path / "b"), "-q"]) == 0
