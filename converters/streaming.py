@@ -96,10 +96,9 @@ def prefetch(items: Iterable, depth: int = 1) -> Iterator:
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
             channel.put((False, exc))
 
-    thread = threading.Thread(target=produce, name="convcheck-prefetch", daemon=True)
-    thread.start()
-
     def consume() -> Iterator:
+        thread = threading.Thread(target=produce, name="convcheck-prefetch", daemon=True)
+        thread.start()  # on the first next(): a generator never started never needs stopping
         try:
             while True:
                 ok, value = channel.get()

@@ -227,6 +227,8 @@ def test_prefetch_stops_its_thread_when_dropped():
     next(gen)
     gen.close()
     assert threading.active_count() == started
+    streaming.prefetch(iter(range(10)))  # never iterated: no thread was started
+    assert threading.active_count() == started
 
 
 # ------------------------------------------------------------------------------------- progress
