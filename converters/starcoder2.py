@@ -21,6 +21,7 @@ from .config_primitives import ConstantImport, Custom, Dispatch, Mapped, Optiona
 from .errors import ConversionError
 from .llama import ACTIVATIONS, ALL_ROPE_KINDS, LlamaConverter
 from .llama_weights import attention_rules
+from .moe import HeadDim
 from .weights.rules import WeightRule, embedding_and_head, rename, walk_layers
 
 CARRIED = ("bos_token_id", "eos_token_id", "pad_token_id", "initializer_range", "use_cache",
@@ -93,6 +94,10 @@ class Starcoder2Converter(LlamaConverter):
             "kv_heads": Rename("attention.kv_heads", "num_key_value_heads", default=2),
             "bias": one_bias_flag("use_bias", BIAS_PATHS, default=True),
             "window": Optional("attention.window", "sliding_window", write_sentinel=True),
+            # Starcoder2Config has no head_dim field (the model reads it with getattr, defaulting to
+            # hidden // heads): written where it differs from that, where the heads do not divide
+            # hidden_size (convcheck convert refuses the floored default), or where config.json had it.
+            "head_dim": HeadDim(),
         }
 
     def mlp_section(self):
@@ -102,14 +107,6 @@ class Starcoder2Converter(LlamaConverter):
             "gated": ConstantImport("gated", False, "StarCoder2's MLP is plain c_fc -> act -> c_proj"),
             "activation": Mapped("activation", "hidden_act", ACTIVATIONS, default="gelu_pytorch_tanh"),
         }
-
-    def export_config(self, cfg):
-        # Starcoder2Config has no head_dim field (the model reads it with getattr, defaulting to
-        # hidden/heads): write it only where it carries information.
-        hf = super().export_config(cfg)
-        if hf["head_dim"] == hf["hidden_size"] // hf["num_attention_heads"]:
-            del hf["head_dim"]
-        return hf
 
     def weight_rules(self, cfg):
         def layer(i: int, block: BlockConfig) -> list[WeightRule]:

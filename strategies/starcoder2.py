@@ -53,8 +53,8 @@ def hf_configs(draw):
         "rope_parameters": draw(hc.rope_parameters(layout.head_dim, max_position, ROPE_KINDS)),
         **draw(hc.token_ids(vocab)),
     }
-    if layout.head_dim != hidden // layout.heads:
-        hf["head_dim"] = layout.head_dim
+    if layout.head_dim != hidden // layout.heads or hidden % layout.heads:
+        hf["head_dim"] = layout.head_dim  # (a floored default is refused: convcheck convert needs it spelled)
     hf.update(draw(hc.optional_keys({
         "tie_word_embeddings": st.booleans(), "attention_dropout": hc.dropouts(),
         "residual_dropout": hc.dropouts(), "embedding_dropout": hc.dropouts(),
