@@ -19,7 +19,7 @@ from . import building_blocks as bb
 from .moe_common import hf_buildable, hf_buildable_rotary  # noqa: F401  (re-exported for the strategies)
 
 TOKEN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
-REAL_CONFIGS = Path(__file__).resolve().parents[1] / ".." / "shared" / "real_configs"
+from .paths import REAL_CONFIGS  # noqa: E402
 
 
 @st.composite

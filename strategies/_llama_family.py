@@ -23,7 +23,7 @@ import native
 from . import building_blocks as bb
 from . import moe_common as mc
 
-REAL_CONFIGS = Path(__file__).resolve().parents[1] / ".." / "shared" / "real_configs"
+from .paths import REAL_CONFIGS  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------ HF dicts

@@ -252,7 +252,8 @@ def hf_configs(draw) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ explicit examples
-REAL_CONFIGS_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "real_configs")
+from .paths import REAL_CONFIGS as _REAL  # noqa: E402
+REAL_CONFIGS_DIR = str(_REAL)
 
 #: google/gemma-7b's config.json as published (transformers 4.38 era), for ``@example``.
 GEMMA_7B = {
@@ -267,7 +268,7 @@ GEMMA_7B = {
 
 
 def real_config(name: str) -> dict[str, Any] | None:
-    """A config from ``../shared/real_configs/<name>.json`` (None when the folder is absent)."""
+    """A config from ``strategies/real_configs/<name>.json`` (None when absent)."""
     path = os.path.join(REAL_CONFIGS_DIR, f"{name}.json")
     if not os.path.exists(path):
         return None

@@ -25,7 +25,8 @@ from .generic import native_configs as generic_configs
 MODEL_TYPE = "mixtral"
 ARCHITECTURE = "MixtralForCausalLM"
 
-REAL_CONFIG = Path(__file__).resolve().parents[1] / ".." / "shared" / "real_configs" / "mistralai__Mixtral-8x7B-v0.1.json"
+from .paths import REAL_CONFIGS as _REAL  # noqa: E402
+REAL_CONFIG = _REAL / "mistralai__Mixtral-8x7B-v0.1.json"
 
 
 def _real() -> dict | None:

@@ -15,7 +15,7 @@ import native
 from converters import ConversionError
 
 FAMILY = ("llama", "mistral", "qwen2", "qwen3")
-REAL_CONFIGS = Path(__file__).resolve().parents[3] / "shared" / "real_configs"
+from strategies.paths import REAL_CONFIGS  # noqa: E402
 FILE_KEYS = ("transformers_version", "_name_or_path", "architectures", "dtype", "torch_dtype")
 
 
