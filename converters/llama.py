@@ -59,7 +59,11 @@ def kv_heads(class_default: int | None, null_is_heads: bool = True) -> Default:
 
 
 def _head_dim_default(hf):
-    return hf.get("hidden_size") // hf.get("num_attention_heads")
+    hidden, heads = hf.get("hidden_size"), hf.get("num_attention_heads")
+    for key, value in (("hidden_size", hidden), ("num_attention_heads", heads)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConversionError(f"config.json: {key}={value!r} must be a positive integer")
+    return hidden // heads
 
 
 def all_or_nothing_bias(hf_key: str, names=("q_bias", "k_bias", "v_bias", "o_bias"), default=False) -> Custom:

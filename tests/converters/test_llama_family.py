@@ -146,3 +146,12 @@ def test_per_layer_heads_are_refused_with_the_layer_named():
     cfg = native.replace_path(cfg, "decoder", native.DecoderConfig.from_layers(layers))
     with pytest.raises(ConversionError, match="kv_heads"):
         converters.get("llama").export_config(cfg)
+
+
+@pytest.mark.parametrize("heads", [0, -2, None, "8"])
+def test_nonpositive_head_count_is_refused_not_crashed(heads):
+    hf = AutoConfig.for_model("llama", **TINY).to_dict()
+    hf["num_attention_heads"] = heads
+    del hf["head_dim"]
+    with pytest.raises(ConversionError, match="num_attention_heads"):
+        converters.get("llama").import_config(hf)
