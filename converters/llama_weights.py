@@ -12,7 +12,8 @@ from native.config import BlockConfig
 from .weights.rules import WeightRule, embedding_and_head, norm, rename, rotary_rows, split_gate_up, split_qkv, walk_layers
 
 
-def attention_rules(block: BlockConfig, hf: str = "self_attn.") -> list[WeightRule]:
+def attention_rules(block: BlockConfig, hf: str = "self_attn.", norm_offset: float = 0.0) -> list[WeightRule]:
+    """q/k/v/o and q/k norms; ``norm_offset=1`` where HF stores q/k norm weights as ``multiplier - 1`` (Gemma3)."""
     a = block.attention
     rotary_dim = a.rotary.rotary_dim(a.head_dim)
     rules = [split_qkv("attn.qkv.weight", (f"{hf}q_proj.weight", f"{hf}k_proj.weight", f"{hf}v_proj.weight"),
@@ -30,7 +31,8 @@ def attention_rules(block: BlockConfig, hf: str = "self_attn.") -> list[WeightRu
         per_head = a.qk_norm_scope == "head"
         for name, heads in (("q", a.heads), ("k", a.kv_heads)):
             rules.append(rotary_rows(f"attn.{name}_norm.weight", f"{hf}{name}_norm.weight",
-                                     heads=1 if per_head else heads, head_dim=a.head_dim, rotary_dim=rotary_dim))
+                                     heads=1 if per_head else heads, head_dim=a.head_dim, rotary_dim=rotary_dim,
+                                     offset=norm_offset))
     return rules
 
 
