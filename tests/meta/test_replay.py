@@ -9,6 +9,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import Phase, settings
 
+import converters
+
 from fixtures import profiles
 from fixtures.commands import replay_main
 from fixtures.regressions import load_regressions
@@ -37,3 +39,18 @@ def test_saved_failure_replays_exactly(make, prop, tmp_path, capsys):
         assert replay_main([str(case.path)]) == 1
     assert "still fails" in capsys.readouterr().err
     assert replay_main([str(case.path)]) == 0
+
+
+def test_replay_command_leaves_the_active_profile_alone(tmp_path):
+    """replay_main loads the explicit-only replay profile; Hypothesis tests that run after it in the
+    same process must not silently run no examples."""
+    from fixtures.regressions import save_regression
+
+    before = profiles.active()
+    cfg = converters.get("llama").import_config(
+        {"model_type": "llama", "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1,
+         "num_attention_heads": 2, "vocab_size": 11})
+    path = save_regression("llama", "config_roundtrip", native_config=cfg.to_dict(), seed=0, directory=tmp_path)
+    assert replay_main([str(path)]) == 0
+    assert profiles.active() == before
+    assert Phase.generate in settings.default.phases
