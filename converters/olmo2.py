@@ -13,6 +13,8 @@ Checked against transformers 5 ``Olmo2Config``/``modeling_olmo2``:
 """
 from __future__ import annotations
 
+from .moe import HeadDim
+
 from .config_primitives import ConstantImport
 from .llama import ALL_ROPE_KINDS, CARRIED, LlamaConverter, all_or_nothing_bias, rms_norm
 from .llama_weights import attention_rules, gated_mlp_rules
@@ -35,18 +37,13 @@ class Olmo2Converter(LlamaConverter):
             "qk_norm": rms_norm("attention.qk_norm", "rms_norm_eps", self.norm_eps_default),
             "qk_norm_scope": ConstantImport("attention.qk_norm_scope", "full",
                                             "OLMo2 normalises q/k over the whole projection, not per head"),
+            # Olmo2Config has no head_dim field (read with getattr, default hidden // heads): written
+            # where it differs, where the heads do not divide hidden_size, or where config.json had it.
+            "head_dim": HeadDim(),
         }
 
     def mlp_section(self):
         return {**super().mlp_section(), "bias": ConstantImport("bias", False, "OLMo2 MLPs have no bias")}
-
-    def export_config(self, cfg):
-        # Olmo2Config has no head_dim field (the model reads it with getattr, defaulting to
-        # hidden/heads): write it only where it carries information.
-        hf = super().export_config(cfg)
-        if hf["head_dim"] == hf["hidden_size"] // hf["num_attention_heads"]:
-            del hf["head_dim"]
-        return hf
 
     def weight_rules(self, cfg):
         def layer(i, block):

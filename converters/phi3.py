@@ -18,6 +18,8 @@ Checked against transformers 5 ``Phi3Config``/``modeling_phi3``/``modeling_rope_
 """
 from __future__ import annotations
 
+from .moe import HeadDim
+
 import copy
 
 from native.config import LongRopeRotary
@@ -79,6 +81,9 @@ class Phi3Converter(LlamaConverter):
             **super().layer_section(),
             "bias": fixed_biases(False, False, False, False, "Phi-3's qkv_proj and o_proj have no bias"),
             "window": Optional("attention.window", "sliding_window", write_sentinel=True),
+            # Phi3Config has no head_dim field (read with getattr, default hidden // heads): written
+            # where it differs, where the heads do not divide hidden_size, or where config.json had it.
+            "head_dim": HeadDim(),
             "rotary": rotary_dispatch(self.rope_kinds, fraction=Rename(
                 "fraction", "rope_parameters.partial_rotary_factor", default=1.0, to_native=float)),
             "top_level_rope": Phi3TopLevelRope(),
@@ -115,12 +120,7 @@ class Phi3Converter(LlamaConverter):
 
     def export_config(self, cfg):
         self._check_longrope_head_dim(cfg)
-        hf = super().export_config(cfg)
-        # Phi3Config has no head_dim field (the model reads it with getattr, defaulting to
-        # hidden/heads): write it only where it carries information.
-        if hf["head_dim"] == hf["hidden_size"] // hf["num_attention_heads"]:
-            del hf["head_dim"]
-        return hf
+        return super().export_config(cfg)
 
     @staticmethod
     def _check_longrope_head_dim(cfg):

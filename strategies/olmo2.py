@@ -50,8 +50,8 @@ def hf_configs(draw):
     }
     if layout.kv_heads != layout.heads or draw(st.booleans()):
         hf["num_key_value_heads"] = layout.kv_heads
-    if layout.head_dim != hidden // layout.heads:
-        hf["head_dim"] = layout.head_dim
+    if layout.head_dim != hidden // layout.heads or hidden % layout.heads:
+        hf["head_dim"] = layout.head_dim  # (a floored default is refused: convcheck convert needs it spelled)
     hf.update(draw(hc.optional_keys({"attention_dropout": hc.dropouts(), "initializer_range": st.sampled_from([0.02]),
                                      "use_cache": st.booleans()})))
     hf.update(draw(hc.file_keys(ARCHITECTURE)))

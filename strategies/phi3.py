@@ -79,8 +79,8 @@ def hf_configs(draw):
         "sliding_window": draw(st.one_of(st.none(), bb.windows())),
         **draw(hc.token_ids(vocab)),
     }
-    if layout.head_dim != hidden // layout.heads:
-        hf["head_dim"] = layout.head_dim
+    if layout.head_dim != hidden // layout.heads or hidden % layout.heads:
+        hf["head_dim"] = layout.head_dim  # (a floored default is refused: convcheck convert needs it spelled)
     params, original = draw(_rope(layout.head_dim, max_position, longrope=longrope_shape))
     hf["rope_parameters"] = params
     if params["rope_type"] == "longrope" or draw(st.booleans()):
