@@ -193,7 +193,8 @@ def probe(tmp_path_factory):
 
 
 @pytest.mark.parametrize("env, args, expected", [
-    ({}, (), "dev 10 False"),
+    ({"CI": ""}, (), "dev 10 False"),
+    ({"CI": "true"}, (), "dev 10 True"),  # derandomized under CI: reproducible CI results
     ({"CONVCHECK_PROFILE": "gate"}, (), "gate 100 True"),
     ({"CONVCHECK_PROFILE": "gate"}, ("--convcheck-profile", "nightly"), "nightly 5000 False"),
 ])
