@@ -7,6 +7,7 @@ the rotary pairs of q and k are interleaved.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import AttentionConfig
@@ -50,17 +51,29 @@ class Attention(nn.Module):
             return norm(x.flatten(-2)).view_as(x)
         return norm(x)
 
-    @staticmethod
-    def _bias(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return x if bias is None else x + bias.view(x.shape[-2:])
+    def _qkv_bias(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The q/k/v biases laid out like the fused ``qkv`` rows (zeros where a projection has none),
+        so the bias is added inside the matmul and rounds once, as ``nn.Linear`` does: adding it
+        afterwards rounds the product to the dtype first, a second rounding that doubles the
+        bfloat16 error of biased models (Qwen2) against the HF reference."""
+        a = self.cfg
+        if self.q_bias is None and self.k_bias is None and self.v_bias is None:
+            return None
+
+        def heads(bias: torch.Tensor | None, n: int) -> torch.Tensor:
+            return x.new_zeros(n, a.head_dim) if bias is None else bias.to(x.dtype).view(n, a.head_dim)
+
+        q = heads(self.q_bias, a.heads).view(a.kv_heads, a.group, a.head_dim)
+        k = heads(self.k_bias, a.kv_heads).view(a.kv_heads, 1, a.head_dim)
+        v = heads(self.v_bias, a.kv_heads).view(a.kv_heads, 1, a.head_dim)
+        return torch.cat((q, k, v), dim=1).reshape(-1)
 
     def forward(self, x: torch.Tensor, rotations: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         a = self.cfg
         B, T, _ = x.shape
-        qkv = self.qkv(x).view(B, T, a.kv_heads, a.group + 2, a.head_dim)
+        qkv = F.linear(x, self.qkv.weight, self._qkv_bias(x)).view(B, T, a.kv_heads, a.group + 2, a.head_dim)
         q = qkv[..., : a.group, :].reshape(B, T, a.heads, a.head_dim)
         k, v = qkv[..., a.group, :], qkv[..., a.group + 1, :]
-        q, k, v = self._bias(q, self.q_bias), self._bias(k, self.k_bias), self._bias(v, self.v_bias)
         if a.qk_norm is not None:
             q, k = self._qk_norm(self.q_norm, q), self._qk_norm(self.k_norm, k)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, head_dim)

@@ -120,6 +120,38 @@ def expert_order_reversed(base: type) -> type:
     return ExpertOrderReversed
 
 
+@dataclass(frozen=True)
+class RowsReversed(Transform):
+    """One tensor's rows in reverse order on export, and back on import."""
+
+    @property
+    def n_native(self) -> int:
+        return 1
+
+    @property
+    def n_hf(self) -> int:
+        return 1
+
+    def export(self, xs):
+        return [xs[0].flip(0)]
+
+    def import_(self, xs):
+        return [xs[0].flip(0)]
+
+
+def router_rows_reversed(base: type) -> type:
+    """An MoE converter writing the router's rows (one per expert) in reverse order, the experts
+    untouched: HF routes every token to the mirrored expert."""
+
+    class RouterRowsReversed(base):
+        def weight_rules(self, cfg):
+            return [dataclasses.replace(r, transform=Chain((r.transform, RowsReversed())))
+                    if any(n.endswith("router.weight") for n in r.native) else r for r in super().weight_rules(cfg)]
+
+    RouterRowsReversed.__qualname__ = RouterRowsReversed.__name__ = f"RouterRowsReversed[{base.__name__}]"
+    return RouterRowsReversed
+
+
 # ---------------------------------------------------------------------------- stream bugs
 class BiasDropped(LlamaConverter):
     """The o_proj bias is not written (the config still says ``attention_bias: true``)."""
@@ -240,7 +272,7 @@ class SlidingWindowDropped(MistralConverter):
 
 __all__ = [
     "Reorder", "swap", "map_transforms", "QKPermutationSkipped", "KVSwapped", "GateUpSwapped",
-    "norm_offset_missing", "expert_order_reversed", "BiasDropped", "LmHeadExportedWhileTied", "ExportUpcasts",
+    "norm_offset_missing", "expert_order_reversed", "router_rows_reversed", "BiasDropped", "LmHeadExportedWhileTied", "ExportUpcasts",
     "ImportUpcasts", "TieFlagLost", "RopeThetaDropped", "RopeScalingDropped", "PlainRopeFactor", "HeadDimDropped",
     "WindowIgnored", "SlidingWindowDropped",
 ]

@@ -41,6 +41,10 @@ def mixtral_expert_order_reversed():
     return broken.expert_order_reversed(converter_class("mixtral", "MixtralConverter"))()
 
 
+def mixtral_router_rows_reversed():
+    return broken.router_rows_reversed(converter_class("mixtral", "MixtralConverter"))()
+
+
 #: (bug, broken converter factory, the property that must reject it)
 CASES = [
     ("qk_permutation_skipped", broken.QKPermutationSkipped, "forward_equivalence"),
@@ -48,6 +52,7 @@ CASES = [
     ("gate_up_swapped", broken.GateUpSwapped, "forward_equivalence"),
     ("norm_offset_missing", gemma_norm_offset_missing, "forward_equivalence"),
     ("expert_order_reversed", mixtral_expert_order_reversed, "forward_equivalence"),
+    ("router_rows_reversed", mixtral_router_rows_reversed, "forward_equivalence"),
     ("rope_theta_dropped", broken.RopeThetaDropped, "forward_equivalence"),
     ("rope_theta_dropped", broken.RopeThetaDropped, "config_roundtrip"),
     ("sliding_window_dropped", broken.SlidingWindowDropped, "forward_equivalence"),
