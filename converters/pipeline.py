@@ -180,7 +180,7 @@ def _hf_to_native(src: Path, dst: Path, dtype: str, weight_dtype: str | None, al
         if pipeline_stages > plan.cfg.num_layers:
             raise ConversionError(f"--pipeline-stages={pipeline_stages} exceeds the model's {plan.cfg.num_layers} layers")
         counter.start(len(plan.dtypes), plan.nbytes)
-        write_checkpoint(dst, plan.cfg, counter.wrap(prefetch(plan.tensors())), plan.dtypes, pipeline_stages,
+        write_checkpoint(dst, plan.cfg, counter.wrap(prefetch(plan.tensors(concatenations=True))), plan.dtypes, pipeline_stages,
                          overwrite=overwrite,
                          extra_files={f"{HF_FILES_DIR}/{f.name}": f for f in tokenizer_files(src)})
     return plan.converter.model_type

@@ -31,7 +31,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 import native
-from native.checkpoint import NativeCheckpointReader, open_checkpoint, stage_index
+from native.checkpoint import Concatenation, NativeCheckpointReader, open_checkpoint, stage_index
 
 from . import fp8, registry
 from .base import Converter
@@ -272,9 +272,12 @@ def _narrowing(source: torch.dtype, target: torch.dtype) -> bool:
             and torch.finfo(target).max < torch.finfo(source).max)
 
 
-def _cast(name: str, tensor: torch.Tensor, target: torch.dtype, check: NonfiniteCheck) -> torch.Tensor:
+def _cast(name: str, tensor: torch.Tensor | Concatenation, target: torch.dtype,
+          check: NonfiniteCheck) -> torch.Tensor | Concatenation:
     if tensor.dtype == target:
         return tensor
+    if isinstance(tensor, Concatenation):
+        tensor = tensor.materialize()
     out = tensor.to(target)
     if _narrowing(tensor.dtype, target):
         check.check_cast(name, tensor, out)
@@ -476,9 +479,13 @@ class HFImport:
         shapes = native.state_shapes(self.cfg)
         return sum(math.prod(shapes[n]) * d.itemsize for n, d in self.dtypes.items())
 
-    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+    def tensors(self, concatenations: bool = False) -> Iterator[tuple[str, torch.Tensor | Concatenation]]:
+        """The native tensors in stream order. ``concatenations=True`` (for the native writer): a
+        tensor that only concatenates source tensors (``fc1 = [gate; up]``, a grouped ``qkv``,
+        stacked experts) comes as a :class:`native.checkpoint.Concatenation` of them, unassembled."""
         check = NonfiniteCheck(self.allow_nonfinite)
-        stream = convert_stream(self.rules, CheckedSource(self.source, check), "import", self.shapes, copy=False)
+        stream = convert_stream(self.rules, CheckedSource(self.source, check), "import", self.shapes, copy=False,
+                                concatenation=Concatenation if concatenations else None)
         return self._tensors(stream, check)
 
     def _tensors(self, stream, check) -> Iterator[tuple[str, torch.Tensor]]:

@@ -35,8 +35,12 @@ Streaming (bounded memory whatever the model size):
   DCP option ``single_file_per_rank=False`` gives each tensor its own ``.distcp`` file: DCP's
   writer keeps a reference to every tensor of the file it is writing until the file is closed,
   so with one file per stage a stage would sit in memory; with one file per tensor only the
-  tensor in flight does (and reads can map each file, below). The zip CRC of ``torch.save`` is
-  skipped: it cost as much as the write itself, and DCP never checks it.
+  tensor in flight does (and reads can map each file, below). The data files are written by
+  this module, not DCP (``_DeterministicWriter.write_data``): the same ``torch.save`` bytes
+  and names, but the archive is saved without data and the tensor's bytes are then written at
+  their offset, straight from a view or block by block from a :class:`Concatenation` (never
+  assembled in memory). The zip CRC of ``torch.save`` is skipped: it cost as much as the write
+  itself, and DCP never checks it.
 - Reading (:class:`NativeCheckpointReader`): a tensor stored alone in its data file is loaded
   with ``torch.load(file, mmap=True)``: a private (copy-on-write) memory map, no copy made, its
   pages mapped in one call (``native.pages``); the file is never modified. Other layouts
@@ -53,7 +57,9 @@ import json
 import os
 import re
 import shutil
+import struct
 import warnings
+import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -61,10 +67,14 @@ from pathlib import Path
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.futures import Future
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+from torch.distributed.checkpoint.filesystem import DEFAULT_SUFFIX, _StorageInfo
 from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, TensorStorageMetadata
+from torch.distributed.checkpoint.planner import WriteItemType
+from torch.distributed.checkpoint.storage import WriteResult
 
 from . import layout
 from .atomic import atomic_directory
@@ -114,12 +124,121 @@ def stage_ranges(num_layers: int, stages: int) -> list[range]:
 
 
 # --------------------------------------------------------------------------------------- saving
+class Concatenation:
+    """A tensor given as the blocks it is made of, never assembled: its elements, in row-major
+    order, are the blocks' elements one after another (``torch.cat([b.reshape(-1) for b in
+    blocks]).view(shape)``; ``shape`` defaults to the blocks concatenated along dim 0).
+
+    :func:`write_checkpoint` accepts it wherever it accepts a tensor and writes each block's bytes
+    at its place in the data file, so ``fc1 = [gate; up]``, a grouped ``qkv`` or stacked experts
+    cost neither fresh memory nor a copy: a ``torch.cat`` into fresh pages ran at ~1.7 GB/s on the
+    2-core dev box, slower than writing its result. Blocks are CPU tensors of one dtype (made
+    contiguous where they are not)."""
+
+    def __init__(self, blocks: Iterable[torch.Tensor], shape: Iterable[int] | None = None):
+        self.blocks = tuple(b if b.is_contiguous() else b.contiguous() for b in blocks)
+        if not self.blocks or any(b.dtype != self.blocks[0].dtype or b.device.type != "cpu" for b in self.blocks):
+            raise CheckpointError("Concatenation: expected CPU blocks of one dtype, got "
+                                  + (", ".join(f"{b.dtype} {b.device}" for b in self.blocks) or "none"))
+        self.shape = torch.Size(shape if shape is not None else _rows_concatenated(self.blocks))
+        if self.shape.numel() != self.numel():
+            raise CheckpointError(f"Concatenation: blocks of {self.numel()} elements cannot have shape {tuple(self.shape)}")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.blocks[0].dtype
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self.blocks)
+
+    def numel(self) -> int:
+        return sum(b.numel() for b in self.blocks)
+
+    def element_size(self) -> int:
+        return self.blocks[0].element_size()
+
+    def materialize(self) -> torch.Tensor:
+        """The tensor itself (one copy), for consumers that need its values."""
+        return torch.cat([b.reshape(-1) for b in self.blocks]).view(self.shape)
+
+    def __repr__(self) -> str:
+        return f"Concatenation({len(self.blocks)} blocks, {tuple(self.shape)}, {self.dtype})"
+
+
+def _rows_concatenated(blocks: tuple[torch.Tensor, ...]) -> tuple[int, ...]:
+    if any(b.dim() == 0 or b.shape[1:] != blocks[0].shape[1:] for b in blocks):
+        raise CheckpointError("Concatenation: blocks differ in their trailing dimensions: "
+                              + ", ".join(str(tuple(b.shape)) for b in blocks))
+    return (sum(b.shape[0] for b in blocks), *blocks[0].shape[1:])
+
+
 class _DeterministicWriter(FileSystemWriter):
-    """DCP's writer stores the (temporary) path and a random save id in ``.metadata``; dropping
-    them makes the bytes a function of the tensors alone and keeps the temp path off the disk."""
+    """DCP's writer, with each tensor's data file written by :func:`_write_tensor_file` (same bytes
+    as DCP's ``torch.save``, but written block by block from :class:`Concatenation` or from a view,
+    with no assembled copy). It stores no (temporary) path nor random save id in ``.metadata``:
+    the bytes are a function of the tensors alone, and the temp path stays off the disk."""
 
     def storage_meta(self):
         return None
+
+    def write_data(self, plan, planner):
+        """One file per write item, named as DCP names them (``{prefix}{k}.distcp``)."""
+        results = []
+        for k, item in enumerate(plan.items):
+            if item.type == WriteItemType.BYTE_IO:
+                raise CheckpointError(f"{item.index.fqn!r}: only tensors are saved in a native checkpoint")
+            relative = f"{plan.storage_data.prefix}{k}{DEFAULT_SUFFIX}"
+            length = _write_tensor_file(Path(self.path) / relative, planner.resolve_data(item), self.sync_files)
+            results.append(WriteResult(index=item.index, size_in_bytes=length,
+                                       storage_data=_StorageInfo(relative, 0, length)))
+        future: Future = Future()
+        future.set_result(results)
+        return future
+
+
+def _write_tensor_file(path: Path, value: "torch.Tensor | Concatenation", sync: bool = False) -> int:
+    """``torch.save(value)``'s bytes at ``path``; returns the file's length.
+
+    The archive is saved without its data (``torch.serialization.skip_data``, from an untouched
+    placeholder: its pages are never mapped), then each block is written at the data record's
+    offset. Same bytes as saving the assembled tensor (with the CRC off, see :func:`_no_crc`)."""
+    blocks = value.blocks if isinstance(value, Concatenation) else (value,)
+    placeholder = torch.empty(tuple(value.shape), dtype=value.dtype)
+    with open(path, "w+b") as stream:
+        with torch.serialization.skip_data():
+            torch.save(placeholder, stream)
+        stream.flush()
+        position = _data_offset(stream, path, value.nbytes)
+        for block in blocks:
+            position = _pwrite_all(stream.fileno(), block, position)
+        if sync:
+            os.fsync(stream.fileno())
+        return stream.seek(0, os.SEEK_END)
+
+
+def _data_offset(stream, path: Path, nbytes: int) -> int:
+    """Where the tensor's bytes start in a one-tensor ``torch.save`` archive (a stored zip record
+    ``<archive>/data/0``: its local header's offset, the header, then the data)."""
+    with zipfile.ZipFile(stream) as archive:
+        records = [info for info in archive.infolist() if info.filename.endswith("/data/0")]
+    if len(records) != 1 or records[0].compress_type != zipfile.ZIP_STORED or records[0].file_size != nbytes:
+        raise CheckpointError(f"{path}: torch.save wrote an archive without the expected data record")
+    stream.seek(records[0].header_offset)
+    header = stream.read(30)
+    name_length, extra_length = struct.unpack("<HH", header[26:30])
+    return records[0].header_offset + 30 + name_length + extra_length
+
+
+def _pwrite_all(fd: int, block: torch.Tensor, position: int) -> int:
+    """Write ``block``'s bytes at ``position`` (straight from its memory); returns the end."""
+    if block.numel() == 0:
+        return position
+    data = memoryview(block.reshape(-1).view(torch.uint8).numpy())
+    while len(data):
+        written = os.pwrite(fd, data, position)
+        data, position = data[written:], position + written
+    return position
 
 
 @contextmanager
@@ -251,9 +370,13 @@ def _save_dcp(directory: Path, tensors: tuple[list[str], _Source] | Mapping[str,
         raise CheckpointError(f"writing DCP weights to {directory} failed ({_describe(cause)})") from cause
 
 
-def _prepare(name: str, value, expected: tuple[int, ...]) -> torch.Tensor:
-    """A detached, dense, CPU tensor owning exactly its bytes (DCP would otherwise write a view's
-    whole storage, and two names sharing storage would alias on disk)."""
+def _prepare(name: str, value, expected: tuple[int, ...]) -> "torch.Tensor | Concatenation":
+    """A detached, contiguous CPU tensor (or :class:`Concatenation`) of the planned shape. A view is
+    kept as it is: its data file gets exactly its bytes (:func:`_write_tensor_file`)."""
+    if isinstance(value, Concatenation):
+        if tuple(value.shape) != tuple(expected):
+            raise CheckpointError(f"tensor {name!r}: shape {tuple(value.shape)} but the config's layout says {tuple(expected)}")
+        return value
     if not isinstance(value, torch.Tensor):
         raise CheckpointError(f"tensor {name!r}: expected a torch.Tensor, got {type(value).__name__}")
     if tuple(value.shape) != tuple(expected):
@@ -261,10 +384,7 @@ def _prepare(name: str, value, expected: tuple[int, ...]) -> torch.Tensor:
     t = value.detach()
     if t.device.type != "cpu":
         t = t.cpu()
-    if (not t.is_contiguous() or t.storage_offset() != 0
-            or t.untyped_storage().nbytes() != t.numel() * t.element_size()):
-        t = t.clone(memory_format=torch.contiguous_format)
-    return t
+    return t if t.is_contiguous() else t.contiguous()
 
 
 def check_state_keys(cfg: ModelConfig, names: Iterable[str]) -> None:

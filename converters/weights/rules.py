@@ -16,6 +16,9 @@ nothing with the inputs (what the ``weight_roundtrip`` property needs). Where cl
 - ``Chunk``/``ExpertSplit`` export, ``Concat`` import, ``GroupedQKV`` export of k and v, and
   ``HeadInterleave`` import: the transform returns views, the rule clones each (one copy);
 - everything else (rotary permutation, cat/stack, offsets) computes fresh tensors: no extra copy.
+- an import that only concatenates (``Chunk``, ``GroupedQKV``, ``ExpertSplit``) can also be had
+  unassembled, as its blocks (:meth:`WeightRule.import_blocks`): for the native writer, which
+  writes each block at its place (``convert_stream(..., concatenation=...)``).
 
 A clone is not free next to disk I/O: on the 2-core dev box, cloning a 256 MB float32 tensor took
 ~600 ms (fresh pages; a copy into existing memory ~100 ms) against ~1100 ms for safetensors'
@@ -33,7 +36,7 @@ from torch import Tensor
 
 from ..errors import ConversionError
 from .transforms import (
-    Chain, Chunk, Concat, ExpertSplit, HeadInterleave, Identity, NormOffset, Parallel, RotaryPermute,
+    Blocks, Chain, Chunk, Concat, ExpertSplit, HeadInterleave, Identity, NormOffset, Parallel, RotaryPermute,
     Transform, qkv_transform,
 )
 
@@ -120,6 +123,22 @@ class WeightRule:
             except ConversionError as e:
                 raise ConversionError(f"{', '.join(sources)}: {e}") from None
             return owned(outputs, tensors, copy)
+
+    def import_blocks(self, tensors: Sequence[Tensor]) -> list[Blocks] | None:
+        """The import's outputs as blocks of the (HF) inputs and shapes, when the transform only
+        concatenates (:meth:`Transform.import_blocks`); else None. Always None for a rule that
+        overrides :meth:`run` (its ``run`` decides what is produced). Blocks may be views of the
+        inputs: for callers that own their inputs (``copy=False``)."""
+        if type(self).run is not WeightRule.run:
+            return None
+        sources = self.sources("import")
+        if len(tensors) != len(sources):
+            raise ConversionError(f"{', '.join(sources)}: rule expects {len(sources)} tensors, got {len(tensors)}")
+        with torch.no_grad():
+            try:
+                return self.transform.import_blocks(list(tensors))
+            except ConversionError as e:
+                raise ConversionError(f"{', '.join(sources)}: {e}") from None
 
     # -- the driver's view (see converters.weights.convert_stream) -------------------------------
     def sources(self, direction: str) -> tuple[str, ...]:

@@ -9,7 +9,7 @@ one rule's inputs plus outputs.
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from torch import Tensor
 
@@ -45,7 +45,8 @@ def _check_shape(name: str, shape: tuple[int, ...], expected_shapes: Mapping[str
 
 
 def convert_stream(rules: Iterable[WeightRule], source: Mapping[str, Tensor], direction: str,
-                   expected_shapes: Mapping[str, Sequence[int]] | None = None, *, copy: bool = True
+                   expected_shapes: Mapping[str, Sequence[int]] | None = None, *, copy: bool = True,
+                   concatenation: Callable[[list[Tensor], tuple[int, ...]], Any] | None = None
                    ) -> Iterator[tuple[str, Tensor]]:
     """Convert ``source`` (native names for ``"export"``, HF names for ``"import"``) by ``rules``.
 
@@ -59,9 +60,16 @@ def convert_stream(rules: Iterable[WeightRule], source: Mapping[str, Tensor], di
     whose sources differ in dtype, and a tensor a transform rejects. All but the last two are
     raised by this call, before any tensor is loaded; shapes are checked up-front when the source
     has ``shape_of(name)``, else right after each tensor is loaded.
+
+    ``concatenation(blocks, shape)`` (import with ``copy=False`` only): an output that merely
+    concatenates its inputs (:meth:`WeightRule.import_blocks`) is yielded as what this returns
+    instead of being assembled, e.g. ``native.checkpoint.Concatenation``, which the native writer
+    writes block by block.
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    if concatenation is not None and (direction != "import" or copy):
+        raise ValueError("concatenation applies to an import with copy=False (its blocks are views of the sources)")
     rules = list(rules)
     check_claims(rules)
     keys = list(source.keys())
@@ -80,7 +88,7 @@ def convert_stream(rules: Iterable[WeightRule], source: Mapping[str, Tensor], di
             shape = _shape_of(source, name)
             if shape is not None:
                 _check_shape(name, shape, expected_shapes)
-    return _stream(rules, source, direction, present, expected_shapes, copy)
+    return _stream(rules, source, direction, present, expected_shapes, copy, concatenation)
 
 
 def _load(source, name, expected_shapes) -> Tensor:
@@ -89,14 +97,21 @@ def _load(source, name, expected_shapes) -> Tensor:
     return tensor
 
 
-def _stream(rules, source, direction, present, expected_shapes, copy) -> Iterator[tuple[str, Tensor]]:
+def _run(rule: WeightRule, direction: str, tensors: list[Tensor], copy: bool, concatenation) -> list:
+    blocks = rule.import_blocks(tensors) if concatenation is not None else None
+    if blocks is None:
+        return rule.run(direction, tensors, copy)
+    return [concatenation(parts, shape) for parts, shape in blocks]
+
+
+def _stream(rules, source, direction, present, expected_shapes, copy, concatenation) -> Iterator[tuple[str, Tensor]]:
     for rule in rules:
         names = list(rule.sources(direction)) + [n for n in rule.optional_sources(direction) if n in present]
         tensors = [_load(source, name, expected_shapes) for name in names]
         if len({t.dtype for t in tensors}) > 1:
             raise ConversionError(f"{names[0]}: dtypes differ within one rule: "
                                   + ", ".join(f"{n} {t.dtype}" for n, t in zip(names, tensors)))
-        outputs = rule.run(direction, tensors, copy)
+        outputs = _run(rule, direction, tensors, copy, concatenation)
         del tensors
         targets = rule.targets(direction)
         outputs.reverse()

@@ -40,6 +40,9 @@ def _rows(x: Tensor, expected: int, what: str) -> None:
         raise ConversionError(f"{what}: expected {expected} rows (dim 0), got shape {tuple(x.shape)}")
 
 
+Blocks = tuple[list[Tensor], tuple[int, ...]]  # an output as its blocks and its shape (Transform.import_blocks)
+
+
 def _count(xs: Sequence[Tensor], n: int, what: str) -> None:
     if len(xs) != n:
         raise ConversionError(f"{what}: expected {n} tensors, got {len(xs)}")
@@ -57,6 +60,15 @@ class Transform:
 
     def import_(self, xs: Sequence[Tensor]) -> list[Tensor]:
         raise NotImplementedError
+
+    def import_blocks(self, xs: Sequence[Tensor]) -> list[Blocks] | None:
+        """:meth:`import_` with each output given as the blocks it is made of, when the import only
+        concatenates (views of) its inputs; None when it computes anything else (the default).
+
+        An output ``(blocks, shape)`` is ``torch.cat([b.reshape(-1) for b in blocks]).view(shape)``:
+        a writer can write each block at its place instead of assembling the output in fresh
+        memory (see ``native.checkpoint.Concatenation``). Same refusals as :meth:`import_`."""
+        return None
 
 
 # -------------------------------------------------------------------------------------- plumbing
@@ -115,6 +127,15 @@ class Chain(Transform):
             xs = step.import_(xs)
         return list(xs)
 
+    def import_blocks(self, xs):
+        """Blocks when the step run last on import (``steps[0]``) only concatenates."""
+        last = self.steps[0]
+        if type(last).import_blocks is Transform.import_blocks:
+            return None  # it never gives blocks: the other steps need not run for nothing
+        for step in reversed(self.steps[1:]):
+            xs = step.import_(xs)
+        return last.import_blocks(list(xs))
+
 
 @dataclass(frozen=True)
 class Parallel(Transform):
@@ -171,12 +192,22 @@ class Chunk(Transform):
             raise ConversionError(f"chunk: dim {self.dim} of shape {tuple(x.shape)} does not split into {self.parts} equal parts")
         return list(x.chunk(self.parts, dim=self.dim))
 
-    def import_(self, xs):
+    def _check_parts(self, xs) -> None:
         _count(xs, self.parts, "chunk")
         shapes = {tuple(x.shape) for x in xs}
         if len(shapes) != 1:
             raise ConversionError(f"chunk: the {self.parts} parts differ in shape: {[tuple(x.shape) for x in xs]}")
+
+    def import_(self, xs):
+        self._check_parts(xs)
         return [torch.cat(list(xs), dim=self.dim)]
+
+    def import_blocks(self, xs):
+        """Along dim 0 the parts, whole, are the blocks."""
+        if self.dim != 0:
+            return None
+        self._check_parts(xs)
+        return [(list(xs), (self.parts * xs[0].shape[0], *xs[0].shape[1:]))]
 
 
 @dataclass(frozen=True)
@@ -244,18 +275,31 @@ class GroupedQKV(Transform):
         q = y[:, :g].reshape(self.heads * d, *rest)
         return [q, y[:, g].reshape(kv * d, *rest), y[:, g + 1].reshape(kv * d, *rest)]
 
-    def import_(self, xs):
+    def _check_qkv(self, xs) -> tuple[Tensor, Tensor, Tensor]:
         _count(xs, 3, "qkv")
         q, k, v = xs
-        kv, g, d = self.kv_heads, self.group, self.head_dim
-        _rows(q, self.heads * d, "q")
-        _rows(k, kv * d, "k")
-        _rows(v, kv * d, "v")
-        rest = q.shape[1:]
-        if k.shape[1:] != rest or v.shape[1:] != rest:
+        _rows(q, self.heads * self.head_dim, "q")
+        _rows(k, self.kv_heads * self.head_dim, "k")
+        _rows(v, self.kv_heads * self.head_dim, "v")
+        if k.shape[1:] != q.shape[1:] or v.shape[1:] != q.shape[1:]:
             raise ConversionError(f"qkv: q, k, v shapes disagree: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        return q, k, v
+
+    def import_(self, xs):
+        q, k, v = self._check_qkv(xs)
+        kv, g, d = self.kv_heads, self.group, self.head_dim
+        rest = q.shape[1:]
         y = torch.cat([q.reshape(kv, g, d, *rest), k.reshape(kv, 1, d, *rest), v.reshape(kv, 1, d, *rest)], dim=1)
         return [y.reshape((self.heads + 2 * kv) * d, *rest)]
+
+    def import_blocks(self, xs):
+        """Per kv group: its q heads' rows, then its k rows, then its v rows."""
+        q, k, v = self._check_qkv(xs)
+        q_rows, kv_rows = self.group * self.head_dim, self.head_dim
+        blocks = []
+        for g in range(self.kv_heads):
+            blocks += [q[g * q_rows:(g + 1) * q_rows], k[g * kv_rows:(g + 1) * kv_rows], v[g * kv_rows:(g + 1) * kv_rows]]
+        return [(blocks, ((self.heads + 2 * self.kv_heads) * self.head_dim, *q.shape[1:]))]
 
 
 @dataclass(frozen=True)
@@ -287,11 +331,13 @@ class RotaryPermute(Transform):
             return x
         rest = x.shape[1:]
         y = x.reshape(h, d, *rest)
-        rot = y[:, :r]
-        # interleaved (r/2, 2) <-> half-split (2, r/2): a transpose of the two pair axes
-        rot = rot.reshape(h, r // 2, 2, *rest) if to_hf else rot.reshape(h, 2, r // 2, *rest)
-        rot = rot.transpose(1, 2).reshape(h, r, *rest)
-        return torch.cat([rot, y[:, r:]], dim=1).reshape(h * d, *rest)
+        # interleaved (r/2, 2) <-> half-split (2, r/2): a transpose of the two pair axes, written
+        # straight into the output (one copy; the pass-through rows r..d-1 copied beside it)
+        pairs = (r // 2, 2) if to_hf else (2, r // 2)
+        out = torch.empty_like(y, memory_format=torch.contiguous_format)
+        out[:, :r].unflatten(1, pairs[::-1]).copy_(y[:, :r].unflatten(1, pairs).transpose(1, 2))
+        out[:, r:].copy_(y[:, r:])
+        return out.reshape(h * d, *rest)
 
     def export(self, xs):
         _count(xs, 1, "rotary")
@@ -418,11 +464,21 @@ class ExpertSplit(Transform):
             raise ConversionError(f"experts: shape {tuple(x.shape)} is not ({self.experts}, rows divisible by {self.parts}, …)")
         return [part for expert in x.unbind(0) for part in expert.chunk(self.parts, dim=0)]
 
-    def import_(self, xs):
+    def _check_experts(self, xs) -> None:
         _count(xs, self.n_hf, "experts")
         shapes = {tuple(x.shape) for x in xs}
         if len(shapes) != 1:
             raise ConversionError(f"experts: per-expert shapes differ: {sorted(shapes)}")
+
+    def import_blocks(self, xs):
+        """The per-expert tensors, in order, are the stack's blocks."""
+        self._check_experts(xs)
+        if xs[0].dim() == 0:
+            return None
+        return [(list(xs), (self.experts, self.parts * xs[0].shape[0], *xs[0].shape[1:]))]
+
+    def import_(self, xs):
+        self._check_experts(xs)
         p = self.parts
         per_expert = [torch.cat(list(xs[e * p:(e + 1) * p]), dim=0) if p > 1 else xs[e] for e in range(self.experts)]
         return [torch.stack(per_expert, dim=0)]

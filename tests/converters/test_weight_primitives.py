@@ -82,7 +82,19 @@ def check_laws(rule: w.WeightRule, native_shapes, dtype, seed):
     assert_bitwise(hf2, saved, "import mutated its input")
     assert_no_sharing(native2, hf2)
     assert_bitwise(rule.export(native2), hf2, f"export(import(y)) for {rule.describe()}")
+    check_import_blocks(rule, hf2, native2)
     return hf
+
+
+def assemble(blocks, shape) -> torch.Tensor:
+    return torch.cat([b.reshape(-1) for b in blocks]).view(shape)
+
+
+def check_import_blocks(rule: w.WeightRule, hf, native) -> None:
+    """An import given as blocks assembles to the import itself, bit-exact."""
+    blocks = rule.import_blocks(hf)
+    if blocks is not None:
+        assert_bitwise([assemble(b, shape) for b, shape in blocks], native, f"import blocks of {rule.describe()}")
 
 
 # ------------------------------------------------------------------------------ round-trip laws
@@ -547,3 +559,35 @@ def test_copy_false_passes_renames_through_but_never_shares_between_outputs():
     back = dict(w.convert_stream(rules, hf, "import", copy=False))
     assert all(torch.equal(back[n], state[n]) for n in state)
     assert_no_sharing(list(hf.values()), [])
+
+
+def test_import_blocks_are_the_inputs_where_the_import_only_concatenates():
+    gate, up = torch.randn(3, 4), torch.randn(3, 4)
+    ((blocks, shape),) = w.split_gate_up("fc1", ("g", "u")).import_blocks([gate, up])
+    assert blocks[0] is gate and blocks[1] is up and shape == (6, 4)
+    experts = [torch.randn(2, 5) for _ in range(6)]
+    ((blocks, shape),) = w.experts("fc1", "fc2", experts=3, fc1=("{e}.w1", "{e}.w3"), fc2="{e}.w2")[0].import_blocks(experts)
+    assert all(b is x for b, x in zip(blocks, experts)) and shape == (3, 4, 5)
+    assert w.rename("a", "b").import_blocks([gate]) is None  # nothing to assemble: the rule runs as usual
+    assert w.norm("a", "b", offset=1.0).import_blocks([gate]) is None
+    assert w.embedding_and_head(True)[0].import_blocks([gate]) is None  # a rule with its own run()
+    with pytest.raises(ConversionError, match="g, u: chunk: the 2 parts differ"):
+        w.split_gate_up("fc1", ("g", "u")).import_blocks([gate, torch.randn(2, 4)])
+
+
+def test_stream_yields_concatenations_unassembled_on_request():
+    rules, shapes, state = small_llama()
+    hf = dict(w.convert_stream(rules, state, "export", shapes))
+    made = []
+
+    def concatenation(blocks, shape):
+        made.append((blocks, shape))
+        return assemble(blocks, shape)
+
+    back = dict(w.convert_stream(rules, hf, "import", copy=False, concatenation=concatenation))
+    assert back.keys() == state.keys() and all(torch.equal(back[n], state[n]) for n in state)
+    assert len(made) == 2 * 2  # per layer: qkv and fc1
+    with pytest.raises(ValueError, match="copy=False"):
+        w.convert_stream(rules, hf, "import", concatenation=concatenation)
+    with pytest.raises(ValueError, match="import"):
+        w.convert_stream(rules, state, "export", copy=False, concatenation=concatenation)

@@ -567,3 +567,67 @@ def test_a_single_file_dcp_save_is_read_through_dcp(tmp_path):
     assert_same_state(state, reader.load_all())
     native.save_checkpoint(tmp_path / "d", cfg, reader, pipeline_stages=2)  # re-staging streams from a reader
     assert_same_state(state, native.load_checkpoint(tmp_path / "d")[1])
+
+
+# ------------------------------------------------------------------- data files written block by block
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.int64])
+def test_data_files_are_the_bytes_dcp_itself_writes(tmp_path, monkeypatch, dtype):
+    """The writer's own data files (archive saved without data, then the bytes at their offset)
+    against DCP's stock write path (torch.save per file): every file byte for byte."""
+    cfg = tiny_config(num_layers=3, tied=True, moe=True)
+    state = {n: (t * 100).to(dtype) for n, t in random_state(cfg).items()}
+    native.save_checkpoint(tmp_path / "ours", cfg, state, pipeline_stages=2)
+    monkeypatch.setattr(checkpoint._DeterministicWriter, "write_data", checkpoint.FileSystemWriter.write_data)
+    native.save_checkpoint(tmp_path / "dcp", cfg, state, pipeline_stages=2)
+    assert tree_bytes(tmp_path / "ours") == tree_bytes(tmp_path / "dcp")
+
+
+def test_concatenation_is_written_as_the_assembled_tensor(tmp_path):
+    cfg = tiny_config(num_layers=2)
+    state = random_state(cfg, torch.bfloat16)
+    big = torch.randn(3, *state["layers.0.mlp.fc1.weight"].shape).to(torch.bfloat16)
+
+    def blocks(tensor: torch.Tensor) -> checkpoint.Concatenation:
+        cut = [0, 0, 1, tensor.shape[0] // 2, tensor.shape[0]]  # an empty block, one row, views
+        return checkpoint.Concatenation(tuple(tensor[a:b] for a, b in zip(cut, cut[1:])))
+
+    state["layers.0.mlp.fc1.weight"] = big[1]  # a view with a storage offset, written as itself
+    stream = [(n, blocks(t) if t.dim() == 2 else t) for n, t in state.items()]
+    stream[0] = (stream[0][0], checkpoint.Concatenation(state[stream[0][0]].unbind(0), state[stream[0][0]].shape))
+    dtypes = {n: t.dtype for n, t in state.items()}
+    checkpoint.write_checkpoint(tmp_path / "blocks", cfg, stream, dtypes)
+    native.save_checkpoint(tmp_path / "plain", cfg, {n: t.clone() for n, t in state.items()})
+    assert tree_bytes(tmp_path / "blocks") == tree_bytes(tmp_path / "plain")
+    loaded = native.load_checkpoint(tmp_path / "blocks")[1]
+    assert_same_state(state, loaded)
+    stock = {n: torch.empty_like(t) for n, t in state.items()}
+    with checkpoint._quiet_dcp():
+        torch.distributed.checkpoint.load(stock, checkpoint_id=tmp_path / "blocks", no_dist=True)
+    assert_same_state(state, stock)
+
+
+def test_concatenation_refusals(tmp_path):
+    a = torch.zeros(2, 3)
+    with pytest.raises(CheckpointError, match="one dtype"):
+        checkpoint.Concatenation((a, a.double()))
+    with pytest.raises(CheckpointError, match="trailing"):
+        checkpoint.Concatenation((a, torch.zeros(2, 4)))
+    with pytest.raises(CheckpointError, match="none"):
+        checkpoint.Concatenation(())
+    with pytest.raises(CheckpointError, match="cannot have shape"):
+        checkpoint.Concatenation((a, a), (2, 2))
+    joined = checkpoint.Concatenation((a, a.t().contiguous().t()))  # a non-contiguous block is made contiguous
+    assert joined.shape == (4, 3) and joined.nbytes == 48 and torch.equal(joined.materialize(), torch.zeros(4, 3))
+    stacked = checkpoint.Concatenation((torch.ones(3), torch.zeros(3)), (2, 1, 3))  # another shape: a stack
+    assert torch.equal(stacked.materialize(), torch.stack([torch.ones(1, 3), torch.zeros(1, 3)]))
+    cfg = tiny_config(num_layers=2)
+    state = random_state(cfg)
+    dtypes = {n: t.dtype for n, t in state.items()}
+    items = [(n, checkpoint.Concatenation((t, t)) if n == "embedding.weight" else t) for n, t in state.items()]
+    with pytest.raises(CheckpointError, match="shape"):
+        checkpoint.write_checkpoint(tmp_path / "c", cfg, items, dtypes)
+    assert not (tmp_path / "c").exists() and leftovers(tmp_path) == []
