@@ -205,6 +205,11 @@ class DequantizedSource(Mapping):
     def file_of(self, name: str) -> str:
         return self.reader.file_of(name)
 
+    def extent_of(self, name: str):
+        """Where a weight kept as it is lies on disk (the reader's answer); None for a dequantized one."""
+        extent_of = getattr(self.reader, "extent_of", None)
+        return None if name in self._quantized or not callable(extent_of) else extent_of(name)
+
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self:
             raise KeyError(name)

@@ -36,7 +36,8 @@ from typing import Any
 
 import torch
 from native.atomic import atomic_directory
-from native.pages import populate
+from native.checkpoint import Concatenation
+from native.pages import populate, write_bytes
 
 from .errors import ConversionError
 
@@ -302,6 +303,15 @@ class HFCheckpointReader(Mapping):
         self._entry(name)
         return self._file_of[name]
 
+    def extent_of(self, name: str) -> tuple[Path, int] | None:
+        """``(file, offset)`` where ``reader[name]``'s bytes lie, as they are, in a safetensors
+        file (so a writer can copy them file to file); None for ``.bin`` weights."""
+        self._entry(name)
+        if self.format != "safetensors":
+            return None
+        shard = self._file_of[name]
+        return self.path / shard, self._headers[shard][name][2]
+
     def _entry(self, name: str) -> tuple[torch.dtype, tuple[int, ...]]:
         try:
             return self._info[name]
@@ -399,13 +409,16 @@ def tokenizer_files(src: str | os.PathLike) -> list[Path]:
                   if p.is_file() and any(fnmatch.fnmatchcase(p.name, pat) for pat in TOKENIZER_PATTERNS))
 
 
-def _raw_bytes(tensor: torch.Tensor) -> memoryview:
-    """The tensor's bytes in row-major order, without a copy when it is contiguous."""
-    t = tensor.detach()
+def _blocks(value: torch.Tensor | Concatenation) -> tuple:
+    """What to write for ``value``, in order: a concatenation's blocks (file slices among them are
+    copied by the kernel, :func:`native.pages.write_bytes`), or the tensor itself as a contiguous
+    CPU tensor (no copy when it is one already)."""
+    if isinstance(value, Concatenation):
+        return value.blocks
+    t = value.detach()
     if t.device.type != "cpu":
         t = t.cpu()
-    t = t.contiguous().reshape(-1)
-    return memoryview(t.view(torch.uint8).numpy()) if t.numel() else memoryview(b"")
+    return (t.contiguous(),)
 
 
 class _ShardFile:
@@ -433,13 +446,17 @@ class _ShardFile:
         os.ftruncate(self.fd, self.base + offset)
         self.missing = set(self.slots)
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
+    def write(self, name: str, tensor: torch.Tensor | Concatenation) -> None:
         offset, size, dtype, shape = self.slots[name]
         if tensor.dtype != dtype or tuple(tensor.shape) != shape:
             raise ConversionError(f"tensor {name!r}: {tensor.dtype} {tuple(tensor.shape)}, the write was planned "
                                   f"with {dtype} {shape}")
-        data = _raw_bytes(tensor)
-        _write_all(self.fd, data, self.base + offset, self.path)
+        position = self.base + offset
+        try:
+            for block in _blocks(tensor):
+                position = write_bytes(self.fd, block, position)
+        except OSError as exc:
+            raise ConversionError(f"writing {self.path.name} failed ({exc})") from None
         self.missing.discard(name)
 
     def close(self) -> None:
@@ -492,7 +509,7 @@ def _checked(item, seen: set[str]) -> tuple[str, torch.Tensor]:
         raise ConversionError(f"tensor stream yielded {type(item).__name__}, expected (name, tensor)") from None
     if not isinstance(name, str) or not name:
         raise ConversionError(f"tensor name {name!r}: expected a non-empty string")
-    if not isinstance(tensor, torch.Tensor):
+    if not isinstance(tensor, (torch.Tensor, Concatenation)):
         raise ConversionError(f"tensor {name!r}: expected a torch.Tensor, got {type(tensor).__name__}")
     if name in seen:
         raise ConversionError(f"tensor {name!r} was produced twice")
@@ -569,7 +586,7 @@ def _write_accumulated(directory: Path, tensors, max_bytes: int, progress) -> tu
             raise ConversionError(f"tensor {name!r}: dtype {tensor.dtype} cannot be stored in safetensors")
         if current and size + nbytes > max_bytes:
             flush()
-        current[name] = tensor.detach()
+        current[name] = tensor.detach() if isinstance(tensor, torch.Tensor) else tensor
         size += nbytes
         total += nbytes
         del tensor

@@ -22,6 +22,7 @@ import os
 import queue
 import re
 import threading
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from torch.overrides import TorchFunctionMode
 
 import native
 from native.checkpoint import Concatenation, NativeCheckpointReader, open_checkpoint, stage_index
+from native.pages import FileSlice
 
 from . import fp8, registry
 from .base import Converter
@@ -197,12 +199,55 @@ def _fold(members) -> str | None:
     return f"{head}{{{index}}}{tail}: NaN {nans}, Inf {infs}"
 
 
+class FileOrigins:
+    """Which source tensors are, unchanged, bytes of a file (what a reader's ``extent_of`` says
+    of the tensors it maps), so that the writers can have the kernel copy them file to file
+    (:class:`native.pages.FileSlice`) instead of writing them from memory.
+
+    Valid because the pipeline never writes to a source tensor (transforms are pure functions).
+    Records are keyed by storage and live as long as their tensor (a weak reference): a view of a
+    live source tensor is found too, and a later tensor at a freed address is never mistaken for
+    a recorded one."""
+
+    def __init__(self):
+        self._records: dict[int, tuple[weakref.ref, Path, int, int]] = {}
+
+    def record(self, tensor: torch.Tensor, file: str | os.PathLike, offset: int) -> None:
+        key = tensor.untyped_storage().data_ptr()
+
+        def forget(ref, key=key):
+            if self._records.get(key, (None,))[0] is ref:
+                del self._records[key]
+
+        self._records[key] = (weakref.ref(tensor, forget), Path(file), offset, tensor.data_ptr())
+
+    def slice_of(self, tensor: torch.Tensor) -> torch.Tensor | FileSlice:
+        """``tensor`` as a file slice when it is (a contiguous view of) a recorded, live tensor."""
+        if not isinstance(tensor, torch.Tensor) or tensor.numel() == 0 or not tensor.is_contiguous():
+            return tensor
+        record = self._records.get(tensor.untyped_storage().data_ptr())
+        if record is None or record[0]() is None:
+            return tensor
+        _, file, offset, base = record
+        return FileSlice(tensor, file, offset + tensor.data_ptr() - base)
+
+    def concatenation(self, parts: list[torch.Tensor], shape: tuple[int, ...]) -> torch.Tensor | Concatenation:
+        """An output's parts as the writers take them (``convert_stream``'s ``blocks`` hook, called
+        while the sources are alive): a :class:`Concatenation`, with file slices where a recorded
+        tensor holds a part; a lone part that is no file slice stays a plain tensor."""
+        found = [self.slice_of(p) for p in parts]
+        if len(found) == 1 and not isinstance(found[0], FileSlice) and tuple(found[0].shape) == tuple(shape):
+            return found[0]
+        return Concatenation(found, shape)
+
+
 class CheckedSource(Mapping):
     """A lazy source whose tensors go through a :class:`NonfiniteCheck` as they are read (by their
-    names in the source, i.e. as the user's files call them)."""
+    names in the source, i.e. as the user's files call them), and are recorded in ``origins``
+    where the source knows their place on disk (``extent_of``)."""
 
-    def __init__(self, source: Mapping, check: NonfiniteCheck):
-        self.source, self.check = source, check
+    def __init__(self, source: Mapping, check: NonfiniteCheck, origins: FileOrigins | None = None):
+        self.source, self.check, self.origins = source, check, origins
 
     def __iter__(self):
         return iter(self.source)
@@ -216,6 +261,11 @@ class CheckedSource(Mapping):
     def __getitem__(self, name: str) -> torch.Tensor:
         tensor = self.source[name]
         self.check.check(name, tensor)
+        extent_of = getattr(self.source, "extent_of", None)
+        if self.origins is not None and callable(extent_of):
+            extent = extent_of(name)
+            if extent is not None:
+                self.origins.record(tensor, *extent)
         return tensor
 
     def shape_of(self, name: str) -> torch.Size:
@@ -316,16 +366,23 @@ class HFExport:
     def nbytes(self) -> int:
         return sum(math.prod(shape) * dtype.itemsize for _, dtype, shape in self.plan)
 
-    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+    def tensors(self, parts: bool = False) -> Iterator[tuple[str, torch.Tensor | Concatenation]]:
+        """The HF tensors in stream order. ``parts=True`` (for the HF writer): as
+        :meth:`HFImport.tensors` — views uncloned, bytes kept as they are in a native data file
+        as file slices (:class:`native.checkpoint.Concatenation`)."""
         check = NonfiniteCheck(self.allow_nonfinite)
+        origins = FileOrigins() if parts else None
         rules = self.converter.weight_rules(self.cfg)
-        stream = convert_stream(rules, CheckedSource(self.reader, check), "export", native.state_shapes(self.cfg),
-                                copy=False)
+        stream = convert_stream(rules, CheckedSource(self.reader, check, origins), "export",
+                                native.state_shapes(self.cfg), copy=False,
+                                blocks=origins.concatenation if parts else None)
         return self._tensors(stream, check)
 
-    def _tensors(self, stream, check: NonfiniteCheck) -> Iterator[tuple[str, torch.Tensor]]:
+    def _tensors(self, stream, check: NonfiniteCheck) -> Iterator[tuple[str, torch.Tensor | Concatenation]]:
         for name, tensor in stream:
             if self.requantize and name in self.quantized:
+                if isinstance(tensor, Concatenation):
+                    tensor = tensor.materialize()
                 q, scale = fp8.quantize(tensor, self.scheme.block)
                 del tensor
                 yield name, q
@@ -479,16 +536,19 @@ class HFImport:
         shapes = native.state_shapes(self.cfg)
         return sum(math.prod(shapes[n]) * d.itemsize for n, d in self.dtypes.items())
 
-    def tensors(self, concatenations: bool = False) -> Iterator[tuple[str, torch.Tensor | Concatenation]]:
-        """The native tensors in stream order. ``concatenations=True`` (for the native writer): a
-        tensor that only concatenates source tensors (``fc1 = [gate; up]``, a grouped ``qkv``,
-        stacked experts) comes as a :class:`native.checkpoint.Concatenation` of them, unassembled."""
+    def tensors(self, parts: bool = False) -> Iterator[tuple[str, torch.Tensor | Concatenation]]:
+        """The native tensors in stream order. ``parts=True`` (for the native writer): a tensor
+        that only concatenates source tensors (``fc1 = [gate; up]``, a grouped ``qkv``, stacked
+        experts) comes as a :class:`native.checkpoint.Concatenation` of them, unassembled; views
+        are not cloned; bytes kept as they are in a source file come as file slices, which the
+        writer has the kernel copy (renames, those blocks)."""
         check = NonfiniteCheck(self.allow_nonfinite)
-        stream = convert_stream(self.rules, CheckedSource(self.source, check), "import", self.shapes, copy=False,
-                                concatenation=Concatenation if concatenations else None)
+        origins = FileOrigins() if parts else None
+        stream = convert_stream(self.rules, CheckedSource(self.source, check, origins), "import", self.shapes,
+                                copy=False, blocks=origins.concatenation if parts else None)
         return self._tensors(stream, check)
 
-    def _tensors(self, stream, check) -> Iterator[tuple[str, torch.Tensor]]:
+    def _tensors(self, stream, check) -> Iterator[tuple[str, torch.Tensor | Concatenation]]:
         for name, tensor in stream:
             tensor = _cast(name, tensor, self.dtypes[name], check)
             yield name, tensor

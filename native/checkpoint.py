@@ -79,12 +79,13 @@ from torch.distributed.checkpoint.storage import WriteResult
 from . import layout
 from .atomic import atomic_directory
 from .config import ModelConfig
-from .pages import populate
+from .pages import FileSlice, populate, write_bytes
 
 CONFIG_FILE = "config.json"
 STAGE_FILE = "stage.json"
 DCP_METADATA_FILE = ".metadata"
 _STAGE_DIR = re.compile(r"pp(0|[1-9][0-9]*)")
+_STORAGE_RECORD = re.compile(r"[^/]+/data/[0-9]+")  # a storage's bytes in a torch.save archive
 
 
 class CheckpointError(ValueError):
@@ -133,37 +134,51 @@ class Concatenation:
     at its place in the data file, so ``fc1 = [gate; up]``, a grouped ``qkv`` or stacked experts
     cost neither fresh memory nor a copy: a ``torch.cat`` into fresh pages ran at ~1.7 GB/s on the
     2-core dev box, slower than writing its result. Blocks are CPU tensors of one dtype (made
-    contiguous where they are not)."""
+    contiguous where they are not), or :class:`native.pages.FileSlice` of such tensors: bytes
+    the kernel copies from their file."""
 
-    def __init__(self, blocks: Iterable[torch.Tensor], shape: Iterable[int] | None = None):
-        self.blocks = tuple(b if b.is_contiguous() else b.contiguous() for b in blocks)
-        if not self.blocks or any(b.dtype != self.blocks[0].dtype or b.device.type != "cpu" for b in self.blocks):
+    def __init__(self, blocks: Iterable["torch.Tensor | FileSlice"], shape: Iterable[int] | None = None):
+        self.blocks = tuple(_contiguous(b) for b in blocks)
+        tensors = self.tensors()
+        if not tensors or any(t.dtype != tensors[0].dtype or t.device.type != "cpu" for t in tensors):
             raise CheckpointError("Concatenation: expected CPU blocks of one dtype, got "
-                                  + (", ".join(f"{b.dtype} {b.device}" for b in self.blocks) or "none"))
-        self.shape = torch.Size(shape if shape is not None else _rows_concatenated(self.blocks))
+                                  + (", ".join(f"{t.dtype} {t.device}" for t in tensors) or "none"))
+        self.shape = torch.Size(shape if shape is not None else _rows_concatenated(tensors))
         if self.shape.numel() != self.numel():
             raise CheckpointError(f"Concatenation: blocks of {self.numel()} elements cannot have shape {tuple(self.shape)}")
 
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The blocks as tensors (a file slice's tensor holds its bytes too)."""
+        return tuple(b.tensor if isinstance(b, FileSlice) else b for b in self.blocks)
+
     @property
     def dtype(self) -> torch.dtype:
-        return self.blocks[0].dtype
+        return self.tensors()[0].dtype
 
     @property
     def nbytes(self) -> int:
         return sum(b.nbytes for b in self.blocks)
 
     def numel(self) -> int:
-        return sum(b.numel() for b in self.blocks)
+        return sum(t.numel() for t in self.tensors())
 
     def element_size(self) -> int:
-        return self.blocks[0].element_size()
+        return self.tensors()[0].element_size()
 
     def materialize(self) -> torch.Tensor:
         """The tensor itself (one copy), for consumers that need its values."""
-        return torch.cat([b.reshape(-1) for b in self.blocks]).view(self.shape)
+        return torch.cat([t.reshape(-1) for t in self.tensors()]).view(self.shape)
 
     def __repr__(self) -> str:
         return f"Concatenation({len(self.blocks)} blocks, {tuple(self.shape)}, {self.dtype})"
+
+
+def _contiguous(block: "torch.Tensor | FileSlice") -> "torch.Tensor | FileSlice":
+    if isinstance(block, FileSlice):
+        if not block.tensor.is_contiguous():
+            raise CheckpointError(f"Concatenation: a file slice of {block.file} is not a contiguous tensor")
+        return block
+    return block if block.is_contiguous() else block.contiguous()
 
 
 def _rows_concatenated(blocks: tuple[torch.Tensor, ...]) -> tuple[int, ...]:
@@ -209,36 +224,34 @@ def _write_tensor_file(path: Path, value: "torch.Tensor | Concatenation", sync: 
         with torch.serialization.skip_data():
             torch.save(placeholder, stream)
         stream.flush()
-        position = _data_offset(stream, path, value.nbytes)
+        position = _data_offset(stream, value.nbytes)
+        if position is None:
+            raise CheckpointError(f"{path}: torch.save wrote an archive without the expected data record")
         for block in blocks:
-            position = _pwrite_all(stream.fileno(), block, position)
+            position = write_bytes(stream.fileno(), block, position)
         if sync:
             os.fsync(stream.fileno())
         return stream.seek(0, os.SEEK_END)
 
 
-def _data_offset(stream, path: Path, nbytes: int) -> int:
-    """Where the tensor's bytes start in a one-tensor ``torch.save`` archive (a stored zip record
-    ``<archive>/data/0``: its local header's offset, the header, then the data)."""
-    with zipfile.ZipFile(stream) as archive:
-        records = [info for info in archive.infolist() if info.filename.endswith("/data/0")]
-    if len(records) != 1 or records[0].compress_type != zipfile.ZIP_STORED or records[0].file_size != nbytes:
-        raise CheckpointError(f"{path}: torch.save wrote an archive without the expected data record")
-    stream.seek(records[0].header_offset)
-    header = stream.read(30)
+def _data_offset(stream, nbytes: int) -> int | None:
+    """Where the tensor's ``nbytes`` bytes start in a one-tensor ``torch.save`` archive (a stored
+    zip record ``<archive>/data/0``: its local header's offset, the header, then the data); None
+    for any other file."""
+    try:
+        with zipfile.ZipFile(stream) as archive:
+            records = [info for info in archive.infolist() if _STORAGE_RECORD.fullmatch(info.filename)]
+        if (len(records) != 1 or not records[0].filename.endswith("/data/0")
+                or records[0].compress_type != zipfile.ZIP_STORED or records[0].file_size != nbytes):
+            return None
+        stream.seek(records[0].header_offset)
+        header = stream.read(30)
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return None
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        return None
     name_length, extra_length = struct.unpack("<HH", header[26:30])
     return records[0].header_offset + 30 + name_length + extra_length
-
-
-def _pwrite_all(fd: int, block: torch.Tensor, position: int) -> int:
-    """Write ``block``'s bytes at ``position`` (straight from its memory); returns the end."""
-    if block.numel() == 0:
-        return position
-    data = memoryview(block.reshape(-1).view(torch.uint8).numpy())
-    while len(data):
-        written = os.pwrite(fd, data, position)
-        data, position = data[written:], position + written
-    return position
 
 
 @contextmanager
@@ -684,6 +697,7 @@ class NativeCheckpointReader(Mapping):
         self._stage_of: dict[str, Stage] = {}
         self._metadata: dict[str, Metadata] = {}
         self._file_of: dict[str, Path] = {}
+        self._offsets: dict[str, int | None] = {}
         for stage in self.stages:
             metadata = _read_metadata(stage)
             self._metadata[stage.name] = metadata
@@ -734,6 +748,19 @@ class NativeCheckpointReader(Mapping):
 
     def dtype_of(self, name: str) -> torch.dtype:
         return self._entry(name).properties.dtype
+
+    def extent_of(self, name: str) -> tuple[Path, int] | None:
+        """``(file, offset)`` where ``reader[name]``'s bytes lie, as they are, in a data file of its
+        own (so a writer can copy them file to file); None for tensors read through DCP."""
+        nbytes = self.shape_of(name).numel() * self.dtype_of(name).itemsize
+        file = self._file_of.get(name)
+        if file is None:
+            return None
+        if name not in self._offsets:
+            with open(file, "rb") as stream:
+                self._offsets[name] = _data_offset(stream, nbytes)
+        offset = self._offsets[name]
+        return None if offset is None else (file, offset)
 
     def stage_of(self, name: str) -> str:
         """The stage folder holding ``name`` ("." for a single-stage checkpoint)."""

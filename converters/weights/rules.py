@@ -63,12 +63,16 @@ def _owns_storage(t: Tensor) -> bool:
             and t.untyped_storage().nbytes() == t.numel() * t.element_size())
 
 
-def owned(outputs: Sequence[Tensor], inputs: Sequence[Tensor], copy: bool = True) -> list[Tensor]:
+def owned(outputs: Sequence[Tensor], inputs: Sequence[Tensor], copy: bool = True, views: bool = False) -> list[Tensor]:
     """Make every output a contiguous tensor owning exactly its storage, shared with no other
     output and (``copy=True``) with no input. Clones only where needed (meta tensors pass through).
 
     ``copy=False`` lets an output *be* an input that already owns its storage (a pure rename then
-    costs nothing): for callers whose inputs are theirs alone, e.g. tensors freshly read from disk."""
+    costs nothing): for callers whose inputs are theirs alone, e.g. tensors freshly read from disk.
+    ``views=True`` (with ``copy=False``) only makes outputs contiguous: they may be views sharing
+    storage with inputs and with each other (for a writer that writes exactly a tensor's bytes)."""
+    if views:
+        return [t if t.device.type == "meta" or t.is_contiguous() else t.contiguous() for t in outputs]
     taken = {k for k in map(_storage_key, inputs) if k is not None} if copy else set()
     result = []
     for t in outputs:
@@ -113,7 +117,7 @@ class WeightRule:
     def import_(self, tensors: Sequence[Tensor], copy: bool = True) -> list[Tensor]:
         return self._apply("import", list(tensors), copy)
 
-    def _apply(self, direction: str, tensors: list[Tensor], copy: bool) -> list[Tensor]:
+    def _apply(self, direction: str, tensors: list[Tensor], copy: bool, views: bool = False) -> list[Tensor]:
         sources = self.sources(direction)
         if len(tensors) != len(sources):
             raise ConversionError(f"{', '.join(sources)}: rule expects {len(sources)} tensors, got {len(tensors)}")
@@ -122,7 +126,15 @@ class WeightRule:
                 outputs = self.transform.export(tensors) if direction == "export" else self.transform.import_(tensors)
             except ConversionError as e:
                 raise ConversionError(f"{', '.join(sources)}: {e}") from None
-            return owned(outputs, tensors, copy)
+            return owned(outputs, tensors, copy, views)
+
+    def run_views(self, direction: str, tensors: Sequence[Tensor]) -> list[Tensor] | None:
+        """:meth:`run` with ``copy=False`` whose outputs are contiguous but may be views of the
+        inputs and of each other (``fc1``'s gate and up halves, uncloned): for a writer that writes
+        each tensor's bytes. None for a rule that overrides :meth:`run` (its ``run`` counts)."""
+        if type(self).run is not WeightRule.run:
+            return None
+        return self._apply(direction, list(tensors), copy=False, views=True)
 
     def import_blocks(self, tensors: Sequence[Tensor]) -> list[Blocks] | None:
         """The import's outputs as blocks of the (HF) inputs and shapes, when the transform only

@@ -46,7 +46,7 @@ def _check_shape(name: str, shape: tuple[int, ...], expected_shapes: Mapping[str
 
 def convert_stream(rules: Iterable[WeightRule], source: Mapping[str, Tensor], direction: str,
                    expected_shapes: Mapping[str, Sequence[int]] | None = None, *, copy: bool = True,
-                   concatenation: Callable[[list[Tensor], tuple[int, ...]], Any] | None = None
+                   blocks: Callable[[list[Tensor], tuple[int, ...]], Any] | None = None
                    ) -> Iterator[tuple[str, Tensor]]:
     """Convert ``source`` (native names for ``"export"``, HF names for ``"import"``) by ``rules``.
 
@@ -61,15 +61,17 @@ def convert_stream(rules: Iterable[WeightRule], source: Mapping[str, Tensor], di
     raised by this call, before any tensor is loaded; shapes are checked up-front when the source
     has ``shape_of(name)``, else right after each tensor is loaded.
 
-    ``concatenation(blocks, shape)`` (import with ``copy=False`` only): an output that merely
-    concatenates its inputs (:meth:`WeightRule.import_blocks`) is yielded as what this returns
-    instead of being assembled, e.g. ``native.checkpoint.Concatenation``, which the native writer
-    writes block by block.
+    ``blocks(parts, shape)`` (with ``copy=False``), for a writer of bytes, which needs neither
+    assembled nor owned tensors: every output is yielded as what this returns for its parts,
+    called while the rule's source tensors are alive. An import that only concatenates its
+    inputs (:meth:`WeightRule.import_blocks`) gives its blocks; any other output is one part, a
+    contiguous tensor that may be a view of a source (:meth:`WeightRule.run_views`: no clone).
+    E.g. ``native.checkpoint.Concatenation``, which the writers write part by part.
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-    if concatenation is not None and (direction != "import" or copy):
-        raise ValueError("concatenation applies to an import with copy=False (its blocks are views of the sources)")
+    if blocks is not None and copy:
+        raise ValueError("blocks needs copy=False (its parts may be views of the sources)")
     rules = list(rules)
     check_claims(rules)
     keys = list(source.keys())
@@ -88,7 +90,7 @@ def convert_stream(rules: Iterable[WeightRule], source: Mapping[str, Tensor], di
             shape = _shape_of(source, name)
             if shape is not None:
                 _check_shape(name, shape, expected_shapes)
-    return _stream(rules, source, direction, present, expected_shapes, copy, concatenation)
+    return _stream(rules, source, direction, present, expected_shapes, copy, blocks)
 
 
 def _load(source, name, expected_shapes) -> Tensor:
@@ -97,21 +99,26 @@ def _load(source, name, expected_shapes) -> Tensor:
     return tensor
 
 
-def _run(rule: WeightRule, direction: str, tensors: list[Tensor], copy: bool, concatenation) -> list:
-    blocks = rule.import_blocks(tensors) if concatenation is not None else None
+def _run(rule: WeightRule, direction: str, tensors: list[Tensor], copy: bool, blocks) -> list:
     if blocks is None:
         return rule.run(direction, tensors, copy)
-    return [concatenation(parts, shape) for parts, shape in blocks]
+    parts = rule.import_blocks(tensors) if direction == "import" else None
+    if parts is None:
+        outputs = rule.run_views(direction, tensors)
+        if outputs is None:
+            outputs = rule.run(direction, tensors, copy)
+        parts = [([t], tuple(t.shape)) for t in outputs]
+    return [blocks(p, shape) for p, shape in parts]
 
 
-def _stream(rules, source, direction, present, expected_shapes, copy, concatenation) -> Iterator[tuple[str, Tensor]]:
+def _stream(rules, source, direction, present, expected_shapes, copy, blocks) -> Iterator[tuple[str, Tensor]]:
     for rule in rules:
         names = list(rule.sources(direction)) + [n for n in rule.optional_sources(direction) if n in present]
         tensors = [_load(source, name, expected_shapes) for name in names]
         if len({t.dtype for t in tensors}) > 1:
             raise ConversionError(f"{names[0]}: dtypes differ within one rule: "
                                   + ", ".join(f"{n} {t.dtype}" for n, t in zip(names, tensors)))
-        outputs = _run(rule, direction, tensors, copy, concatenation)
+        outputs = _run(rule, direction, tensors, copy, blocks)
         del tensors
         targets = rule.targets(direction)
         outputs.reverse()

@@ -104,13 +104,43 @@ def test_hf_writer_lays_out_shards_before_data(hf_model, tmp_path, monkeypatch):
     produced, written = [], []
     real_tensors = streaming.HFExport.tensors
     monkeypatch.setattr(streaming.HFExport, "tensors",
-                        lambda self: ((produced.append(n) or (n, t)) for n, t in real_tensors(self)))
+                        lambda self, **kw: ((produced.append(n) or (n, t)) for n, t in real_tensors(self, **kw)))
     real_write = hf_io._ShardFile.write
     monkeypatch.setattr(hf_io._ShardFile, "write",
                         lambda self, n, t: (written.append((n, len(produced))), real_write(self, n, t))[1])
     convert(nat, tmp_path / "hf", max_shard_size="20KB")
     assert [n for n, _ in written] == produced
     assert all(seen - (k + 1) <= 2 for k, (_, seen) in enumerate(written))  # one in the queue, one in flight
+
+
+# ------------------------------------------------------------------------------- kernel copies
+@pytest.mark.parametrize("stages", [1, 2])
+def test_kernel_copies_give_the_same_bytes_as_writing_from_memory(hf_model, tmp_path, monkeypatch, stages):
+    """Renames and concatenated blocks are copied file to file (copy_file_range) both ways; the
+    outputs are byte for byte those written from memory (where the kernel cannot copy)."""
+    from native import pages
+    src, _, tensors = hf_model
+    copied = []
+    real = pages.os.copy_file_range
+
+    def counting(src_fd, dst_fd, count, *offsets):
+        n = real(src_fd, dst_fd, count, *offsets)
+        copied.append(n)
+        return n
+
+    monkeypatch.setattr(pages.os, "copy_file_range", counting)
+    monkeypatch.setattr(pages, "_copy_supported", True)
+    convert(src, tmp_path / "native", pipeline_stages=stages)
+    convert(tmp_path / "native", tmp_path / "hf", max_shard_size="30KB")
+    total = sum(t.nbytes for t in tensors.values())
+    assert sum(copied) > total  # most bytes of both conversions went file to file
+    monkeypatch.setattr(pages, "_copy_supported", False)
+    convert(src, tmp_path / "native_memory", pipeline_stages=stages)
+    convert(tmp_path / "native", tmp_path / "hf_memory", max_shard_size="30KB")
+    assert snapshot(tmp_path / "native") == snapshot(tmp_path / "native_memory")
+    assert snapshot(tmp_path / "hf") == snapshot(tmp_path / "hf_memory")
+    out = read_hf(tmp_path / "hf")
+    assert out.keys() == tensors.keys() and all(torch.equal(bits(out[n]), bits(t)) for n, t in tensors.items())
 
 
 # -------------------------------------------------------------------------------------- dtypes

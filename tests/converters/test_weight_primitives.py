@@ -575,19 +575,23 @@ def test_import_blocks_are_the_inputs_where_the_import_only_concatenates():
         w.split_gate_up("fc1", ("g", "u")).import_blocks([gate, torch.randn(2, 4)])
 
 
-def test_stream_yields_concatenations_unassembled_on_request():
+def test_stream_yields_parts_unassembled_and_uncloned_on_request():
     rules, shapes, state = small_llama()
-    hf = dict(w.convert_stream(rules, state, "export", shapes))
     made = []
 
-    def concatenation(blocks, shape):
-        made.append((blocks, shape))
-        return assemble(blocks, shape)
+    def blocks(parts, shape):
+        made.append(len(parts))
+        return assemble(parts, shape)
 
-    back = dict(w.convert_stream(rules, hf, "import", copy=False, concatenation=concatenation))
+    hf = dict(w.convert_stream(rules, state, "export", shapes, copy=False, blocks=blocks))
+    assert hf.keys() == dict(w.convert_stream(rules, state, "export", shapes)).keys()
+    assert set(made) == {1}  # an export is never a concatenation of its inputs
+    gate, up = w.split_gate_up("fc1", ("g", "u")).run_views("export", [state["layers.0.mlp.fc1.weight"]])
+    assert gate.untyped_storage().data_ptr() == up.untyped_storage().data_ptr()  # views, no clone
+    assert w.embedding_and_head(True)[0].run_views("export", [gate]) is None  # a rule with its own run()
+    made.clear()
+    back = dict(w.convert_stream(rules, hf, "import", copy=False, blocks=blocks))
     assert back.keys() == state.keys() and all(torch.equal(back[n], state[n]) for n in state)
-    assert len(made) == 2 * 2  # per layer: qkv and fc1
+    assert sorted(made, reverse=True)[:4] == [3 * 2, 3 * 2, 2, 2]  # per layer: qkv by kv group, fc1 = [gate; up]
     with pytest.raises(ValueError, match="copy=False"):
-        w.convert_stream(rules, hf, "import", concatenation=concatenation)
-    with pytest.raises(ValueError, match="import"):
-        w.convert_stream(rules, state, "export", copy=False, concatenation=concatenation)
+        w.convert_stream(rules, hf, "import", blocks=blocks)
