@@ -8,6 +8,11 @@ defaults) once, then measures, interleaved over ``--rounds`` rounds (medians rep
 
 - ``cp -r`` of the HF directory and of the native one: the physical floor on this disk (the page
   cache cannot be dropped here, so a warm-up copy runs first and every run reads from the cache);
+  every measurement writes to the same output folder, removed just before it: the dev box is a
+  VM whose page allocation got ~2.5x slower for a run writing while three earlier 2 GB outputs
+  were still cached (``cp -r`` of the native folder: 0.65 s on its own, 1.5-1.9 s in the slot
+  the native -> HF conversion had when each measurement kept its own output folder), so with
+  separate folders the order of the measurements, not the tools, decided part of the ratios;
 - ``convcheck convert`` HF -> native and native -> HF (``CONVCHECK_FSYNC=0``, like ``cp``; one
   extra run with fsync on is reported for information);
 - ``transformers`` ``from_pretrained`` + ``save_pretrained`` of the same model (what a user would
@@ -152,16 +157,17 @@ def main() -> None:
         t0 = time.perf_counter()
         build(hf, cfg, args.shard)
         print(f"built {hf} in {time.perf_counter() - t0:.1f} s", flush=True)
-    nat, out_native, out_hf, out_cp, out_tf = (root / n for n in ("native", "out-native", "out-hf", "out-cp", "out-tf"))
+    nat, out = root / "native", root / "out"  # every measurement writes ``out``, freshly removed
     env = {"CONVCHECK_FSYNC": "0"}
 
     def fresh(*paths):
         for p in paths:
             shutil.rmtree(p, ignore_errors=True)
 
+    load_before = os.getloadavg()
     # warm-up: page cache, and the native source for the native -> HF direction
-    fresh(out_cp, nat)
-    subprocess.run(["cp", "-r", str(hf), str(out_cp)], check=True)
+    fresh(out, nat)
+    subprocess.run(["cp", "-r", str(hf), str(out)], check=True)
     Child.run(convert_cmd(hf, nat, args.shard), env)
     size_hf, size_native = du(hf), du(nat)
     times: dict[str, list[float]] = {}
@@ -177,31 +183,31 @@ def main() -> None:
 
     _, base_rss, _ = Child.run([sys.executable, "-c", "import converters.pipeline, converters.cli"])
     for r in range(args.rounds):
-        fresh(out_cp)
-        wall, _, _ = Child.run(["cp", "-r", str(hf), str(out_cp)])
+        fresh(out)
+        wall, _, _ = Child.run(["cp", "-r", str(hf), str(out)])
         record("cp -r hf", wall)
-        fresh(out_native)
-        wall, peak, out = Child.run(convert_cmd(hf, out_native, args.shard), env)
-        record("hf -> native", converter_seconds(out), peak)
+        fresh(out)
+        wall, peak, printed = Child.run(convert_cmd(hf, out, args.shard), env)
+        record("hf -> native", converter_seconds(printed), peak)
         record("hf -> native (wall, with start-up)", wall)
-        fresh(out_cp)
-        wall, _, _ = Child.run(["cp", "-r", str(nat), str(out_cp)])
+        fresh(out)
+        wall, _, _ = Child.run(["cp", "-r", str(nat), str(out)])
         record("cp -r native", wall)
-        fresh(out_hf)
-        wall, peak, out = Child.run(convert_cmd(nat, out_hf, args.shard), env)
-        record("native -> hf", converter_seconds(out), peak)
+        fresh(out)
+        wall, peak, printed = Child.run(convert_cmd(nat, out, args.shard), env)
+        record("native -> hf", converter_seconds(printed), peak)
         record("native -> hf (wall, with start-up)", wall)
         if not args.no_transformers:
-            fresh(out_tf)
-            wall, peak, out = Child.run([sys.executable, "-c", TRANSFORMERS_CHILD, str(hf), str(out_tf), args.shard])
-            record("transformers load+save", float(out.split("SECONDS")[1]), peak)
+            fresh(out)
+            wall, peak, printed = Child.run([sys.executable, "-c", TRANSFORMERS_CHILD, str(hf), str(out), args.shard])
+            record("transformers load+save", float(printed.split("SECONDS")[1]), peak)
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()), flush=True)
-    fresh(out_native)
-    _, _, out = Child.run(convert_cmd(hf, out_native, args.shard), {"CONVCHECK_FSYNC": "1"})
-    record("hf -> native, fsync on", converter_seconds(out))
-    fresh(out_hf)
-    _, _, out = Child.run(convert_cmd(nat, out_hf, args.shard), {"CONVCHECK_FSYNC": "1"})
-    record("native -> hf, fsync on", converter_seconds(out))
+    fresh(out)
+    _, _, printed = Child.run(convert_cmd(hf, out, args.shard), {"CONVCHECK_FSYNC": "1"})
+    record("hf -> native, fsync on", converter_seconds(printed))
+    fresh(out)
+    _, _, printed = Child.run(convert_cmd(nat, out, args.shard), {"CONVCHECK_FSYNC": "1"})
+    record("native -> hf, fsync on", converter_seconds(printed))
 
     med = {k: statistics.median(v) for k, v in times.items()}
     med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
@@ -209,8 +215,10 @@ def main() -> None:
     startup_cpu = Child.cpu["last"]
     peak = {k: max(v) for k, v in rss.items()}
     shard_hf = largest_file(hf, "*.safetensors")
-    shard_out = largest_file(out_hf, "*.safetensors")
+    shard_out = largest_file(out, "*.safetensors")  # the last run: native -> hf
     print()
+    print(f"load average (1/5/15 min): {_load(load_before)} before, {_load(os.getloadavg())} after "
+          f"(the benchmark's own runs add about 1)")
     print(f"model: {size_hf / 1e9:.2f} GB HF ({len(list(hf.glob('*.safetensors')))} shards, largest "
           f"{fmt_bytes(shard_hf)}), {size_native / 1e9:.2f} GB native; {args.rounds} rounds, medians")
     print(f"{'measurement':40s} {'seconds':>8s} {'GB/s':>6s} {'CPU s':>6s} {'peak RSS':>10s}")
@@ -244,7 +252,7 @@ def main() -> None:
     projection(cfg, size_hf, med, peak, base_rss)
     if not args.keep:
         fresh(hf)
-    fresh(nat, out_native, out_hf, out_cp, out_tf)
+    fresh(nat, out)
 
 
 def in_flight_bytes(hidden: int, intermediate: int, vocab: int) -> int:
@@ -283,6 +291,10 @@ def projection(cfg, size_hf: int, med: dict, peak: dict, base_rss: int) -> None:
               f"~{memory / 2**30:.1f} GiB |")
     print(f"(measured here: HF -> native {rate['hf -> native'] / 1e9:.2f} GB/s, native -> HF "
           f"{rate['native -> hf'] / 1e9:.2f} GB/s, page cache warm, fsync off)")
+
+
+def _load(averages: tuple[float, float, float]) -> str:
+    return "/".join(f"{a:.2f}" for a in averages)
 
 
 def _duration(seconds: float) -> str:

@@ -199,12 +199,13 @@ class _DeterministicWriter(FileSystemWriter):
 
     def write_data(self, plan, planner):
         """One file per write item, named as DCP names them (``{prefix}{k}.distcp``)."""
-        results = []
+        results, skeletons = [], {}
         for k, item in enumerate(plan.items):
             if item.type == WriteItemType.BYTE_IO:
                 raise CheckpointError(f"{item.index.fqn!r}: only tensors are saved in a native checkpoint")
             relative = f"{plan.storage_data.prefix}{k}{DEFAULT_SUFFIX}"
-            length = _write_tensor_file(Path(self.path) / relative, planner.resolve_data(item), self.sync_files)
+            length = _write_tensor_file(Path(self.path) / relative, planner.resolve_data(item), skeletons,
+                                        self.sync_files)
             results.append(WriteResult(index=item.index, size_in_bytes=length,
                                        storage_data=_StorageInfo(relative, 0, length)))
         future: Future = Future()
@@ -212,26 +213,50 @@ class _DeterministicWriter(FileSystemWriter):
         return future
 
 
-def _write_tensor_file(path: Path, value: "torch.Tensor | Concatenation", sync: bool = False) -> int:
+def _write_tensor_file(path: Path, value: "torch.Tensor | Concatenation",
+                       skeletons: dict | None = None, sync: bool = False) -> int:
     """``torch.save(value)``'s bytes at ``path``; returns the file's length.
 
-    The archive is saved without its data (``torch.serialization.skip_data``, from an untouched
-    placeholder: its pages are never mapped), then each block is written at the data record's
-    offset. Same bytes as saving the assembled tensor (with the CRC off, see :func:`_no_crc`)."""
+    The archive without its data depends on the shape and dtype alone (with the CRC off, see
+    :func:`_no_crc`): it is saved once per shape and dtype (``torch.serialization.skip_data``,
+    from an untouched placeholder whose pages are never mapped) and kept in ``skeletons`` as the
+    bytes before and after the data (~0.7 ms a file saved). Then each block is written at the
+    data's offset. Same bytes as ``torch.save`` of the assembled tensor."""
     blocks = value.blocks if isinstance(value, Concatenation) else (value,)
-    placeholder = torch.empty(tuple(value.shape), dtype=value.dtype)
+    key = (tuple(value.shape), value.dtype)
     with open(path, "w+b") as stream:
-        with torch.serialization.skip_data():
-            torch.save(placeholder, stream)
-        stream.flush()
-        position = _data_offset(stream, value.nbytes)
-        if position is None:
-            raise CheckpointError(f"{path}: torch.save wrote an archive without the expected data record")
+        if skeletons is not None and key in skeletons:
+            head, tail = skeletons[key]
+            stream.write(head)
+            stream.seek(len(head) + value.nbytes)
+            stream.write(tail)
+            stream.flush()
+        else:
+            head, tail = _save_skeleton(stream, value, path)
+            if skeletons is not None:
+                skeletons[key] = head, tail
+        position = len(head)
         for block in blocks:
             position = write_bytes(stream.fileno(), block, position)
         if sync:
             os.fsync(stream.fileno())
-        return stream.seek(0, os.SEEK_END)
+        return len(head) + value.nbytes + len(tail)
+
+
+def _save_skeleton(stream, value: "torch.Tensor | Concatenation", path: Path) -> tuple[bytes, bytes]:
+    """``torch.save`` of ``value``'s shape and dtype without the data, into ``stream``; returns the
+    archive's bytes before and after the data."""
+    placeholder = torch.empty(tuple(value.shape), dtype=value.dtype)
+    with torch.serialization.skip_data():
+        torch.save(placeholder, stream)
+    stream.flush()
+    offset = _data_offset(stream, value.nbytes)
+    if offset is None:
+        raise CheckpointError(f"{path}: torch.save wrote an archive without the expected data record")
+    stream.seek(0)
+    head = stream.read(offset)
+    stream.seek(offset + value.nbytes)
+    return head, stream.read()
 
 
 def _data_offset(stream, nbytes: int) -> int | None:
