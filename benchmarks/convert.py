@@ -256,10 +256,11 @@ def main() -> None:
 
 
 def in_flight_bytes(hidden: int, intermediate: int, vocab: int) -> int:
-    """bf16 bytes alive at the worst moment: the writer holds one item while the producer makes the
-    next (``streaming.prefetch``). Either the embedding and the output head (two vocab x hidden
-    renames, memory-mapped), or the gate+up -> fc1 rule (inputs and output: 4 hidden x intermediate)
-    while the previous matrix (at most hidden x intermediate) is written."""
+    """bf16 bytes alive at the worst moment, an upper bound: the writer holds one item while the
+    producer has made up to two more (``pipeline.PREFETCH_DEPTH``), nearly all of them mapped
+    source bytes (``fc1 = [gate; up]`` is written from its two halves, never assembled). Bounded
+    by two vocab x hidden matrices (embedding and output head), or a layer's largest items (gate
+    and up, down, and the next q/k/v: under 5 hidden x intermediate)."""
     return max(2 * vocab * hidden * 2, 5 * hidden * intermediate * 2)
 
 
