@@ -54,6 +54,7 @@ Any valid DCP save with these names is readable (a single ``.distcp`` per stage 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -71,7 +72,7 @@ from torch.futures import Future
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
-from torch.distributed.checkpoint.filesystem import DEFAULT_SUFFIX, _StorageInfo
+from torch.distributed.checkpoint.filesystem import DEFAULT_SUFFIX, FileSystem, _StorageInfo
 from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, TensorStorageMetadata
 from torch.distributed.checkpoint.planner import WriteItemType
 from torch.distributed.checkpoint.storage import WriteResult
@@ -79,7 +80,9 @@ from torch.distributed.checkpoint.storage import WriteResult
 from . import layout
 from .atomic import atomic_directory
 from .config import ModelConfig
+from .dcp_metadata import load_metadata
 from .pages import FileSlice, populate, write_bytes
+from .source_dir import MAX_LAYERS, SourceDir
 
 CONFIG_FILE = "config.json"
 STAGE_FILE = "stage.json"
@@ -568,88 +571,144 @@ def stage_order(cfg: ModelConfig, names: Iterable[str], pipeline_stages: int) ->
 
 
 # -------------------------------------------------------------------------------------- reading
-class _StageReader(FileSystemReader):
-    """A FileSystemReader that serves the metadata already read and validated at open time."""
+MAX_METADATA_BYTES = 2**30  # a .metadata of a million tensors is ~200 MB
 
-    def __init__(self, path: Path, metadata: Metadata):
-        super().__init__(path)
+
+def _rel(stage: Stage, name: str) -> str:
+    """``name`` inside ``stage``'s folder, relative to the checkpoint."""
+    return name if stage.name == "." else f"{stage.name}/{name}"
+
+
+class _HeldFiles(FileSystem):
+    """DCP's file system, opening a stage's data files through the descriptors the reader holds
+    (:class:`native.source_dir.SourceDir`): DCP reads the files validated at open time, never
+    whatever the paths name by then."""
+
+    def __init__(self, source: SourceDir, stage: Stage):
+        super().__init__()
+        self.source, self.stage = source, stage
+
+    @contextmanager
+    def create_stream(self, path, mode):
+        if mode != "rb":
+            raise CheckpointError(f"{path}: a checkpoint being read is never written")
+        with open(self.source.proc_path(_rel(self.stage, Path(path).name)), "rb") as stream:
+            yield stream
+
+
+class _StageReader(FileSystemReader):
+    """A FileSystemReader that serves the metadata already read and validated at open time, and
+    reads data through the held descriptors."""
+
+    def __init__(self, source: SourceDir, stage: Stage, metadata: Metadata):
+        super().__init__(stage.path)
+        self.fs = _HeldFiles(source, stage)
         self._validated = metadata
 
     def read_metadata(self, *args, **kwargs) -> Metadata:
         return self._validated
 
 
-def _read_config(root: Path) -> ModelConfig:
-    file = root / CONFIG_FILE
-    if not file.is_file():
+def _read_config(source: SourceDir) -> ModelConfig:
+    file = source.path / CONFIG_FILE
+    if source.kind(CONFIG_FILE) != "file":
         raise CheckpointError(f"{file}: missing (a native checkpoint needs its config.json)")
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{file}: not valid JSON ({exc})") from None
+    data = source.read_json(CONFIG_FILE)
     if not isinstance(data, dict):
         raise CheckpointError(f"{file}: expected a JSON object, got {type(data).__name__}")
     try:
         return ModelConfig.from_dict(data)
-    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+    except (ValueError, TypeError, AttributeError, KeyError, RecursionError) as exc:
         raise CheckpointError(f"{file}: not a valid native config ({exc})") from None
 
 
-def _read_metadata(stage: Stage) -> Metadata:
-    file = stage.path / DCP_METADATA_FILE
-    if not file.is_file():
+def _read_metadata(source: SourceDir, stage: Stage) -> Metadata:
+    """The stage's DCP metadata, unpickled by :mod:`native.dcp_metadata` (no code runs) before
+    anything else of the stage is read."""
+    rel = _rel(stage, DCP_METADATA_FILE)
+    file = source.path / rel
+    if source.kind(rel) != "file":
         raise CheckpointError(f"{stage.describe()}: missing DCP metadata file {file}")
-    try:
-        metadata = FileSystemReader(stage.path).read_metadata()
-    except Exception as exc:  # unpickling garbage raises almost anything
-        raise CheckpointError(f"{stage.describe()}: corrupt DCP metadata file {file} ({type(exc).__name__}: {exc})") from None
-    if not isinstance(metadata, Metadata) or not isinstance(getattr(metadata, "state_dict_metadata", None), dict):
-        raise CheckpointError(f"{stage.describe()}: corrupt DCP metadata file {file} (not a DCP Metadata object)")
-    for name, entry in metadata.state_dict_metadata.items():
-        if not isinstance(entry, TensorStorageMetadata):
-            raise CheckpointError(f"{stage.describe()}: entry {name!r} in {file} is not a tensor")
-    return metadata
+    size = source.size(rel)
+    if size > MAX_METADATA_BYTES:
+        raise CheckpointError(f"{stage.describe()}: DCP metadata file {file} has {size} bytes, more than the "
+                              f"{MAX_METADATA_BYTES} accepted")
+    return load_metadata(source.read(rel, 0, size), str(file),
+                         lambda message: CheckpointError(f"{stage.describe()}: {message}"))
 
 
-def _check_storage(stage: Stage, metadata: Metadata) -> dict[str, Path]:
-    """Every tensor's bytes must lie inside an existing data file (catches truncation cheaply).
+def _data_file_name(stage: Stage, rel: str, name: str) -> str:
+    """A storage record's file: a plain name inside the stage's folder (what DCP writes), never
+    a path leading elsewhere."""
+    if not rel or "/" in rel or "\\" in rel or rel.startswith(".") or rel in (DCP_METADATA_FILE, STAGE_FILE):
+        raise CheckpointError(f"{stage.describe()}: tensor {name!r} is stored at {rel!r}, which is not a data file "
+                              f"of {stage.path} (DCP names them like __0_0.distcp); refused")
+    return _rel(stage, rel)
 
-    Returns ``name -> data file`` for tensors stored as one chunk filling a file of their own
-    (what :func:`write_checkpoint` makes): those are memory-mapped on load."""
-    sizes: dict[str, int | None] = {}
-    whole: dict[str, Path] = {}
-    for index, info in (getattr(metadata, "storage_data", None) or {}).items():
-        rel, offset, length = getattr(info, "relative_path", None), getattr(info, "offset", None), getattr(info, "length", None)
-        if not isinstance(rel, str) or not isinstance(offset, int) or not isinstance(length, int):
-            continue  # a storage layout this check does not know; DCP itself will judge it
+
+def _covers(entry: TensorStorageMetadata) -> bool:
+    """The chunks tile the tensor: no element left unread (it would be uninitialised memory)."""
+    if math.prod(entry.size) != sum(math.prod(c.sizes) for c in entry.chunks):
+        return False
+    boxes = [(tuple(c.offsets), tuple(c.sizes)) for c in entry.chunks if math.prod(c.sizes)]
+    for i, (o1, s1) in enumerate(boxes):
+        for o2, s2 in boxes[i + 1:]:
+            if all(a < b + m and b < a + n for a, n, b, m in zip(o1, s1, o2, s2)):
+                return False
+    return True
+
+
+def _check_storage(source: SourceDir, stage: Stage, metadata: Metadata) -> dict[str, str]:
+    """Every tensor's chunks tile it and its bytes lie inside a data file of the stage, opened now
+    and held (catches truncation and paths leading outside cheaply). A tensor needs at least its
+    own size in stored bytes, so no size is ever allocated that the files do not back.
+
+    Returns ``name -> data file`` (relative to the checkpoint) for tensors stored as one chunk
+    filling a file of their own (what :func:`write_checkpoint` makes): those are memory-mapped."""
+    sizes: dict[str, int] = {}
+    stored: dict[str, int] = {}
+    whole: dict[str, str] = {}
+    for index, info in metadata.storage_data.items():
+        name = index.fqn
+        rel = _data_file_name(stage, info.relative_path, name)
         if rel not in sizes:
-            file = stage.path / rel
-            sizes[rel] = file.stat().st_size if file.is_file() else None
-        name = getattr(index, "fqn", index)
-        if sizes[rel] is None:
-            raise CheckpointError(f"{stage.describe()}: data file {stage.path / rel} (holding tensor {name!r}) is missing")
-        if offset < 0 or length < 0 or offset + length > sizes[rel]:
-            raise CheckpointError(f"{stage.describe()}: data file {stage.path / rel} is truncated: tensor {name!r} "
+            if source.kind(rel) != "file":
+                raise CheckpointError(f"{stage.describe()}: data file {source.path / rel} (holding tensor {name!r}) "
+                                      "is missing")
+            sizes[rel] = source.size(rel)
+        offset, length = info.offset, info.length
+        if offset + length > sizes[rel]:
+            raise CheckpointError(f"{stage.describe()}: data file {source.path / rel} is truncated: tensor {name!r} "
                                   f"needs bytes {offset}..{offset + length}, the file has {sizes[rel]}")
-        entry = metadata.state_dict_metadata.get(name)
+        stored[name] = stored.get(name, 0) + length
+        entry = metadata.state_dict_metadata[name]
         if (offset == 0 and length == sizes[rel] and not getattr(info, "transform_descriptors", None)
-                and isinstance(entry, TensorStorageMetadata) and len(entry.chunks) == 1
+                and len(entry.chunks) == 1
                 and tuple(entry.chunks[0].sizes) == tuple(entry.size) and not any(entry.chunks[0].offsets)):
-            whole[name] = stage.path / rel
-    users: dict[Path, int] = {}
+            whole[name] = rel
+    for name, entry in metadata.state_dict_metadata.items():
+        nbytes = math.prod(entry.size) * entry.properties.dtype.itemsize
+        if not _covers(entry):
+            raise CheckpointError(f"{stage.describe()}: tensor {name!r}: its chunks do not cover its shape "
+                                  f"{tuple(entry.size)} exactly once")
+        if stored.get(name, 0) < nbytes:
+            raise CheckpointError(f"{stage.describe()}: tensor {name!r} of shape {tuple(entry.size)} needs "
+                                  f"{nbytes} bytes, its data files hold {stored.get(name, 0)}")
+    users: dict[str, int] = {}
     for file in whole.values():
         users[file] = users.get(file, 0) + 1
     return {n: f for n, f in whole.items() if users[f] == 1}  # a shared data file is read through DCP
 
 
-def _read_stage_manifest(root: Path, name: str, index: int, num_layers: int) -> tuple[int, range]:
-    file = root / name / STAGE_FILE
-    if not file.is_file():
+def _read_stage_manifest(source: SourceDir, name: str, index: int, num_layers: int) -> tuple[int, range]:
+    rel = f"{name}/{STAGE_FILE}"
+    file = source.path / rel
+    if source.kind(rel) != "file":
         raise CheckpointError(f"stage {name}: missing stage manifest {file}")
+    data = source.read_json(rel)
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
         stage, num_stages, (start, stop) = data["stage"], data["num_stages"], data["layers"]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"stage {name}: corrupt stage manifest {file} ({type(exc).__name__}: {exc})") from None
     ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (stage, num_stages, start, stop))
     if not ints or stage != index or num_stages < 1 or not 0 <= start <= stop <= num_layers:
@@ -658,14 +717,15 @@ def _read_stage_manifest(root: Path, name: str, index: int, num_layers: int) -> 
     return num_stages, range(start, stop)
 
 
-def _discover_stages(root: Path, cfg: ModelConfig) -> list[Stage]:
+def _discover_stages(source: SourceDir, cfg: ModelConfig) -> list[Stage]:
+    root = source.path
     stage_dirs = {}
-    for entry in root.iterdir():
-        if entry.name.startswith("pp") and entry.name[2:].isdigit():
-            if not _STAGE_DIR.fullmatch(entry.name) or not entry.is_dir():
-                raise CheckpointError(f"{entry}: not a valid stage folder name (expected pp0, pp1, ...)")
-            stage_dirs[int(entry.name[2:])] = entry.name
-    flat = (root / DCP_METADATA_FILE).exists()
+    for entry in source.listdir():
+        if entry.startswith("pp") and entry[2:].isdigit():
+            if not _STAGE_DIR.fullmatch(entry) or source.kind(entry) != "dir":
+                raise CheckpointError(f"{root / entry}: not a valid stage folder name (expected pp0, pp1, ...)")
+            stage_dirs[int(entry[2:])] = entry
+    flat = source.kind(DCP_METADATA_FILE) is not None
     if flat and stage_dirs:
         raise CheckpointError(f"{root}: holds both top-level DCP weights ({DCP_METADATA_FILE}) and stage folders "
                               f"{sorted(stage_dirs.values())}; which one is the checkpoint is ambiguous")
@@ -673,7 +733,7 @@ def _discover_stages(root: Path, cfg: ModelConfig) -> list[Stage]:
         return [Stage(".", root, 0, range(cfg.num_layers), True, True)]
     if not stage_dirs:
         raise CheckpointError(f"{root}: no weights (neither {root / DCP_METADATA_FILE} nor stage folders pp0/, pp1/, ...)")
-    manifests = {k: _read_stage_manifest(root, name, k, cfg.num_layers) for k, name in sorted(stage_dirs.items())}
+    manifests = {k: _read_stage_manifest(source, name, k, cfg.num_layers) for k, name in sorted(stage_dirs.items())}
     declared = {n for n, _ in manifests.values()}
     if len(declared) != 1:
         raise CheckpointError(f"{root}: stage manifests disagree on the number of stages: "
@@ -709,22 +769,37 @@ class NativeCheckpointReader(Mapping):
     per stage. Every returned tensor is owned by the caller: freshly allocated, or a private
     copy-on-write memory map of a data file holding that tensor alone (its pages mapped at once;
     writes to the tensor never reach the file).
+
+    The directory is read as untrusted input (:class:`native.source_dir.SourceDir`): every file
+    is opened once, at open time, and held until :meth:`close`; files outside the directory (by a
+    symbolic link or a storage record) and special files are refused unless ``follow_symlinks``.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, follow_symlinks: bool = False):
         self.path = Path(path)
         if not self.path.is_dir():
             raise CheckpointError(f"{self.path}: not a directory (a native checkpoint is a directory)")
-        self.config: ModelConfig = _read_config(self.path)
-        self.stages: list[Stage] = _discover_stages(self.path, self.config)
+        self.source = SourceDir(self.path, follow_symlinks=follow_symlinks, error=CheckpointError)
+        try:
+            self._open()
+        except BaseException:
+            self.source.close()
+            raise
+
+    def _open(self) -> None:
+        self.config: ModelConfig = _read_config(self.source)
+        if self.config.num_layers > MAX_LAYERS:
+            raise CheckpointError(f"{self.path / CONFIG_FILE}: {self.config.num_layers} layers, more than the "
+                                  f"{MAX_LAYERS} accepted")
+        self.stages: list[Stage] = _discover_stages(self.source, self.config)
         expected = layout.state_shapes(self.config)
         self._entries: dict[str, TensorStorageMetadata] = {}
         self._stage_of: dict[str, Stage] = {}
         self._metadata: dict[str, Metadata] = {}
-        self._file_of: dict[str, Path] = {}
+        self._file_of: dict[str, str] = {}
         self._offsets: dict[str, int | None] = {}
         for stage in self.stages:
-            metadata = _read_metadata(stage)
+            metadata = _read_metadata(self.source, stage)
             self._metadata[stage.name] = metadata
             for name, entry in metadata.state_dict_metadata.items():
                 if name not in expected:
@@ -739,7 +814,7 @@ class NativeCheckpointReader(Mapping):
                                           f"config's layout says {tuple(expected[name])}")
                 self._entries[name] = entry
                 self._stage_of[name] = stage
-            self._file_of.update(_check_storage(stage, metadata))
+            self._file_of.update(_check_storage(self.source, stage, metadata))
         for name in expected:
             if name not in self._entries:
                 layer = layout.layer_of(name)
@@ -781,11 +856,12 @@ class NativeCheckpointReader(Mapping):
         file = self._file_of.get(name)
         if file is None:
             return None
+        path = self.source.proc_path(file)
         if name not in self._offsets:
-            with open(file, "rb") as stream:
+            with open(path, "rb") as stream:
                 self._offsets[name] = _data_offset(stream, nbytes)
         offset = self._offsets[name]
-        return None if offset is None else (file, offset)
+        return None if offset is None else (Path(path), offset)
 
     def stage_of(self, name: str) -> str:
         """The stage folder holding ``name`` ("." for a single-stage checkpoint)."""
@@ -816,7 +892,8 @@ class NativeCheckpointReader(Mapping):
             stage = self._stage_of[next(iter(tensors))]
             try:
                 with _quiet_dcp():
-                    dcp.load(tensors, storage_reader=_StageReader(stage.path, self._metadata[stage_name]), no_dist=True)
+                    dcp.load(tensors, storage_reader=_StageReader(self.source, stage, self._metadata[stage_name]),
+                             no_dist=True)
             except (Exception, CheckpointException) as exc:
                 cause = _cause(exc)
                 if not isinstance(cause, Exception):
@@ -833,7 +910,7 @@ class NativeCheckpointReader(Mapping):
         if file is None:
             return None
         try:
-            tensor = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            tensor = torch.load(self.source.proc_path(file), map_location="cpu", weights_only=True, mmap=True)
         except Exception:
             return None
         if (not isinstance(tensor, torch.Tensor) or tensor.dtype != entry.properties.dtype
@@ -849,27 +926,37 @@ class NativeCheckpointReader(Mapping):
     def load_all(self) -> dict[str, torch.Tensor]:
         return self.load_many(self._names)
 
+    def close(self) -> None:
+        """Release the held files (tensors already returned stay valid: they are maps or copies)."""
+        self.source.close()
 
-def open_checkpoint(path: str | os.PathLike) -> NativeCheckpointReader:
+    def __enter__(self) -> "NativeCheckpointReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_checkpoint(path: str | os.PathLike, *, follow_symlinks: bool = False) -> NativeCheckpointReader:
     """Open and validate a native checkpoint for lazy, tensor-at-a-time reading."""
-    return NativeCheckpointReader(path)
+    return NativeCheckpointReader(path, follow_symlinks=follow_symlinks)
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Read a whole native checkpoint (merging stage folders). Raises CheckpointError if anything
     is missing, extra, misshapen, duplicated across stages or unreadable."""
-    reader = open_checkpoint(path)
-    return reader.config, reader.load_all()
+    with open_checkpoint(path) as reader:
+        return reader.config, reader.load_all()
 
 
 def is_native_checkpoint(path: str | os.PathLike) -> bool:
     """Cheap detection (for the CLI): a directory with config.json carrying ``format_version`` and
     no HF ``model_type``, plus DCP weights or stage folders. Does not validate."""
-    root = Path(path)
     try:
-        data = json.loads((root / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        with SourceDir(path, follow_symlinks=True) as source:
+            data = source.read_json(CONFIG_FILE) if source.kind(CONFIG_FILE) == "file" else None
+            if not isinstance(data, dict) or "format_version" not in data or "model_type" in data:
+                return False
+            return source.kind(DCP_METADATA_FILE) == "file" or source.kind("pp0") == "dir"
+    except ValueError:
         return False
-    if not isinstance(data, dict) or "format_version" not in data or "model_type" in data:
-        return False
-    return (root / DCP_METADATA_FILE).exists() or (root / "pp0").is_dir()
