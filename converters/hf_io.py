@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 import mmap
 import os
 import re
@@ -38,6 +39,7 @@ import torch
 from native.atomic import atomic_directory
 from native.checkpoint import Concatenation
 from native.pages import populate, write_bytes
+from native.source_dir import SourceDir, parse_json
 
 from .errors import ConversionError
 
@@ -88,79 +90,98 @@ def parse_size(text: str | int) -> int:
 
 
 # --------------------------------------------------------------------------------- reading
-def _read_json(file: Path, what: str) -> Any:
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConversionError(f"{file}: missing ({what})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConversionError(f"{file}: unreadable ({exc})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConversionError(f"{file}: not valid JSON ({exc})") from None
-
-
-def _read_json_object(file: Path, what: str) -> dict:
-    data = _read_json(file, what)
+def _read_json_object(source: SourceDir, rel: str) -> dict:
+    """A JSON object file of the source (strict JSON: :func:`native.source_dir.parse_json`)."""
+    data = source.read_json(rel)
     if not isinstance(data, dict):
-        raise ConversionError(f"{file}: expected a JSON object, got {type(data).__name__}")
+        raise ConversionError(f"{source.path / rel}: expected a JSON object, got {type(data).__name__}")
     return data
 
 
-def read_safetensors_header(file: Path) -> dict[str, tuple[torch.dtype, tuple[int, ...], int, int]]:
+def read_safetensors_header(file: Path, *, source: SourceDir | None = None,
+                            rel: str | None = None) -> dict[str, tuple[torch.dtype, tuple[int, ...], int, int]]:
     """Parse and check a safetensors header without reading tensor data.
 
-    Returns ``name -> (dtype, shape, begin, end)`` with absolute byte offsets in the file. Raises
-    ConversionError naming the file (and tensor) if the header is truncated, not JSON, or a
-    tensor's bytes fall outside the file or disagree with its dtype and shape.
+    Returns ``name -> (dtype, shape, begin, end)`` with absolute byte offsets in the file. The
+    checks are safetensors' own, made before any data is touched: a header of at most
+    :data:`_MAX_HEADER` bytes of strict JSON (no key twice, bounded nesting), entries with a known
+    dtype, integer dimensions and offsets consistent with them, and data ranges that tile the data
+    section exactly (inside the file, no overlap, no gap). Raises ConversionError naming the file
+    (and tensor). ``source``/``rel``: read through an open :class:`native.source_dir.SourceDir`.
     """
-    try:
-        size = file.stat().st_size
-        with open(file, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise ConversionError(f"{file}: truncated safetensors file ({size} bytes, no header length)")
-            (length,) = struct.unpack("<Q", head)
-            if length > _MAX_HEADER or 8 + length > size:
-                raise ConversionError(f"{file}: truncated or corrupt safetensors file (header of {length} bytes "
-                                      f"declared, file has {size} bytes)")
-            raw = f.read(length)
-    except OSError as exc:
-        raise ConversionError(f"{file}: unreadable ({exc})") from None
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConversionError(f"{file}: corrupt safetensors header, not valid JSON ({exc})") from None
+    if source is None:
+        with SourceDir(Path(file).parent, follow_symlinks=True, error=ConversionError) as own:
+            return read_safetensors_header(file, source=own, rel=Path(file).name)
+    size = source.size(rel)
+    head = source.read(rel, 0, 8)
+    if len(head) < 8:
+        raise ConversionError(f"{file}: truncated safetensors file ({size} bytes, no header length)")
+    (length,) = struct.unpack("<Q", head)
+    if length > _MAX_HEADER or 8 + length > size:
+        raise ConversionError(f"{file}: truncated or corrupt safetensors file (header of {length} bytes "
+                              f"declared, file has {size} bytes)")
+    header = parse_json(source.read(rel, 8, length), f"{file}: corrupt safetensors header", ConversionError)
     if not isinstance(header, dict):
         raise ConversionError(f"{file}: corrupt safetensors header (not a JSON object)")
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ConversionError(f"{file}: corrupt safetensors header (__metadata__ must map strings to strings)")
     base = 8 + length
     out: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
     for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype_name, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
-            shape = tuple(int(d) for d in shape)
-            begin, end = int(begin), int(end)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ConversionError(f"{file}: corrupt safetensors header entry for tensor {name!r} ({exc!r})") from None
-        if dtype_name not in SAFETENSORS_DTYPES:
-            raise ConversionError(f"{file}: tensor {name!r} has unsupported dtype {dtype_name!r}")
-        dtype = SAFETENSORS_DTYPES[dtype_name]
-        numel = 1
-        for d in shape:
-            if d < 0:
-                raise ConversionError(f"{file}: tensor {name!r} has a negative dimension in shape {shape}")
-            numel *= d
-        if not 0 <= begin <= end or end - begin != numel * dtype.itemsize:
-            raise ConversionError(f"{file}: tensor {name!r} has data offsets [{begin}, {end}) inconsistent with "
-                                  f"dtype {dtype_name} and shape {list(shape)}")
-        if base + end > size:
-            raise ConversionError(f"{file}: truncated safetensors file: tensor {name!r} needs bytes up to "
-                                  f"{base + end}, the file has {size}")
+        dtype, shape, begin, end = _header_entry(file, name, entry)
         out[name] = (dtype, shape, base + begin, base + end)
+    _check_tiling(file, out, base, size)
     return out
+
+
+def _integers(value, count: int | None = None) -> bool:
+    return (isinstance(value, list) and (count is None or len(value) == count)
+            and all(type(v) is int and v >= 0 for v in value))
+
+
+def _header_entry(file: Path, name: str, entry) -> tuple[torch.dtype, tuple[int, ...], int, int]:
+    """One tensor's entry, every field of the type safetensors gives it (``2.0``, ``"2"`` or
+    ``true`` as a dimension is refused, not rounded or cast)."""
+    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+        raise ConversionError(f"{file}: corrupt safetensors header entry for tensor {name!r} (expected exactly "
+                              f"dtype, shape and data_offsets, got {entry!r:.200})")
+    dtype_name, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype_name, str) or dtype_name not in SAFETENSORS_DTYPES:
+        raise ConversionError(f"{file}: tensor {name!r} has unsupported dtype {dtype_name!r}")
+    if not _integers(shape):
+        raise ConversionError(f"{file}: tensor {name!r} has shape {shape!r:.200}; dimensions must be non-negative "
+                              "integers")
+    if not _integers(offsets, 2):
+        raise ConversionError(f"{file}: tensor {name!r} has data_offsets {offsets!r:.200}; expected two "
+                              "non-negative integers")
+    dtype = SAFETENSORS_DTYPES[dtype_name]
+    begin, end = offsets
+    if not begin <= end or end - begin != math.prod(shape) * dtype.itemsize:
+        raise ConversionError(f"{file}: tensor {name!r} has data offsets [{begin}, {end}) inconsistent with "
+                              f"dtype {dtype_name} and shape {list(shape)}")
+    return dtype, tuple(shape), begin, end
+
+
+def _check_tiling(file: Path, entries: dict, base: int, size: int) -> None:
+    """The data ranges, sorted, follow each other from the end of the header to the end of the
+    file: none outside the file, none overlapping another (two tensors sharing bytes), no gap."""
+    for name, (_, _, _, end) in entries.items():
+        if end > size:
+            raise ConversionError(f"{file}: truncated safetensors file: tensor {name!r} needs bytes up to "
+                                  f"{end}, the file has {size}")
+    position, previous = base, None
+    for name, (_, _, begin, end) in sorted(entries.items(), key=lambda item: (item[1][2], item[1][3])):
+        if begin < position:
+            raise ConversionError(f"{file}: tensors {previous!r} and {name!r} overlap (bytes {begin - base}.."
+                                  f"{position - base} of the data); refused")
+        if begin > position:
+            raise ConversionError(f"{file}: corrupt safetensors file: bytes {position - base}..{begin - base} of "
+                                  f"the data belong to no tensor (before {name!r})")
+        position, previous = end, name
+    if position != size:
+        raise ConversionError(f"{file}: corrupt safetensors file: {size - position} bytes after the last tensor "
+                              "belong to no tensor")
 
 
 def _shard_name(index_file: Path, name: Any) -> str:
@@ -180,38 +201,51 @@ class HFCheckpointReader(Mapping):
     headers without reading data. The files must not change while the reader is in use.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, follow_symlinks: bool = False):
         self.path = Path(path)
         if not self.path.is_dir():
             raise ConversionError(f"{self.path}: not a directory (an HF checkpoint is a directory)")
-        self.config: dict = _read_json_object(self.path / CONFIG_FILE, "an HF checkpoint needs config.json")
-        gen = self.path / GENERATION_CONFIG_FILE
-        self.generation_config: dict | None = _read_json_object(gen, "") if gen.is_file() else None
+        self.source = SourceDir(self.path, follow_symlinks=follow_symlinks, error=ConversionError)
+        try:
+            self._open()
+        except BaseException:
+            self.source.close()
+            raise
+
+    def _open(self) -> None:
+        source = self.source
+        if source.kind(CONFIG_FILE) != "file":
+            raise ConversionError(f"{self.path / CONFIG_FILE}: missing (an HF checkpoint needs config.json)")
+        self.config: dict = _read_json_object(source, CONFIG_FILE)
+        self.generation_config: dict | None = (_read_json_object(source, GENERATION_CONFIG_FILE)
+                                               if source.kind(GENERATION_CONFIG_FILE) == "file" else None)
         self._file_of: dict[str, str] = {}
         self._info: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
         self._bins: dict[str, dict[str, torch.Tensor]] = {}
-        if (self.path / SAFETENSORS_FILE).is_file():
+        if source.kind(SAFETENSORS_FILE) == "file":
             self.format, self.index = "safetensors", None
             self._open_safetensors({SAFETENSORS_FILE: None})
-        elif (self.path / SAFETENSORS_INDEX).is_file():
+        elif source.kind(SAFETENSORS_INDEX) == "file":
             self.format, self.index = "safetensors", SAFETENSORS_INDEX
             self._open_safetensors(self._read_index(SAFETENSORS_INDEX))
-        elif (self.path / BIN_FILE).is_file():
+        elif source.kind(BIN_FILE) == "file":
             self.format, self.index = "bin", None
             self._open_bins({BIN_FILE: None})
-        elif (self.path / BIN_INDEX).is_file():
+        elif source.kind(BIN_INDEX) == "file":
             self.format, self.index = "bin", BIN_INDEX
             self._open_bins(self._read_index(BIN_INDEX))
         else:
             raise ConversionError(f"{self.path}: no weights ({SAFETENSORS_FILE}, {SAFETENSORS_INDEX}, {BIN_FILE} "
                                   f"or {BIN_INDEX})")
         self._names = sorted(self._file_of)
+        self.extra_files: dict[str, str] = {name: self.source.proc_path(name) for name in tokenizer_names(source)}
+        """Tokenizer files (top level, :data:`TOKENIZER_PATTERNS`): name -> a path to the held file."""
 
     # -- opening ------------------------------------------------------------------------------
     def _read_index(self, name: str) -> dict[str, list[str] | None]:
         """``shard -> the tensor names the index assigns to it``."""
         file = self.path / name
-        data = _read_json_object(file, "")
+        data = _read_json_object(self.source, name)
         weight_map = data.get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise ConversionError(f"{file}: missing or empty 'weight_map'")
@@ -219,7 +253,7 @@ class HFCheckpointReader(Mapping):
         for tensor, shard in weight_map.items():
             shards.setdefault(_shard_name(file, shard), []).append(tensor)
         for shard, tensors in shards.items():
-            if not (self.path / shard).is_file():
+            if self.source.kind(shard) != "file":
                 raise ConversionError(f"{file}: names shard {shard} (holding {tensors[0]!r}), which is missing "
                                       f"from {self.path}")
         return shards
@@ -244,7 +278,7 @@ class HFCheckpointReader(Mapping):
     def _open_safetensors(self, shards: dict[str, list[str] | None]) -> None:
         self._headers: dict[str, dict] = {}
         for shard, listed in shards.items():
-            header = read_safetensors_header(self.path / shard)
+            header = read_safetensors_header(self.path / shard, source=self.source, rel=shard)
             self._check_listed(shard, listed, header)
             wanted = set(listed) if listed is not None else None
             for name, (dtype, shape, _, _) in header.items():
@@ -255,13 +289,14 @@ class HFCheckpointReader(Mapping):
     def _open_bins(self, shards: dict[str, list[str] | None]) -> None:
         for shard, listed in shards.items():
             file = self.path / shard
-            try:
+            held = self.source.proc_path(shard)
+            try:  # weights_only: torch's restricted unpickler (sound from torch 2.6, the lower bound)
                 try:
-                    data = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+                    data = torch.load(held, map_location="cpu", weights_only=True, mmap=True)
                 except RuntimeError as exc:
                     if "mmap" not in str(exc):
                         raise
-                    data = torch.load(file, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+                    data = torch.load(held, map_location="cpu", weights_only=True)  # legacy (non-zip) format
             except Exception as exc:
                 raise ConversionError(f"{file}: unreadable PyTorch weights file ({type(exc).__name__}: "
                                       f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
@@ -310,7 +345,7 @@ class HFCheckpointReader(Mapping):
         if self.format != "safetensors":
             return None
         shard = self._file_of[name]
-        return self.path / shard, self._headers[shard][name][2]
+        return Path(self.source.proc_path(shard)), self._headers[shard][name][2]
 
     def _entry(self, name: str) -> tuple[torch.dtype, tuple[int, ...]]:
         try:
@@ -335,12 +370,14 @@ class HFCheckpointReader(Mapping):
             header = self._headers[shard]
             for name in wanted:
                 dtype, shape, begin, end = header[name]
-                out[name] = map_tensor(file, dtype, shape, begin, end, name)
+                out[name] = map_tensor(file, dtype, shape, begin, end, name, fd=self.source.open(shard))
         return {name: out[name] for name in names}
 
     def close(self) -> None:
-        """Drop the memory maps of ``.bin`` files (safetensors tensors are mapped per read)."""
+        """Drop the memory maps of ``.bin`` files and release the held files (tensors already
+        returned stay valid: they are maps or copies)."""
         self._bins.clear()
+        self.source.close()
 
     def __enter__(self) -> "HFCheckpointReader":
         return self
@@ -349,20 +386,22 @@ class HFCheckpointReader(Mapping):
         self.close()
 
 
-def map_tensor(file: Path, dtype: torch.dtype, shape: tuple[int, ...], begin: int, end: int,
-               name: str = "") -> torch.Tensor:
+def map_tensor(file: str | Path, dtype: torch.dtype, shape: tuple[int, ...], begin: int, end: int,
+               name: str = "", fd: int | None = None) -> torch.Tensor:
     """Bytes ``[begin, end)`` of ``file`` as a tensor: a private (copy-on-write) memory map of that
     range alone, owning its storage (offset 0, exactly its bytes), its pages mapped at once
-    (:func:`native.pages.populate`: a conversion reads every byte, and bulk mapping is faster)."""
+    (:func:`native.pages.populate`: a conversion reads every byte, and bulk mapping is faster).
+    ``fd``: the file's descriptor, held by a reader (then ``file`` only names it in messages)."""
     if end == begin:
         return torch.empty(shape, dtype=dtype)
     start = begin - begin % mmap.ALLOCATIONGRANULARITY
     try:
-        fd = os.open(file, os.O_RDONLY)
+        own = os.open(file, os.O_RDONLY) if fd is None else None
         try:
-            mapped = mmap.mmap(fd, end - start, offset=start, access=mmap.ACCESS_COPY)
+            mapped = mmap.mmap(own if fd is None else fd, end - start, offset=start, access=mmap.ACCESS_COPY)
         finally:
-            os.close(fd)
+            if own is not None:
+                os.close(own)
     except (OSError, ValueError) as exc:
         raise ConversionError(f"{file}: could not read tensor {name!r} ({type(exc).__name__}: {exc})") from None
     numel = (end - begin) // dtype.itemsize
@@ -373,16 +412,19 @@ def map_tensor(file: Path, dtype: torch.dtype, shape: tuple[int, ...], begin: in
     return tensor
 
 
-def open_hf_checkpoint(path: str | os.PathLike) -> HFCheckpointReader:
-    """Open and validate an HF checkpoint directory for lazy reading."""
-    return HFCheckpointReader(path)
+def open_hf_checkpoint(path: str | os.PathLike, *, follow_symlinks: bool = False) -> HFCheckpointReader:
+    """Open and validate an HF checkpoint directory for lazy reading (untrusted input: see
+    :class:`native.source_dir.SourceDir`; ``follow_symlinks`` reads links leading outside it)."""
+    return HFCheckpointReader(path, follow_symlinks=follow_symlinks)
 
 
 def is_hf_checkpoint(path: str | os.PathLike) -> bool:
-    """Cheap detection (for the CLI): config.json is a JSON object with ``model_type``."""
+    """Cheap detection (for the CLI): config.json is a JSON object with ``model_type``. Never
+    opens a special file (a FIFO would block)."""
     try:
-        data = json.loads((Path(path) / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        with SourceDir(path, follow_symlinks=True, error=ConversionError) as source:
+            data = source.read_json(CONFIG_FILE) if source.kind(CONFIG_FILE) == "file" else None
+    except ConversionError:
         return False
     return isinstance(data, dict) and "model_type" in data
 
@@ -400,13 +442,27 @@ def shard_file_name(k: int, n: int) -> str:
     return f"model-{k + 1:05d}-of-{n:05d}.safetensors"
 
 
-def tokenizer_files(src: str | os.PathLike) -> list[Path]:
-    """Top-level regular files of ``src`` matching :data:`TOKENIZER_PATTERNS`, sorted by name."""
+def tokenizer_names(source: SourceDir, folder: str = ".") -> list[str]:
+    """Names of ``folder``'s entries matching :data:`TOKENIZER_PATTERNS` that are files, sorted. A
+    matching special file or link leading outside is refused (never silently left out)."""
+    names = []
+    for name in source.listdir(folder):
+        if any(fnmatch.fnmatchcase(name, pat) for pat in TOKENIZER_PATTERNS):
+            rel = name if folder == "." else f"{folder}/{name}"
+            if source.kind(rel) == "file":
+                names.append(name)
+    return names
+
+
+def tokenizer_files(src: str | os.PathLike, *, follow_symlinks: bool = False) -> list[Path]:
+    """Top-level regular files of ``src`` matching :data:`TOKENIZER_PATTERNS`, sorted by name. A
+    matching special file, or a link leading outside ``src`` (unless ``follow_symlinks``), is
+    refused naming it."""
     root = Path(src)
     if not root.is_dir():
         raise ConversionError(f"{root}: not a directory to copy tokenizer files from")
-    return sorted(p for p in root.iterdir()
-                  if p.is_file() and any(fnmatch.fnmatchcase(p.name, pat) for pat in TOKENIZER_PATTERNS))
+    with SourceDir(root, follow_symlinks=follow_symlinks, error=ConversionError) as source:
+        return [root / name for name in tokenizer_names(source)]
 
 
 def _blocks(value: torch.Tensor | Concatenation) -> tuple:
@@ -604,8 +660,8 @@ def _write_accumulated(directory: Path, tensors, max_bytes: int, progress) -> tu
 def write_hf_checkpoint(dst: str | os.PathLike, config: dict,
                         tensors: Iterable[tuple[str, torch.Tensor]] | Mapping[str, torch.Tensor], *,
                         max_shard_size: int | str = 5 * 10**9, generation_config: dict | None = None,
-                        copy_files_from: str | os.PathLike | None = None, overwrite: bool = False,
-                        progress: Callable[[str, int], None] | None = None,
+                        copy_files_from: str | os.PathLike | Mapping[str, str | os.PathLike] | None = None,
+                        overwrite: bool = False, progress: Callable[[str, int], None] | None = None,
                         plan: Iterable[tuple[str, torch.dtype, tuple[int, ...]]] | None = None) -> Path:
     """Write an HF checkpoint directory at ``dst``, streaming ``tensors`` shard by shard.
 
@@ -619,7 +675,8 @@ def write_hf_checkpoint(dst: str | os.PathLike, config: dict,
     ``model-0000k-of-0000n.safetensors`` with ``model.safetensors.index.json`` (``total_size``
     and a sorted ``weight_map``). ``config.json`` (and ``generation_config.json`` when given)
     are written with sorted keys and indent 2; tokenizer files are copied from
-    ``copy_files_from``. Same input, same bytes. Atomic: nothing appears at ``dst`` unless
+    ``copy_files_from`` (a directory, read as :func:`tokenizer_files` does, or ``name -> file``
+    already chosen, e.g. a reader's held ``extra_files``). Same input, same bytes. Atomic: nothing appears at ``dst`` unless
     everything was written; an existing ``dst`` is refused unless ``overwrite``.
     ``progress(name, nbytes)`` is called after each tensor is taken.
     """
@@ -630,7 +687,12 @@ def write_hf_checkpoint(dst: str | os.PathLike, config: dict,
         raise ConversionError(f"config.json: expected a dict, got {type(config).__name__}")
     config_text = _json_text(config, CONFIG_FILE)
     generation_text = None if generation_config is None else _json_text(generation_config, GENERATION_CONFIG_FILE)
-    extra_files = tokenizer_files(copy_files_from) if copy_files_from is not None else []
+    if copy_files_from is None:
+        extra_files: dict[str, str | os.PathLike] = {}
+    elif isinstance(copy_files_from, Mapping):
+        extra_files = dict(copy_files_from)
+    else:
+        extra_files = {f.name: f for f in tokenizer_files(copy_files_from)}
     with atomic_directory(dst, overwrite=overwrite, error=ConversionError) as tmp:
         if plan is not None:
             weight_map, total = _write_planned(tmp, tensors, plan, max_bytes, progress)
@@ -642,8 +704,11 @@ def write_hf_checkpoint(dst: str | os.PathLike, config: dict,
         (tmp / CONFIG_FILE).write_text(config_text, encoding="utf-8")
         if generation_text is not None:
             (tmp / GENERATION_CONFIG_FILE).write_text(generation_text, encoding="utf-8")
-        for file in extra_files:
-            if file.name in (CONFIG_FILE, GENERATION_CONFIG_FILE) or (tmp / file.name).exists():
+        for name, file in sorted(extra_files.items()):
+            if name in (CONFIG_FILE, GENERATION_CONFIG_FILE) or (tmp / name).exists():
                 continue
-            shutil.copyfile(file, tmp / file.name)
+            try:
+                shutil.copyfile(file, tmp / name)
+            except OSError as exc:
+                raise ConversionError(f"{dst}: copying {name} failed ({exc.strerror or exc})") from None
     return Path(dst)

@@ -21,6 +21,7 @@ import gc
 import os
 import sys
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -28,9 +29,10 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from native.checkpoint import is_native_checkpoint, write_checkpoint
+from native.source_dir import SourceDir
 
 from .errors import ConversionError
-from .hf_io import is_hf_checkpoint, open_hf_checkpoint, parse_size, tokenizer_files, write_hf_checkpoint
+from .hf_io import CONFIG_FILE, is_hf_checkpoint, open_hf_checkpoint, parse_size, write_hf_checkpoint
 from .streaming import (  # noqa: F401  (re-exported: the pipeline's names before streaming.py existed)
     DTYPE_NAMES, DTYPES, GENERATION_KEY, HF_FILES_DIR, MODEL_TYPE_KEY, hf_export, hf_import, parse_dtype, prefetch,
 )
@@ -51,12 +53,14 @@ class Summary:
                 f"{self.nbytes / 1e9:.3f} GB in {self.seconds:.2f} s ({rate:.0f} MB/s) -> {self.dst}")
 
 
-def detect_format(path: str | os.PathLike) -> str:
+def detect_format(path: str | os.PathLike, *, follow_symlinks: bool = False) -> str:
     path = Path(path)
     if not path.exists():
         raise ConversionError(f"{path}: no such file or directory")
     if not path.is_dir():
         raise ConversionError(f"{path}: not a directory (expected an HF or native checkpoint directory)")
+    with SourceDir(path, follow_symlinks=follow_symlinks, error=ConversionError) as source:
+        source.kind(CONFIG_FILE)  # a FIFO or a link leading outside is refused here, never opened
     if is_hf_checkpoint(path):
         return "hf"
     if is_native_checkpoint(path):
@@ -72,22 +76,62 @@ def cast(stream: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype | None) 
         yield name, tensor
 
 
-def _check_paths(src: Path, dst: Path, overwrite: bool) -> None:
-    src_real, dst_real = src.resolve(), dst.resolve()
-    if dst_real == src_real or src_real in dst_real.parents:
-        raise ConversionError(f"{dst}: the output must not be inside the input {src}")
-    if dst_real in src_real.parents:
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _location(path: Path) -> list[Path]:
+    """``path`` resolved and every folder above it: where it physically is."""
+    real = Path(os.path.realpath(path))
+    return [real, *real.parents]
+
+
+def _check_paths(src: Path, dst: Path, overwrite: bool, force_overwrite: bool = False) -> None:
+    """Refuse a destination that would destroy the input or something that is not ours to replace.
+
+    Input and output are compared by file identity (``st_dev``, ``st_ino``), never by path: the
+    same folder reached through a bind mount, another spelling or a case-insensitive file system
+    is the same folder. ``--overwrite`` replaces a directory only when it is recognisably a
+    checkpoint (HF or native) or empty, unless ``--force-overwrite``."""
+    if dst.name in ("", ".", ".."):
+        raise ConversionError(f"{dst}: not a usable destination: name the folder to create or replace "
+                              "(e.g. ../converted)")
+    src_id = _identity(src)
+    for folder in _location(dst):
+        if _identity(folder) == src_id:
+            raise ConversionError(f"{dst}: the output must not be inside the input {src}"
+                                  + (" (it is the input itself)" if folder == _location(dst)[0] else ""))
+    dst_id = _identity(dst)
+    if dst_id is not None and any(_identity(folder) == dst_id for folder in _location(src)):
         raise ConversionError(f"{dst}: the output must not contain the input {src} (replacing it would delete the input)")
-    if dst.exists() and not overwrite:
+    if not (dst.exists() or dst.is_symlink()):
+        return
+    if not overwrite and not force_overwrite:
         raise ConversionError(f"{dst}: already exists (pass --overwrite to replace it)")
-    if dst.exists() and not dst.is_dir():
+    if not dst.is_dir():
         raise ConversionError(f"{dst}: exists and is not a directory; refusing to replace it")
+    if os.path.ismount(dst):
+        raise ConversionError(f"{dst}: is a mount point, which cannot be replaced; write to a folder inside it")
+    if force_overwrite:
+        return
+    try:
+        empty = not os.listdir(dst)
+    except OSError as exc:
+        raise ConversionError(f"{dst}: cannot be read ({exc.strerror or exc}); refusing to replace it") from None
+    if not (empty or is_hf_checkpoint(dst) or is_native_checkpoint(dst)):
+        raise ConversionError(f"{dst}: holds no HF or native checkpoint; --overwrite only replaces a checkpoint or an "
+                              "empty folder (pass --force-overwrite to replace it anyway)")
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = None, dtype: str = "keep",
             max_shard_size: str | int = "5GB", overwrite: bool = False, model_type: str | None = None,
             progress: Callable[[str, int], None] | None = None, weight_dtype: str | None = None,
-            requantize: bool = False, allow_nonfinite: bool = False, pipeline_stages: int = 1) -> Summary:
+            requantize: bool = False, allow_nonfinite: bool = False, pipeline_stages: int = 1,
+            follow_symlinks: bool = False, force_overwrite: bool = False) -> Summary:
     """Convert the checkpoint at ``src`` into the other format at ``dst`` (atomically, streaming).
 
     ``dtype`` (keep, bf16, fp16, fp32, fp64) casts floating tensors; ``weight_dtype`` and
@@ -96,17 +140,24 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = 
     ``allow_nonfinite``; ``pipeline_stages`` splits a native output into stage folders.
     ``progress(name, nbytes)`` is called per tensor written; if it has a ``start(tensors, nbytes)``
     attribute, that is called first with the totals.
+
+    ``src`` is untrusted input (:class:`native.source_dir.SourceDir`): a symbolic link leading
+    outside it, a storage record or index entry naming a file elsewhere, or a special file is
+    refused unless ``follow_symlinks``; every file is opened once, so a checkpoint replaced while
+    it is read is read wholly as the version opened. ``overwrite`` replaces an existing ``dst``
+    only when it is a checkpoint or empty; ``force_overwrite`` replaces any directory.
     """
     src, dst = Path(src), Path(dst)
     parse_dtype(dtype)
     parse_dtype(weight_dtype, "--weight-dtype", allow_keep=False)
-    source_format = detect_format(src)
+    source_format = detect_format(src, follow_symlinks=follow_symlinks)
     target = to or ("native" if source_format == "hf" else "hf")
     if target not in ("hf", "native"):
         raise ConversionError(f"--to={target!r} must be 'hf' or 'native'")
     if target == source_format:
         raise ConversionError(f"{src} is already a {source_format} checkpoint (--to {target})")
-    _check_paths(src, dst, overwrite)
+    _check_paths(src, dst, overwrite, force_overwrite)
+    overwrite = overwrite or force_overwrite
     max_bytes = parse_size(max_shard_size)
     if (not isinstance(pipeline_stages, int) or isinstance(pipeline_stages, bool) or pipeline_stages < 1):
         raise ConversionError(f"--pipeline-stages={pipeline_stages!r} must be a positive integer")
@@ -123,10 +174,10 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = 
     try:
         if source_format == "hf":
             model_type = _hf_to_native(src, dst, dtype, weight_dtype, allow_nonfinite, pipeline_stages, overwrite,
-                                       counter)
+                                       counter, follow_symlinks)
         else:
             model_type = _native_to_hf(src, dst, dtype, weight_dtype, requantize, allow_nonfinite, max_bytes,
-                                       overwrite, counter, model_type)
+                                       overwrite, counter, model_type, follow_symlinks)
     finally:
         torch.set_num_threads(threads)
         sys.setswitchinterval(interval)
@@ -181,28 +232,28 @@ class _Counter:
 
 
 def _hf_to_native(src: Path, dst: Path, dtype: str, weight_dtype: str | None, allow_nonfinite: bool,
-                  pipeline_stages: int, overwrite: bool, counter: _Counter) -> str:
-    with open_hf_checkpoint(src) as reader:
+                  pipeline_stages: int, overwrite: bool, counter: _Counter, follow_symlinks: bool) -> str:
+    with open_hf_checkpoint(src, follow_symlinks=follow_symlinks) as reader:
         plan = hf_import(reader, dtype=dtype, weight_dtype=weight_dtype, allow_nonfinite=allow_nonfinite,
                          pipeline_stages=pipeline_stages)
         if pipeline_stages > plan.cfg.num_layers:
             raise ConversionError(f"--pipeline-stages={pipeline_stages} exceeds the model's {plan.cfg.num_layers} layers")
         counter.start(len(plan.dtypes), plan.nbytes)
-        tensors = prefetch(plan.tensors(parts=True), depth=PREFETCH_DEPTH)
-        write_checkpoint(dst, plan.cfg, counter.wrap(tensors), plan.dtypes, pipeline_stages,
-                         overwrite=overwrite,
-                         extra_files={f"{HF_FILES_DIR}/{f.name}": f for f in tokenizer_files(src)})
+        with closing(prefetch(plan.tensors(parts=True), depth=PREFETCH_DEPTH)) as tensors:
+            write_checkpoint(dst, plan.cfg, counter.wrap(tensors), plan.dtypes, pipeline_stages,
+                             overwrite=overwrite,
+                             extra_files={f"{HF_FILES_DIR}/{name}": file for name, file in reader.extra_files.items()})
     return plan.converter.model_type
 
 
 def _native_to_hf(src: Path, dst: Path, dtype: str, weight_dtype: str | None, requantize: bool,
                   allow_nonfinite: bool, max_bytes: int, overwrite: bool, counter: _Counter,
-                  model_type: str | None) -> str:
+                  model_type: str | None, follow_symlinks: bool) -> str:
     export = hf_export(src, dtype=dtype, weight_dtype=weight_dtype, requantize=requantize,
-                       allow_nonfinite=allow_nonfinite, model_type=model_type)
-    counter.start(len(export.plan), export.nbytes)
-    write_hf_checkpoint(dst, export.config, prefetch(export.tensors(parts=True), depth=PREFETCH_DEPTH),
-                        max_shard_size=max_bytes,
-                        generation_config=export.generation_config, copy_files_from=export.hf_files,
-                        overwrite=overwrite, progress=counter, plan=export.plan)
+                       allow_nonfinite=allow_nonfinite, model_type=model_type, follow_symlinks=follow_symlinks)
+    with export.reader, closing(prefetch(export.tensors(parts=True), depth=PREFETCH_DEPTH)) as tensors:
+        counter.start(len(export.plan), export.nbytes)
+        write_hf_checkpoint(dst, export.config, tensors, max_shard_size=max_bytes,
+                            generation_config=export.generation_config, copy_files_from=export.hf_files,
+                            overwrite=overwrite, progress=counter, plan=export.plan)
     return export.converter.model_type

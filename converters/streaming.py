@@ -38,6 +38,7 @@ from native.pages import FileSlice
 from . import fp8, registry
 from .base import Converter
 from .errors import ConversionError
+from .hf_io import tokenizer_names
 from .weights import convert_stream, export_shapes
 
 DTYPES: dict[str, torch.dtype | None] = {"keep": None, "bf16": torch.bfloat16, "fp16": torch.float16,
@@ -100,6 +101,7 @@ def prefetch(items: Iterable, depth: int = 1) -> Iterator:
 
     def consume() -> Iterator:
         thread = threading.Thread(target=produce, name="convcheck-prefetch", daemon=True)
+        _PRODUCERS[thread] = stop
         thread.start()  # on the first next(): a generator never started never needs stopping
         try:
             while True:
@@ -116,8 +118,23 @@ def prefetch(items: Iterable, depth: int = 1) -> Iterator:
             stop.set()
             slots.release()
             thread.join()
+            _PRODUCERS.pop(thread, None)
 
     return consume()
+
+
+_PRODUCERS: dict[threading.Thread, threading.Event] = {}  # prefetch threads alive, and their stop signal
+
+
+def stop_producers() -> None:
+    """Stop and join every prefetch thread still running (the CLI calls it on its way out, after an
+    interrupt or an error: a producer thread left inside a torch kernel while the interpreter
+    exits aborts the process, ``terminate called without an active exception``)."""
+    for thread, stop in list(_PRODUCERS.items()):
+        stop.set()
+    for thread in list(_PRODUCERS):
+        thread.join()
+        _PRODUCERS.pop(thread, None)
 
 
 # --------------------------------------------------------------------------- nonfinite values
@@ -355,7 +372,7 @@ class HFExport:
     config: dict
     generation_config: dict | None
     plan: list[Entry]
-    hf_files: Path | None
+    hf_files: dict[str, str]  # tokenizer files kept in the checkpoint: name -> the reader's held file
     targets: dict[str, torch.dtype]
     quantized: frozenset[str]
     scheme: fp8.Scheme | None
@@ -397,17 +414,20 @@ class HFExport:
 
 def hf_export(native_ckpt: str | os.PathLike | NativeCheckpointReader, *, dtype: str = "keep",
               weight_dtype: str | None = None, requantize: bool = False, allow_nonfinite: bool = False,
-              model_type: str | None = None) -> HFExport:
+              model_type: str | None = None, follow_symlinks: bool = False) -> HFExport:
     """Plan the HF form of a native checkpoint (a path or an open reader). Reads metadata only.
 
     ``dtype`` casts floating tensors (``keep``: as stored). For a checkpoint imported from FP8
     (its metadata records the quantized weights), ``weight_dtype`` gives those weights their own
     dtype, and ``requantize=True`` writes them as FP8 blocks with ``_scale_inv`` companions and
     restores ``quantization_config``. ``model_type`` is needed only when the checkpoint does not
-    record one. Raises :class:`ConversionError` for everything checkable without data."""
+    record one. ``follow_symlinks`` reads links leading outside the checkpoint (refused by
+    default: :class:`native.source_dir.SourceDir`). Raises :class:`ConversionError` for everything
+    checkable without data."""
     cast_to = parse_dtype(dtype)
     weight_to = parse_dtype(weight_dtype, "--weight-dtype", allow_keep=False)
-    reader = native_ckpt if isinstance(native_ckpt, NativeCheckpointReader) else open_checkpoint(native_ckpt)
+    reader = (native_ckpt if isinstance(native_ckpt, NativeCheckpointReader)
+              else open_checkpoint(native_ckpt, follow_symlinks=follow_symlinks))
     cfg = reader.config
     metadata = dict(cfg.metadata)
     recorded = metadata.pop(MODEL_TYPE_KEY, None)
@@ -453,10 +473,12 @@ def hf_export(native_ckpt: str | os.PathLike | NativeCheckpointReader, *, dtype:
     config["dtype"] = dtype_name(dominant(plain or [(n, targets[n], s) for n, _, s in outputs], torch.bfloat16))
     if requantize:
         config[fp8.QUANT_KEY] = scheme.config
-    hf_files = reader.path / HF_FILES_DIR
+    hf_files = {}
+    if reader.source.kind(HF_FILES_DIR) == "dir":
+        hf_files = {name: reader.source.proc_path(f"{HF_FILES_DIR}/{name}")
+                    for name in tokenizer_names(reader.source, HF_FILES_DIR)}
     return HFExport(converter, cfg, reader, dict(sorted(config.items())), generation, plan,
-                    hf_files if hf_files.is_dir() else None, targets, frozenset(quantized), scheme, requantize,
-                    allow_nonfinite)
+                    hf_files, targets, frozenset(quantized), scheme, requantize, allow_nonfinite)
 
 
 def stream_hf_weights(native_ckpt: str | os.PathLike | NativeCheckpointReader, *, dtype: str = "keep",

@@ -178,20 +178,38 @@ def atomic_directory(dst: str | os.PathLike, *, overwrite: bool = False,
     dst = Path(dst)
     parent = dst.parent if str(dst.parent) else Path(".")
     name = dst.name
-    if not name:
+    if name in ("", ".", ".."):
         raise error(f"{dst}: not a usable destination directory name")
-    recover(dst)
-    if (dst.exists() or dst.is_symlink()) and not overwrite:
+    try:
+        recover(dst)
+        exists = dst.exists() or dst.is_symlink()
+    except OSError as exc:
+        raise error(f"{dst}: cannot create the output there ({_reason(exc)})") from None
+    if exists and not overwrite:
         raise error(f"{dst} already exists (pass overwrite=True / --overwrite to replace it)")
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-{_owner_tag()}", dir=parent))
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-{_owner_tag()}", dir=parent))
+    except OSError as exc:
+        raise error(f"{dst}: cannot create the output there ({_reason(exc)})") from None
     try:
         yield tmp
         fsync_tree(tmp)
         _commit(tmp, dst, parent, overwrite, error)
+    except OSError as exc:  # a full disk, a read-only or vanished destination: one line, nothing left
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(error, type) and isinstance(exc, error):
+            raise
+        raise error(f"{dst}: writing the output failed ({_reason(exc)}); nothing was written") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _reason(exc: OSError) -> str:
+    """``strerror`` and the file it concerns, without a traceback's worth of detail."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    return f"{what}: {exc.filename}" if exc.filename else what
 
 
 def _commit(tmp: Path, dst: Path, parent: Path, overwrite: bool, error: Callable[[str], Exception]) -> None:

@@ -152,7 +152,7 @@ def test_reader_loads_one_tensor_without_touching_others(tmp_path, monkeypatch):
     reader = open_hf_checkpoint(tmp_path / "hf")
     opened = []
     real = hf_io.map_tensor
-    monkeypatch.setattr(hf_io, "map_tensor", lambda path, *a: opened.append(Path(path).name) or real(path, *a))
+    monkeypatch.setattr(hf_io, "map_tensor", lambda path, *a, **k: opened.append(Path(path).name) or real(path, *a, **k))
     for name in reader:
         reader.shape_of(name), reader.dtype_of(name)
     assert opened == []  # metadata from the validated headers only

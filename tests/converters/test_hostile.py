@@ -34,10 +34,12 @@ def good(tmp_path_factory):
 
 @pytest.fixture
 def work(good, tmp_path):
-    """Private copies of the good checkpoints, and a previous output at ``out``."""
+    """Private copies of the good checkpoints, and a previous output at ``out`` (a checkpoint, so
+    that ``--overwrite`` may replace it)."""
     for name in ("hf", "native"):
         shutil.copytree(good / name, tmp_path / name)
     (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "config.json").write_text('{"model_type": "llama"}')
     (tmp_path / "out" / "previous.txt").write_text("previous output")
     return tmp_path
 
