@@ -1,16 +1,20 @@
 """The ``convcheck`` command line: convert, gate, fuzz, replay.
 
-Exit codes (DESIGN §1): 0 success; 1 a property failed (gate, fuzz, replay); 2 bad input, reported
-as one line without a traceback.
+Exit codes (DESIGN §1): 0 success; 1 a property failed (gate, fuzz, replay); 2 bad input or a bad
+destination, reported as one line without a traceback; 130 interrupted (SIGINT) and 143
+terminated (SIGTERM), also one line. Whatever ends a conversion, its temporary directory is
+removed, a previous output is left as it was and no worker thread outlives it.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import os
+import signal
 import sys
 
 EXIT_OK, EXIT_PROPERTY_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_SIGINT, EXIT_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM
 
 #: subcommands implemented by the property suite: name → (module, function, one-line help)
 SUITE_COMMANDS = {
@@ -44,7 +48,13 @@ def _convert_parser(sub) -> None:
                    help="HF -> native: write pipeline-stage folders pp0..pp{N-1} (default 1: no stage folders)")
     p.add_argument("--model-type", help="HF model_type for a native checkpoint that does not record one")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace DST if it exists (atomically: a killed run leaves the previous DST)")
+                   help="replace DST if it is a checkpoint or an empty folder (atomically: a killed run leaves "
+                        "the previous DST)")
+    p.add_argument("--force-overwrite", action="store_true",
+                   help="replace DST even when it holds no checkpoint (any directory: its contents are lost)")
+    p.add_argument("--follow-symlinks", action="store_true",
+                   help="read symbolic links in SRC that lead outside it (refused by default: a downloaded "
+                        "checkpoint could link to your private files, which would be copied into DST)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -56,7 +66,8 @@ def run_convert(args) -> int:
         summary = convert(args.src, args.dst, to=args.to, dtype=args.dtype, max_shard_size=args.max_shard_size,
                           overwrite=args.overwrite, model_type=args.model_type, progress=progress,
                           weight_dtype=args.weight_dtype, requantize=args.requantize,
-                          allow_nonfinite=args.allow_nonfinite, pipeline_stages=args.pipeline_stages)
+                          allow_nonfinite=args.allow_nonfinite, pipeline_stages=args.pipeline_stages,
+                          follow_symlinks=args.follow_symlinks, force_overwrite=args.force_overwrite)
     print(summary.line())
     return EXIT_OK
 
@@ -87,19 +98,46 @@ def main(argv: list[str] | None = None) -> int:
     return _guarded(run_convert, args)
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt so that cleanup runs."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def _guarded(command, args) -> int:
-    """Bad input is one line on stderr and exit 2, never a traceback."""
+    """Bad input is one line on stderr and exit 2, never a traceback; SIGINT and SIGTERM are one
+    line and 130 or 143, after the atomic writer has removed its temporary directory."""
     from native.checkpoint import CheckpointError
     from native.schema import ConfigError
 
     from .errors import ConversionError
+    from .streaming import stop_producers
 
+    previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
     try:
         return command(args)
     except (ConversionError, CheckpointError, ConfigError) as exc:
-        message = " ".join(str(exc).split())
-        print(f"convcheck: error: {message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _fail(" ".join(str(exc).split()), EXIT_BAD_INPUT)
+    except KeyboardInterrupt:
+        return _fail(f"interrupted (SIGINT); {args.dst} was left as it was", EXIT_SIGINT)
+    except Terminated:
+        return _fail(f"terminated (SIGTERM); {args.dst} was left as it was", EXIT_SIGTERM)
+    finally:
+        stop_producers()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"convcheck: error: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -41,6 +41,7 @@ from native.checkpoint import Concatenation
 from native.pages import populate, write_bytes
 from native.source_dir import SourceDir, parse_json
 
+from .config_values import check_config_values, check_finite
 from .errors import ConversionError
 
 CONFIG_FILE = "config.json"
@@ -217,8 +218,11 @@ class HFCheckpointReader(Mapping):
         if source.kind(CONFIG_FILE) != "file":
             raise ConversionError(f"{self.path / CONFIG_FILE}: missing (an HF checkpoint needs config.json)")
         self.config: dict = _read_json_object(source, CONFIG_FILE)
+        check_config_values(self.config, str(self.path / CONFIG_FILE))
         self.generation_config: dict | None = (_read_json_object(source, GENERATION_CONFIG_FILE)
                                                if source.kind(GENERATION_CONFIG_FILE) == "file" else None)
+        if self.generation_config is not None:
+            check_finite(self.generation_config, str(self.path / GENERATION_CONFIG_FILE))
         self._file_of: dict[str, str] = {}
         self._info: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
         self._bins: dict[str, dict[str, torch.Tensor]] = {}

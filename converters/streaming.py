@@ -37,6 +37,7 @@ from native.pages import FileSlice
 
 from . import fp8, registry
 from .base import Converter
+from .config_values import check_config_values
 from .errors import ConversionError
 from .hf_io import tokenizer_names
 from .weights import convert_stream, export_shapes
@@ -498,18 +499,12 @@ def stream_hf_weights(native_ckpt: str | os.PathLike | NativeCheckpointReader, *
 
 
 # --------------------------------------------------------------------------------- import
-_POSITIVE_KEYS = ("hidden_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers",
-                  "intermediate_size", "vocab_size", "head_dim")
-
-
 def check_hf_config(config: Mapping[str, Any]) -> None:
     """Contradictions every decoder config shares, named by their HF keys (before any converter
-    reads the dict): the head keys must be positive integers, ``num_key_value_heads`` must divide
-    ``num_attention_heads``, and without ``head_dim`` the heads must divide ``hidden_size``."""
-    for key in _POSITIVE_KEYS:
-        value = config.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-            raise ConversionError(f"config.json: {key}={value!r} must be a positive integer")
+    reads the dict): the values themselves (:func:`converters.config_values.check_config_values`:
+    types, finite, bounded), ``num_key_value_heads`` must divide ``num_attention_heads``, and
+    without ``head_dim`` the heads must divide ``hidden_size``."""
+    check_config_values(config)
     heads, kv = config.get("num_attention_heads"), config.get("num_key_value_heads")
     hidden = config.get("hidden_size")
     if heads and kv and heads % kv:
