@@ -18,11 +18,10 @@ The bounds are far above any public model (largest seen: vocabulary 262k, width 
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
-from native.source_dir import MAX_JSON_DEPTH, MAX_LAYERS
+from native.source_dir import MAX_LAYERS, nonfinite_path
 
 from .errors import ConversionError
 
@@ -61,7 +60,7 @@ _NESTED = ("rope_scaling", "rope_parameters")
 def check_config_values(config: Mapping[str, Any], file: str = "config.json") -> None:
     """Refuse (:class:`ConversionError` naming ``file`` and the key) a value no architecture
     accepts: see the module docstring."""
-    _check_finite(config, file, "", 0)
+    check_finite(config, file)
     for where, section in _sections(config):
         for key, value in section.items():
             if value is None:
@@ -98,17 +97,15 @@ def _sections(config: Mapping[str, Any]):
 
 def check_finite(value: Any, file: str) -> None:
     """No NaN or infinity anywhere in ``value`` (e.g. ``generation_config.json``)."""
-    _check_finite(value, file, "", 0)
+    path = nonfinite_path(value)
+    if path is not None:
+        raise ConversionError(f"{file}: {path}={_lookup(value, path)!r} is not a finite number")
 
 
-def _check_finite(value: Any, file: str, where: str, depth: int) -> None:
-    if depth > MAX_JSON_DEPTH:
-        raise ConversionError(f"{file}: nested deeper than {MAX_JSON_DEPTH} levels at {where or 'the top'}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConversionError(f"{file}: {where or 'value'}={value!r} is not a finite number")
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            _check_finite(item, file, f"{where}.{key}" if where else str(key), depth + 1)
-    elif isinstance(value, (list, tuple)):
-        for k, item in enumerate(value):
-            _check_finite(item, file, f"{where}[{k}]", depth + 1)
+def _lookup(value: Any, path: str) -> Any:
+    for part in path.replace("[", ".[").split("."):
+        if part.startswith("["):
+            value = value[int(part[1:-1])]
+        elif part:
+            value = value[part]
+    return value

@@ -60,8 +60,9 @@ def detect_format(path: str | os.PathLike, *, follow_symlinks: bool = False) -> 
     if not path.is_dir():
         raise ConversionError(f"{path}: not a directory (expected an HF or native checkpoint directory)")
     with SourceDir(path, follow_symlinks=follow_symlinks, error=ConversionError) as source:
-        source.kind(CONFIG_FILE)  # a FIFO or a link leading outside is refused here, never opened
-    if is_hf_checkpoint(path):
+        # a FIFO or a link leading outside is refused here, never opened; invalid JSON is named
+        config = source.read_json(CONFIG_FILE) if source.kind(CONFIG_FILE) == "file" else None
+    if isinstance(config, dict) and "model_type" in config:
         return "hf"
     if is_native_checkpoint(path):
         return "native"

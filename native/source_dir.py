@@ -234,15 +234,18 @@ def _room_for_descriptors(needed: int) -> None:
 
 
 # ------------------------------------------------------------------------------------ JSON
-def _refuse_constant(name: str):
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text} does not fit a finite float")
-    return value
+def nonfinite_path(value: Any, where: str = "") -> str | None:
+    """The dotted path of the first NaN or infinity inside ``value`` (dicts and lists), or None."""
+    stack = [(value, where)]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return path or "the value"
+        if isinstance(item, dict):
+            stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in reversed(list(item.items())))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, f"{path}[{k}]") for k, v in reversed(list(enumerate(item))))
+    return None
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
@@ -283,11 +286,15 @@ def json_depth_exceeded(raw: bytes | str, limit: int = MAX_JSON_DEPTH) -> bool:
 def parse_json(raw: bytes, where: str | os.PathLike, error: Callable[[str], Exception] = ValueError) -> Any:
     """Strict JSON: UTF-8, nesting at most :data:`MAX_JSON_DEPTH`, no ``NaN``/``Infinity`` and
     no number overflowing a float, no key twice in an object. Python's ``json`` accepts all four;
-    none is valid JSON, and each has passed a wrong value through silently."""
+    none is valid JSON, and each has passed a wrong value through silently. A non-finite number
+    is named by its key path."""
     if json_depth_exceeded(raw):
         raise error(f"{where}: JSON nested deeper than {MAX_JSON_DEPTH} levels; refused")
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float,
-                          object_pairs_hook=_no_duplicates)
+        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise error(f"{where}: not valid JSON ({exc})") from None
+    path = nonfinite_path(data)
+    if path is not None:
+        raise error(f"{where}: {path} is not a finite number (NaN, Infinity or too large for a float); refused")
+    return data
