@@ -121,9 +121,9 @@ def _guarded(command, args) -> int:
     except (ConversionError, CheckpointError, ConfigError) as exc:
         return _fail(" ".join(str(exc).split()), EXIT_BAD_INPUT)
     except KeyboardInterrupt:
-        return _fail(f"interrupted (SIGINT); {args.dst} was left as it was", EXIT_SIGINT)
+        return _fail("interrupted (SIGINT); no partial output was left", EXIT_SIGINT)
     except Terminated:
-        return _fail(f"terminated (SIGTERM); {args.dst} was left as it was", EXIT_SIGTERM)
+        return _fail("terminated (SIGTERM); no partial output was left", EXIT_SIGTERM)
     finally:
         stop_producers()
         if previous is not None:

@@ -36,6 +36,7 @@ import hashlib
 import os
 import secrets
 import shutil
+import signal
 import socket
 import tempfile
 from contextlib import contextmanager
@@ -195,7 +196,8 @@ def atomic_directory(dst: str | os.PathLike, *, overwrite: bool = False,
     try:
         yield tmp
         fsync_tree(tmp)
-        _commit(tmp, dst, parent, overwrite, error)
+        with _signals_deferred():
+            _commit(tmp, dst, parent, overwrite, error)
     except OSError as exc:  # a full disk, a read-only or vanished destination: one line, nothing left
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(error, type) and isinstance(exc, error):
@@ -210,6 +212,23 @@ def _reason(exc: OSError) -> str:
     """``strerror`` and the file it concerns, without a traceback's worth of detail."""
     what = exc.strerror or str(exc) or type(exc).__name__
     return f"{what}: {exc.filename}" if exc.filename else what
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM held back while the output is put in place (a few renames): an interrupt
+    then lands before or after the commit, never half-way through it with the old output still
+    under the temporary name."""
+    signals = {signal.SIGINT, signal.SIGTERM}
+    try:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    except (AttributeError, OSError, ValueError):  # pragma: no cover - platforms without it
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _commit(tmp: Path, dst: Path, parent: Path, overwrite: bool, error: Callable[[str], Exception]) -> None:

@@ -1,5 +1,6 @@
 """SIGKILL at random moments of ``convert``: the destination holds the previous output or the complete new
-one, never anything else; the leftovers of the killed run are cleaned up by the next run.
+one, never anything else; the leftovers of the killed run are cleaned up by the next run. SIGINT and
+SIGTERM: exit 130 and 143 with one line, the temporary directory removed by the run itself.
 
 The conversions run in children forked from this process (no interpreter start-up per kill, which
 costs seconds here); each child sets its own state and leaves with ``os._exit``.
@@ -10,6 +11,8 @@ import hashlib
 import os
 import random
 import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +21,7 @@ import torch
 
 import native
 from converters import get
+from converters.cli import main
 from converters.hf_io import write_hf_checkpoint
 from converters.pipeline import convert
 
@@ -115,3 +119,68 @@ def test_sigkill_at_random_moments(source, tmp_path, direction):
 def native_atomic_recover(dst: Path) -> None:
     from native.atomic import recover
     recover(dst)
+
+
+# --------------------------------------------------------------------------------- SIGINT, SIGTERM
+def run_cli_child(src: Path, dst: Path, delay: float, signum: int, err: Path) -> int:
+    """``convcheck convert SRC DST --overwrite`` in a forked child, sent ``signum`` after ``delay``
+    seconds. The child exits with the CLI's code, or 99 when a thread outlived the conversion (a
+    worker left running is what aborts an interpreter on its way out)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 98
+        try:
+            os.environ["CONVCHECK_FSYNC"] = "0"
+            sys.stderr = open(err, "w")
+            code = main(["convert", str(src), str(dst), "-q", "--overwrite"])
+            alive = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+            if alive:
+                print(f"threads left running: {alive}", file=sys.stderr)
+                code = 99
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+    time.sleep(delay)
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("direction", ["hf->native", "native->hf"])
+def test_sigint_and_sigterm_exit_cleanly(source, tmp_path, signum, code, direction):
+    """Early and late interrupts: one line and 130 (SIGINT) or 143 (SIGTERM), the previous output
+    intact (or the complete new one, for an interrupt arriving as the output was put in place), the
+    temporary directory removed by the interrupted run itself, no thread left."""
+    if direction == "hf->native":
+        src = source / "hf"
+    else:
+        src = tmp_path / "native-src"
+        assert run_child(source / "hf", src, None) == 0
+    previous = tmp_path / "out"
+    assert run_child(src, previous, None, dtype="fp16") == 0
+    old = digest(previous)
+    started = time.perf_counter()
+    assert run_child(src, tmp_path / "reference", None) == 0
+    duration = time.perf_counter() - started
+    new = digest(tmp_path / "reference")
+    interrupted = 0
+    for delay in (0.02, 0.15, duration * 0.5):
+        err = tmp_path / "stderr.txt"
+        got = run_cli_child(src, previous, delay, signum, err)
+        message = err.read_text().strip()
+        assert "terminate called" not in message and "Traceback" not in message, message
+        assert got in (0, code), (delay, got, message)
+        assert leftovers(tmp_path) == [], (delay, got)
+        if got == code:
+            interrupted += 1
+            assert message.startswith("convcheck: error:") and "\n" not in message, message
+            assert digest(previous) in (old, new), f"interrupted after {delay:.2f}s, a partial output"
+        else:
+            assert digest(previous) == new
+        if digest(previous) != old:
+            assert run_child(src, previous, None, dtype="fp16", overwrite=True) == 0
+    assert interrupted >= 2
