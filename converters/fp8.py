@@ -40,6 +40,7 @@ SCALE_SUFFIX = "_scale_inv"
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448
 SCALE_DTYPE = torch.float32
+MAX_BLOCK = 2**20  # a block side; scales are expanded to it, so it is bounded before anything is allocated
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,9 @@ class Scheme:
             raise ConversionError(f"{where}: {QUANT_KEY}.fmt={fmt!r} is not supported (only 'e4m3')")
         block = qc.get("weight_block_size")
         if (not isinstance(block, (list, tuple)) or len(block) != 2
-                or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in block)):
+                or not all(isinstance(b, int) and not isinstance(b, bool) and 0 < b <= MAX_BLOCK for b in block)):
             raise ConversionError(f"{where}: {QUANT_KEY}.weight_block_size={block!r} must be two positive "
-                                  "integers (per-tensor or per-channel FP8 is not supported)")
+                                  f"integers of at most {MAX_BLOCK} (per-tensor or per-channel FP8 is not supported)")
         return cls((block[0], block[1]), dict(qc))
 
 

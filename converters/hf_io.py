@@ -6,11 +6,17 @@ Reading (:func:`open_hf_checkpoint`) understands, in transformers' order of pref
 - ``model.safetensors.index.json`` + ``model-0000k-of-0000n.safetensors`` shards
 - read-only fallback: ``pytorch_model.bin``, or ``pytorch_model.bin.index.json`` + shards
 
-Opening parses every safetensors header itself (8-byte length + JSON) and checks that each
-tensor's byte range lies inside its file, so a truncated or corrupt file is refused at open time
-rather than half-way through a conversion. Tensor data is read only on ``reader[name]``: each
-tensor is a private (copy-on-write) memory map of exactly its byte range, so it costs no copy and
-owns its storage (a rename passes it through untouched); its pages are mapped in one call.
+The directory is untrusted input (:class:`native.source_dir.SourceDir`): every file is opened
+once, at open time, through the directory's own descriptor, and every later read goes through
+the held descriptor, so a checkpoint replaced while it is read is read as the version opened;
+files reached by a link leading outside the directory, and special files, are refused. Opening
+parses every safetensors header itself (8-byte length + strict JSON) and checks it as
+safetensors does (types, no duplicates, data ranges tiling the file), and checks config.json's
+values (:mod:`converters.config_values`), so a truncated, corrupt or hostile file is refused at
+open time rather than half-way through a conversion. Tensor data is read only on
+``reader[name]``: each tensor is a private (copy-on-write) memory map of exactly its byte range,
+so it costs no copy and owns its storage (a rename passes it through untouched); its pages are
+mapped in one call.
 
 Writing (:func:`write_hf_checkpoint`) streams, and writes safetensors files itself (the format
 is an 8-byte length, a JSON header and the raw bytes; ``safetensors.torch.save_file`` would first
@@ -199,7 +205,8 @@ class HFCheckpointReader(Mapping):
     other returned tensor and owning its storage: from safetensors it is a private (copy-on-write)
     memory map of exactly its bytes (mapped at once, no copy), and in-place edits never reach the
     file; from ``.bin`` it is a copy. ``shape_of``/``dtype_of`` answer from the
-    headers without reading data. The files must not change while the reader is in use.
+    headers without reading data. The files are held open from opening to :meth:`close`: a
+    replacement of the directory meanwhile does not reach the reader.
     """
 
     def __init__(self, path: str | os.PathLike, *, follow_symlinks: bool = False):

@@ -21,7 +21,10 @@ Everything is single process: DCP is called with ``no_dist=True``; no process gr
 Reading validates the whole checkpoint against ``layout.state_shapes(config)`` from metadata alone
 (no tensor data is read), so a broken checkpoint is refused before any tensor is loaded, and the
 lazy reader (:func:`open_checkpoint`) gives the same guarantees as :func:`load_checkpoint`.
-There is no fallback to random initialisation anywhere.
+There is no fallback to random initialisation anywhere. A checkpoint is untrusted input: its
+``.metadata`` pickle is unpickled by an allow-list (:mod:`native.dcp_metadata`), its files are
+opened once and read through the held descriptors, and nothing outside its directory is read
+(:mod:`native.source_dir`).
 
 Streaming (bounded memory whatever the model size):
 
@@ -550,7 +553,8 @@ def write_checkpoint(path: str | os.PathLike, cfg: ModelConfig, tensors: Iterabl
             try:
                 shutil.copyfile(source_file, target)
             except OSError as exc:
-                raise CheckpointError(f"extra file {str(relative)!r}: cannot copy {source_file} ({exc})") from None
+                raise CheckpointError(f"extra file {str(relative)!r}: cannot copy it into {path} "
+                                      f"({exc.strerror or exc})") from None
     return Path(path)
 
 

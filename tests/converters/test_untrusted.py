@@ -368,6 +368,13 @@ def test_bad_config_values(work, capsys, key, text):
         refused(work / "hf", work / "out", capsys, "config.json", key)
 
 
+def test_fp8_block_size_bounded_before_allocation(work, capsys):
+    config = json.loads((work / "hf" / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 2**40]}
+    (work / "hf" / "config.json").write_text(json.dumps(config))
+    refused(work / "hf", work / "out", capsys, "config.json", "weight_block_size")
+
+
 def test_nan_in_generation_config(work, capsys):
     (work / "hf" / "generation_config.json").write_text('{"temperature": NaN, "bos_token_id": 1}')
     refused(work / "hf", work / "out", capsys, "generation_config.json", "NaN")
