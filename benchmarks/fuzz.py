@@ -4,7 +4,9 @@ machines sharing one Redis database, and the time to find and shrink planted bug
 1. **Throughput.** ``convcheck fuzz --minutes M --workers W`` for W = 1 and 2 on a fresh directory
    database, on a config property and a weight property (round-robin). Workers search until their
    own clock says M minutes, so the rate is examples / (60 M); process start-up (imports) is
-   outside it and printed apart as the rest of the wall time.
+   outside it and printed apart as the rest of the wall time. On a shared machine the wall-clock
+   rate follows the neighbours' load; examples per CPU second (the workers' own CPU time) does not,
+   and shows whether a second worker costs anything beyond the core it needs.
 2. **Projection.** Hypothesis touches the example database only at the start of each batch (the
    ``reuse`` fetch of the test's keys) and when a failure is saved or shrunk; passing examples are
    never written. With a ``redis-server`` on this machine the fetch round trip is measured, and N
@@ -65,12 +67,15 @@ def throughput(arch: str, minutes: float) -> dict[int, dict[str, float]]:
         finally:
             shutil.rmtree(db, ignore_errors=True)
         counts = examples(out)
+        cpu = float(re.search(r"workers' CPU time ([\d.]+) s", out)[1])
         rates[workers] = {prop: n / (60 * minutes) for prop, n in counts.items()}
         rates[workers]["total"] = sum(counts.values()) / (60 * minutes)
         print(f"{workers} worker(s): " + ", ".join(f"{p} {counts.get(p, 0)} ex = {rates[workers][p]:.1f} ex/s"
                                                    for p in PROPERTIES)
               + f"; total {rates[workers]['total']:.1f} ex/s (search {60 * minutes:.0f} s, "
-                f"start-up and summary {wall - 60 * minutes:.1f} s)", flush=True)
+                f"start-up and summary {wall - 60 * minutes:.1f} s, 1-min load average after {os.getloadavg()[0]:.2f}); "
+                f"{sum(counts.values()) / cpu:.1f} ex per CPU second ({cpu:.0f} CPU s of search)",
+              flush=True)
     for prop in (*PROPERTIES, "total"):
         one, two = rates[1].get(prop, 0.0), rates[2].get(prop, 0.0)
         print(f"  {prop}: 2 workers / 1 worker = {two / one if one else float('nan'):.2f}x")
