@@ -130,3 +130,29 @@ def test_live_progress_shows_rate_failures_and_database_size(tmp_path, capsys):
     (line,) = [l for l in err.splitlines() if l.startswith("fuzz llama [")]
     assert "config_roundtrip " in line and "hf_config_roundtrip " in line and " ex " in line and "/s" in line
     assert "failures 0" in line and "db " in line and "examples" in line
+
+
+def test_progress_on_a_terminal_draws_one_bar_per_property(tmp_path):
+    import io
+
+    from fixtures.fuzz_progress import Progress
+    from fixtures.fuzzing import Plan, PropertyStatus, WorkerStatus
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    plan = Plan(arch="llama", properties=["config_roundtrip", "weight_roundtrip"], status_dir=str(tmp_path),
+                minutes=1, database=str(tmp_path / "db"))
+    for worker, n in (("gw0", 40), ("gw1", 2)):
+        WorkerStatus(worker, 0.0, 0.0, properties={"config_roundtrip": PropertyStatus(examples=n),
+                                                   "weight_roundtrip": PropertyStatus(examples=1, failure="X")}
+                     ).write(tmp_path)
+    screen = Terminal()
+    progress = Progress(plan, stream=screen)
+    progress.update()
+    progress.close()
+    text = screen.getvalue()
+    assert "config_roundtrip" in text and "42 ex," in text and "ex/s" in text
+    assert "2 ex, " in text and "FAILED" in text
+    assert "2 worker(s), failures 1, db 0 examples" in text
