@@ -142,6 +142,9 @@ def hypothesis_test(name: str, converter, *, settings: Settings | None = None, e
 
     # Derandomized runs seed from the test's name: one name per (property, architecture).
     check.__name__ = check.__qualname__ = f"{name}__{converter.model_type}"
+    # The example database's key hashes the test's source, the same for every cell: the name makes
+    # it one key per (property, architecture), so a saved failure is replayed where it belongs.
+    check._hypothesis_internal_add_digest = check.__name__.encode()
     test = given(config=configs, seed=rng.seeds())(check)
     if examples:
         for case in reversed(explicit_examples(prop, converter, module)):
