@@ -7,11 +7,14 @@ and the padding, while eager stays right.
 from __future__ import annotations
 
 import pytest
+import torch
 from transformers.modeling_utils import AttentionInterface
 
 from converters.gemma2 import Gemma2Converter
 from converters.mistral import MistralConverter
+import native
 from properties import PropertyViolation, common, forward
+from properties.violation import Reporter
 
 from .low_precision import hf_dict
 
@@ -42,10 +45,9 @@ def test_sdpa_is_compared_where_the_model_offers_it():
 
 def test_the_sdpa_model_runs_sdpa():
     converter, cfg = windowed_mistral()
-    import native
-
     state = dict(converter.export_weights(cfg, native.random_state(cfg, 0)))
-    model = common.hf_model(None, converter.export_config(cfg), state, __import__("torch").float32, attention="sdpa")
+    model = common.hf_model(Reporter("forward_equivalence", converter), converter.export_config(cfg), state,
+                            torch.float32, attention="sdpa")
     assert model.config._attn_implementation == "sdpa"
 
 
