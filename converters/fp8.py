@@ -18,9 +18,26 @@ The pipeline handles it around them (this module):
   quantized is recorded in the native config's metadata under :data:`METADATA_KEY` (the
   ``quantization_config`` and the quantized HF names, compacted by :func:`compact_names`).
 - export: plain weights by default; :func:`quantize` re-creates the blocks and scales for every
-  recorded name when asked to (``--requantize``). From a dequantization in bf16 or wider the
-  float8 codes come back bit-exact; the scales within rounding of the originals (recomputed as
-  block amax / 448, the usual recipe).
+  recorded name when asked to (``--requantize``), recomputing each scale as block amax / 448 (the
+  usual recipe).
+
+How exact ``--requantize`` is, precisely:
+
+- dequantized in float32 or wider, from scales the recipe made (``s = fl(amax / 448)``, so each
+  block's largest code is ±448): codes **and** scales come back bit-exact. The requantization's
+  amax is ``fl(448 s)`` and its scale ``fl(fl(448 s) / 448)``, which restores every such ``s``
+  (checked for every float32 significand of ``amax``; for an arbitrary float32 scale it fails
+  about 11% of the time), and each code ``q`` comes back from ``fl(fl(q s) / s)``, within 2^-23 of it.
+- dequantized in bfloat16 (the default for a bf16 checkpoint) or float16: the codes come back
+  bit-exact (4 significant bits fit), the scales do not: the native weights keep 8 (11) of the
+  scale's 24 significand bits, so the recomputed scales differ by up to 2^-8 relative (measured
+  2.7e-3..3.5e-3 on random blocks, every block affected).
+- scales the recipe did not make (a block whose largest code is below 448, e.g. power-of-two
+  scales): recomputed, so scale and codes both change.
+
+Exact scales in those cases would need the original scale tensors themselves: the native
+checkpoint holds the model's tensors only (``native.state_shapes``), and its JSON metadata is no
+place for one float per block of a large model (~42M for DeepSeek-V3).
 """
 from __future__ import annotations
 

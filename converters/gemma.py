@@ -1,7 +1,8 @@
 """Gemma (v1): Llama with Gemma's conventions, shared by Gemma2 and Gemma3.
 
-- Norm weights are stored as ``multiplier - 1`` (HF computes ``x̂ * (1 + w)`` in float32): every norm
-  rule carries ``offset=1`` (see :class:`converters.weights.NormOffset` for exactness).
+- Norm weights are stored as ``w`` and applied as ``1 + w`` (HF computes ``x̂ * (1 + w)`` in float32):
+  the native norms are zero-centred (``RMSNormConfig.zero_centered``) and the weights are renamed,
+  never offset, so every dtype round-trips bit for bit.
 - Embeddings are scaled by ``hidden_size ** 0.5`` (HF's own expression, cast to the weight dtype):
   native ``embeddings.multiplier`` must be exactly that float. ``math.sqrt`` differs from ``** 0.5`` by
   one ulp for some sizes (2921, 3541, …), so the comparison uses ``** 0.5``, as transformers does.
@@ -143,6 +144,7 @@ class GemmaConverter(LlamaConverter):
     carried = GEMMA_CARRIED
     max_position_default = 8192
     norm_eps_default = 1e-6
+    norm_zero_centered = True
     head_dim_default = 256
     kv_heads_default = 16
     activation_key = "hidden_act"

@@ -14,7 +14,7 @@ per layer type.
   inert beside explicit ``layer_types`` (always written) and carried.
 - YaRN ``truncate`` inside a nested rope dict is ignored by transformers (it reads the top level of
   ``rope_parameters``), so Gemma3's YaRN always truncates: ``truncate=False`` is refused both ways.
-- q/k norms share ``rms_norm_eps`` and, like every Gemma norm, store ``multiplier - 1``.
+- q/k norms share ``rms_norm_eps`` and, like every Gemma norm, are zero-centred (``1 + w``).
 - ``attn_logit_softcapping`` is accepted by ``Gemma3TextConfig`` but not passed to the attention by
   transformers 5 (Gemma3 has no attention softcap): only null is accepted, so a value the HF model
   would silently ignore is refused rather than dropped or applied.
@@ -188,7 +188,8 @@ class Gemma3TextConverter(Gemma2Converter):
     def layer_section(self):
         section = {
             **super().layer_section(),
-            "qk_norm": rms_norm("attention.qk_norm", "rms_norm_eps", self.norm_eps_default),
+            "qk_norm": rms_norm("attention.qk_norm", "rms_norm_eps", self.norm_eps_default,
+                               self.norm_zero_centered),
             "qk_norm_scope": ConstantImport("attention.qk_norm_scope", "head", "Gemma3 normalises q/k per head"),
             "logit_softcap": ConstantImport("attention.logit_softcap", None,
                                             "transformers' Gemma3 attention applies no logit softcap"),

@@ -1,6 +1,6 @@
-"""Weight rules of the Gemma family. As Llama's, except that every norm weight (block norms, the final
-norm and Gemma3's per-head q/k norms) is stored by HF as ``multiplier - 1`` (``offset=1``), and
-Gemma2/3 blocks have four norms (``sandwich`` placement)."""
+"""Weight rules of the Gemma family. As Llama's, except that Gemma2/3 blocks have four norms
+(``sandwich`` placement). Every norm weight (block norms, the final norm and Gemma3's per-head q/k
+norms) is HF's zero-centred ``w``, kept as it is: the native norms say so (``zero_centered``)."""
 from __future__ import annotations
 
 import native
@@ -22,8 +22,8 @@ PRE_NORMS = (("attn_norm", "input_layernorm"), ("mlp_norm", "post_attention_laye
 def gemma_layer_rules(i: int, block: BlockConfig) -> list[WeightRule]:
     norms = SANDWICH_NORMS if block.placement == "sandwich" else PRE_NORMS
     return [
-        *(norm(f"{n}.weight", f"{h}.weight", offset=1.0) for n, h in norms),
-        *attention_rules(block, norm_offset=1.0),  # Gemma3 q/k norms: per head, stored as w - 1
+        *(norm(f"{n}.weight", f"{h}.weight") for n, h in norms),
+        *attention_rules(block),
         *gated_mlp_rules(False),
     ]
 
@@ -32,5 +32,5 @@ def gemma_rules(cfg: native.ModelConfig) -> list[WeightRule]:
     return [
         *embedding_and_head(cfg.head.tied),
         *walk_layers(cfg.decoder.layers(), gemma_layer_rules),
-        norm("final_norm.weight", "model.norm.weight", offset=1.0),
+        norm("final_norm.weight", "model.norm.weight"),
     ]

@@ -25,9 +25,14 @@ CARRIED = ("bos_token_id", "eos_token_id", "pad_token_id", "initializer_range", 
 ALL_ROPE_KINDS = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
 
 
-def rms_norm(native_path: str, eps_key: str, default) -> Dispatch:
-    """A norm section that must be RMSNorm, its eps under ``eps_key``."""
-    return Dispatch(native_path, "", (Variant("rms_norm", None, {"eps": Rename("eps", eps_key, default=default)}),))
+def rms_norm(native_path: str, eps_key: str, default, zero_centered: bool = False) -> Dispatch:
+    """A norm section that must be RMSNorm, its eps under ``eps_key``; its gain stored as it is
+    (``zero_centered=False``) or as the offset from 1 (Gemma: ``True``), whichever the format fixes."""
+    centred = ConstantImport("zero_centered", zero_centered,
+                             "this format stores norm weights as the offset w of a gain 1 + w" if zero_centered
+                             else "this format stores norm weights as the gain itself")
+    return Dispatch(native_path, "", (Variant("rms_norm", None, {"eps": Rename("eps", eps_key, default=default),
+                                                                 "zero_centered": centred}),))
 
 
 def fixed_biases(q: bool, k: bool, v: bool, o: bool, reason: str) -> Custom:
@@ -97,6 +102,7 @@ class LlamaConverter(Converter):
     rope_kinds = ALL_ROPE_KINDS
     carried = CARRIED
     norm_eps_default = 1e-6
+    norm_zero_centered = False  # HF stores the gain itself (Gemma: its offset from 1)
     max_position_default = 2048
     kv_heads_default: int | None = None  # LlamaConfig: absent num_key_value_heads → num_attention_heads
     kv_null_is_heads = True
@@ -111,14 +117,14 @@ class LlamaConverter(Converter):
             "multiplier": ConstantImport("embeddings.multiplier", None, "no embedding multiplier"),
             "tied": Rename("head.tied", "tie_word_embeddings", default=False),
             "final_softcap": ConstantImport("head.final_softcap", None, "no final logit softcapping"),
-            "final_norm": rms_norm("final_norm", "rms_norm_eps", self.norm_eps_default),
+            "final_norm": rms_norm("final_norm", "rms_norm_eps", self.norm_eps_default, self.norm_zero_centered),
             "carried": Carried(self.carried),
         }
 
     def layer_section(self):
         return {
             "placement": ConstantImport("placement", "pre", "pre-norm only"),
-            "norm": rms_norm("norm", "rms_norm_eps", self.norm_eps_default),
+            "norm": rms_norm("norm", "rms_norm_eps", self.norm_eps_default, self.norm_zero_centered),
             "heads": Rename("attention.heads", "num_attention_heads"),
             "kv_heads": kv_heads(self.kv_heads_default, self.kv_null_is_heads),
             "head_dim": Default("attention.head_dim", "head_dim", _head_dim_default),

@@ -45,13 +45,18 @@ def _positive_int(section: str, name: str, value: Any, allow_none: bool = False)
 # ----------------------------------------------------------------------------------------- norms
 @dataclass(frozen=True)
 class RMSNormConfig(Section):
-    """RMSNorm. Gemma's ``(1 + w)`` is not a kind: weights always store the effective multiplier."""
+    """RMSNorm. ``zero_centered``: the stored weight ``w`` is the gain's offset from 1 and the model
+    multiplies by ``1 + w`` (Gemma; Megatron's zero-centred gamma, ``layernorm_1p``). Storing the
+    gain as the checkpoint has it keeps every conversion a rename: ``1 + w`` rounded to bf16 is not
+    ``w`` any more."""
 
     kind = "rms_norm"
     eps: float = architecture(1e-5)
+    zero_centered: bool = architecture(False)
 
     def __post_init__(self):
         _positive("norm", "eps", self.eps)
+        _check(isinstance(self.zero_centered, bool), f"norm.zero_centered={self.zero_centered!r} must be a boolean")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ Layout rules (DESIGN §2):
   representable.
 - ``mlp.fc1`` is ``[gate; up]`` when gated.
 - MoE experts are stacked: ``experts.fc1`` (E, 2I, H) and ``experts.fc2`` (E, H, I).
-- Norm weights are the effective multiplier (Gemma's stored ``w`` is ``multiplier - 1``).
+- Norm weights are stored as the checkpoint has them: the gain, or for a zero-centred RMSNorm
+  (``RMSNormConfig.zero_centered``, Gemma) its offset ``w``, applied as ``1 + w``.
 - No ``output.weight`` when the head is tied.
 """
 from __future__ import annotations
@@ -88,6 +89,21 @@ def block_shapes(prefix: str, hidden: int, block: BlockConfig) -> dict[str, Shap
     else:
         shapes.update(mlp_shapes(f"{prefix}.mlp", hidden, block.mlp))
     return shapes
+
+
+def norm_configs(cfg: ModelConfig) -> dict[str, object]:
+    """Every norm weight name → its norm config (what the weight means: a gain or a zero-centred
+    offset), in ``state_shapes`` order."""
+    found: dict[str, object] = {}
+    for i in range(cfg.num_layers):
+        block = cfg.decoder.layer(i)
+        for name in block_norm_names(block):
+            found[f"layers.{i}.{name}.weight"] = block.norm
+        if block.attention.qk_norm is not None:
+            for name in ("q_norm", "k_norm"):
+                found[f"layers.{i}.attn.{name}.weight"] = block.attention.qk_norm
+    found["final_norm.weight"] = cfg.final_norm
+    return found
 
 
 def layer_shapes(cfg: ModelConfig, i: int) -> dict[str, Shape]:

@@ -1,5 +1,7 @@
-"""Normalisation layers. The weight is the effective multiplier (no Gemma ``1 + w``), and the
-statistics are computed in at least float32 so half-precision models normalise accurately."""
+"""Normalisation layers. The weight is stored as the checkpoint has it: the gain itself, or for a
+zero-centred RMSNorm (Gemma) its offset ``w``, applied as ``1 + w`` in the compute dtype, never
+rounded back to the weight's dtype. Statistics are computed in at least float32 so half-precision
+models normalise accurately."""
 from __future__ import annotations
 
 import torch
@@ -14,17 +16,20 @@ def _upcast(x: torch.Tensor) -> torch.dtype:
 
 
 class RMSNorm(nn.Module):
-    """``x / sqrt(mean(x^2) + eps) * weight``."""
+    """``x / sqrt(mean(x^2) + eps) * gain``, where ``gain`` is ``weight``, or ``1 + weight`` when
+    ``zero_centered`` (then the identity is ``weight = 0``)."""
 
-    def __init__(self, size: int, eps: float):
+    def __init__(self, size: int, eps: float, zero_centered: bool = False):
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(size))
+        self.zero_centered = zero_centered
+        self.weight = nn.Parameter(torch.zeros(size) if zero_centered else torch.ones(size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.to(_upcast(x))
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (h * self.weight.to(h.dtype)).to(x.dtype)
+        gain = self.weight.to(h.dtype)
+        return (h * (1.0 + gain if self.zero_centered else gain)).to(x.dtype)
 
 
 class LayerNorm(nn.Module):
@@ -44,7 +49,7 @@ class LayerNorm(nn.Module):
 
 def make_norm(cfg: NormConfig, size: int) -> nn.Module:
     if isinstance(cfg, RMSNormConfig):
-        return RMSNorm(size, cfg.eps)
+        return RMSNorm(size, cfg.eps, cfg.zero_centered)
     if isinstance(cfg, LayerNormConfig):
         return LayerNorm(size, cfg.eps, cfg.bias)
     raise TypeError(f"unknown norm config {type(cfg).__name__}")

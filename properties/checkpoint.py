@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import filecmp
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -56,47 +57,58 @@ def same_bytes(report: Reporter, a: Path, b: Path, what: str) -> None:
             report.fail(f"{what}: {name}", "bytes differ")
 
 
-def checkpoint_roundtrip(converter, cfg: native.ModelConfig, seed: int = 0) -> None:
-    """native ckpt → HF dir → native ckpt → HF dir through ``convcheck convert``, with the state
-    dtype, ``--dtype`` and ``--max-shard-size`` drawn from the seed. The disk round trip must equal
-    the in-memory one, bit for bit, and be deterministic:
-
-    - the HF dir holds ``export_weights(state)`` cast to ``--dtype`` (the transforms run in the
-      source dtype, then the cast), and its config.json imports to the same architecture;
-    - HF → native gives ``import_weights`` of those tensors, same architecture; with ``--dtype
-      keep`` that is the state itself (weight_roundtrip's law, now through files);
-    - native → HF again gives ``export_weights`` of that native state; where that equals the first
-      HF dir's tensors (always with ``--dtype keep``; a cast can make an inexact transform, such as
-      Gemma's ``w - 1``, lose bits) the directory is reproduced byte for byte;
-    - converting the same input twice gives the same bytes (HF → native is run twice for one
-      example in four, seed % 4 == 0; native → HF twice when the previous point does not already
-      show it).
-
-    The temporary directories are throwaway, so ``CONVCHECK_FSYNC=0`` is set while it runs.
-    """
-    from converters.hf_io import open_hf_checkpoint
-    from converters.pipeline import convert
-
-    report = Reporter("checkpoint_roundtrip", converter)
+def options(seed: int) -> tuple[str, str]:
+    """``(--max-shard-size, --dtype)`` of an example, drawn from its seed (seed 0: one file, keep)."""
     rnd = common.rng(seed, "checkpoint_roundtrip")
     shard_size = SHARD_SIZES[0] if seed == 0 else rnd.choice(SHARD_SIZES)
     dtype_option = DTYPES[0] if seed == 0 else rnd.choice(DTYPES)
-    state = native.random_state(cfg, seed, dtype=common.weight_dtype(seed))
+    return shard_size, dtype_option
+
+
+def checkpoint_roundtrip(converter, cfg: native.ModelConfig, seed: int = 0) -> None:
+    """Disk round trips through ``convcheck convert``, compared with the **source bytes**, for every
+    architecture and dtype (state dtype, ``--dtype`` and ``--max-shard-size`` drawn from the seed):
+
+    - native ckpt → HF dir: the HF dir holds ``export_weights`` of the state cast to ``--dtype``,
+      bit for bit, and its config.json imports to the same architecture;
+    - → native ckpt: the cast state itself, bit for bit (native → HF → native), same architecture;
+    - → HF dir again: the first HF dir, byte for byte (HF → native → HF, and native → HF is
+      deterministic);
+    - an HF dir written from :func:`properties.weights.random_hf_state` (bytes drawn on the HF side,
+      which an export's image cannot stand for) → native → HF: those tensors, bit for bit;
+    - HF → native run twice gives the same bytes (one example in four, seed % 4 == 0).
+
+    Every transform is a byte bijection, so a cast commutes with the conversion: nothing is
+    compared with an in-memory conversion, whose loss would be the same on both sides.
+    The temporary directories are throwaway, so ``CONVCHECK_FSYNC=0`` is set while it runs.
+    """
+    from safetensors.torch import save_file
+
+    from converters.hf_io import open_hf_checkpoint
+    from converters.pipeline import convert
+
+    from .weights import random_hf_state
+
+    report = Reporter("checkpoint_roundtrip", converter)
+    shard_size, dtype_option = options(seed)
+    dtype = common.weight_dtype(seed)
+    state = native.random_state(cfg, seed, dtype=dtype)
     target = _TORCH.get(dtype_option)
-    options = f"--dtype {dtype_option} --max-shard-size {shard_size}"
+    cast = {n: t.to(target) if target is not None else t for n, t in state.items()}
+    options_text = f"--dtype {dtype_option} --max-shard-size {shard_size}"
 
     def run(src: Path, dst: Path, **kwargs) -> None:
         try:
             convert(src, dst, **kwargs)
         except ConversionError as exc:
-            report.fail(f"convert {src.name} -> {dst.name}", f"refused ({options}): {exc}")
+            report.fail(f"convert {src.name} -> {dst.name}", f"refused ({options_text}): {exc}")
 
     def same_tensors(expected, actual, what: str) -> None:
         report.expect(sorted(actual) == sorted(expected), what,
-                      f"tensor names differ: {sorted(set(actual) ^ set(expected))[:6]} ({options})")
+                      f"tensor names differ: {sorted(set(actual) ^ set(expected))[:6]} ({options_text})")
         for name, tensor in expected.items():
             report.expect(bits_equal(tensor, actual[name]), f"{what}: {name}",
-                          f"{describe_difference(tensor, actual[name])} ({options})")
+                          f"{describe_difference(tensor, actual[name])} ({options_text})")
 
     def read_hf(path: Path) -> dict:
         try:
@@ -104,7 +116,8 @@ def checkpoint_roundtrip(converter, cfg: native.ModelConfig, seed: int = 0) -> N
                 back = converter.import_config(reader.config)
                 tensors = {name: reader[name] for name in reader.keys()}
         except ConversionError as exc:
-            report.fail(f"{path.name}/config.json", f"the HF checkpoint convert wrote cannot be read back ({options}): {exc}")
+            report.fail(f"{path.name}/config.json",
+                        f"the HF checkpoint convert wrote cannot be read back ({options_text}): {exc}")
         report.expect(without_metadata(back) == without_metadata(cfg), f"{path.name}/config.json",
                       "imports to another architecture: "
                       + "; ".join(config_difference(without_metadata(cfg), without_metadata(back))[:4]))
@@ -116,10 +129,8 @@ def checkpoint_roundtrip(converter, cfg: native.ModelConfig, seed: int = 0) -> N
         native.save_checkpoint(root / "native0", cfg, state)
         hf_kwargs = dict(to="hf", max_shard_size=shard_size, model_type=converter.model_type)
         run(root / "native0", root / "hf1", dtype=dtype_option, **hf_kwargs)
-        exported = common.export_weights(report, converter, cfg, state)
         hf1 = read_hf(root / "hf1")
-        same_tensors({n: t.to(target) if target is not None else t for n, t in exported.items()}, hf1,
-                     "HF checkpoint")
+        same_tensors(common.export_weights(report, converter, cfg, cast), hf1, "HF checkpoint")
 
         run(root / "hf1", root / "native2", to="native")
         if seed % 4 == 0:  # (a quarter of the examples: the writer's determinism, not the converter's)
@@ -129,18 +140,18 @@ def checkpoint_roundtrip(converter, cfg: native.ModelConfig, seed: int = 0) -> N
         report.expect(without_metadata(cfg2) == without_metadata(cfg), "native config.json",
                       "HF -> native changed the architecture: "
                       + "; ".join(config_difference(without_metadata(cfg), without_metadata(cfg2))[:4]))
-        same_tensors(common.import_weights(report, converter, cfg, hf1), native2, "native checkpoint")
-        if target is None:
-            same_tensors(state, native2, "native -> HF -> native")
+        same_tensors(cast, native2, "native -> HF -> native")
 
         run(root / "native2", root / "hf3", **hf_kwargs)
-        again = common.export_weights(report, converter, cfg, native2)
-        same_tensors(again, read_hf(root / "hf3"), "HF -> native -> HF checkpoint")
-        if all(bits_equal(again[n], hf1[n]) for n in hf1):
-            same_bytes(report, root / "hf1", root / "hf3", f"HF -> native -> HF ({options})")
-        else:
-            run(root / "native2", root / "hf3b", **hf_kwargs)
-            same_bytes(report, root / "hf3", root / "hf3b", f"native -> HF twice ({options})")
+        same_bytes(report, root / "hf1", root / "hf3", f"HF -> native -> HF ({options_text})")
+
+        source = random_hf_state(converter, cfg, seed + 1, target or dtype)
+        (root / "hf4").mkdir()
+        save_file(source, str(root / "hf4" / "model.safetensors"))
+        (root / "hf4" / "config.json").write_text(json.dumps(common.export_config(report, converter, cfg)))
+        run(root / "hf4", root / "native5", to="native")
+        run(root / "native5", root / "hf6", **hf_kwargs)
+        same_tensors(source, read_hf(root / "hf6"), "HF source -> native -> HF")
 
 
 @contextlib.contextmanager

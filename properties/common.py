@@ -276,14 +276,16 @@ def empty_hf_model(hf: Mapping[str, Any], dtype: torch.dtype = torch.float32):
 
 
 def hf_model(report: Reporter, hf: Mapping[str, Any], state: Mapping[str, torch.Tensor], dtype: torch.dtype,
-             device: str = "cpu"):
-    """The HF model of an exported config with exported weights, loaded the way users load it.
-    A missing, unexpected or mis-shaped tensor is a violation."""
+             device: str = "cpu", attention: str = "eager"):
+    """The HF model of an exported config with exported weights, loaded the way users load it, with
+    ``attention`` as its ``attn_implementation``. A missing, unexpected or mis-shaped tensor is a
+    violation."""
     config = hf_config(hf)
     cls = causal_lm_class(config)
     with quiet_transformers():
         model, info = cls.from_pretrained(None, config=config, state_dict={k: v for k, v in state.items()},
-                                          dtype=dtype, output_loading_info=True, **HF_IMPLEMENTATION)
+                                          dtype=dtype, output_loading_info=True,
+                                          **{**HF_IMPLEMENTATION, "attn_implementation": attention})
     for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
         keys = sorted(map(str, info.get(kind) or ()))
         if keys:

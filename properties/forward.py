@@ -90,41 +90,74 @@ def _inconclusive(why: str) -> None:
     warnings.warn(why, stacklevel=3)
 
 
+def gains_exact_in_float32(cfg: native.ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with each zero-centred norm offset ``w`` moved to the nearest value where ``1 + w``
+    is exact in float32 (``fl(1 + w) - 1``, exact by Sterbenz). transformers forms Gemma's gain
+    ``1 + w`` in float32 even in a float64 model, a rounding its float32 run shares and so no
+    measured baseline sees; with these offsets both sides hold the same gain, and the comparison
+    measures arithmetic. (Round trips draw arbitrary offsets: properties.weights.random_hf_state.)"""
+    out = dict(state)
+    for name, norm in native.layout.norm_configs(cfg).items():
+        if getattr(norm, "zero_centered", False):
+            w = state[name]
+            out[name] = ((1.0 + w.to(torch.float32)) - 1.0).to(w.dtype)
+    return out
+
+
+def attentions(hf_cfg) -> tuple[str, ...]:
+    """HF attention implementations native is compared with: ``eager`` always, and ``sdpa`` (what
+    transformers loads by default) wherever the model class offers it. (Gemma2 does not: sdpa
+    cannot softcap, so its default is eager.) Flash attention needs a GPU."""
+    cls = common.causal_lm_class(common.hf_config(hf_cfg))
+    return ("eager", "sdpa") if getattr(cls, "_supports_sdpa", False) else ("eager",)
+
+
 def forward_equivalence(converter, cfg: native.ModelConfig, seed: int = 0, *, device: str = "cpu",
                         dtypes: tuple[str, ...] = DTYPES) -> None:
-    """For each dtype: native logits vs HF logits of the exported weights, relative error over the
-    unpadded positions within ``fixtures.tolerances.tolerance(dtype, baseline)``.
+    """For each dtype and each HF attention implementation (:func:`attentions`: eager, and sdpa,
+    transformers' default, where the model offers it): native logits vs HF logits of the exported
+    weights, relative error over the unpadded positions within
+    ``fixtures.tolerances.tolerance(dtype, baseline)``. Config fields that only one implementation
+    reads (masks built differently for sdpa) are thus checked as users run them.
 
-    (bfloat16/float16 columns go to :func:`measure_reduced`, with the derived tolerance.) The
-    float64/float32 baseline (DESIGN §4) is HF's own error, measured per example: HF in the reduced dtype
-    against HF in float64 on the same inputs (``fixtures.tolerances``), and never below the static
-    bound of the dtype. float64 takes float32's measurement: HF's float64 models keep some float32
-    steps (rotary tables, RMSNorm upcasts, Gemma's float32 norms), so their distance from exact
-    float64 is of the order of, and below, the error of the same model run wholly in float32. A
-    tiny ill-conditioned model thus gets the wider tolerance its HF reference needs, and a single
-    realistic bug (1e-2 and up) stays far outside it.
+    (bfloat16/float16 columns go to :func:`measure_reduced`, with the derived tolerance, eager.) The
+    float64/float32 baseline (DESIGN §4) is HF's own error, measured per example and implementation:
+    HF in the reduced dtype against the same implementation in float64 on the same inputs
+    (``fixtures.tolerances``; against another implementation it would absorb a difference of meaning),
+    and never below the static bound of the dtype. float64 takes float32's measurement: HF's float64
+    models keep some float32 steps (rotary tables, RMSNorm upcasts, Gemma's float32 norms), so their
+    distance from exact float64 is of the order of, and below, the error of the same model run wholly
+    in float32. A tiny ill-conditioned model thus gets the wider tolerance its HF reference needs,
+    and a single realistic bug (1e-2 and up) stays far outside it.
 
-    On failure the message gives the error, the tolerance, the worst element and the first layer
-    whose output diverges. Under Hypothesis, ``target()`` is called with each dtype's error relative
-    to its tolerance."""
+    On failure the message gives the implementation, the error, the tolerance, the worst element and
+    the first layer whose output diverges. Under Hypothesis, ``target()`` is called with each
+    column's error relative to its tolerance."""
     report = Reporter("forward_equivalence", converter)
     hf_cfg = export_config(report, converter, cfg)
-    state = native.random_state(cfg, seed, dtype=torch.float32)
+    state = gains_exact_in_float32(cfg, native.random_state(cfg, seed, dtype=torch.float32))
     wide_ids, wide_mask = inputs(cfg, seed, torch.float64, device)  # inputs HF float64 computes correctly
-    models: dict[torch.dtype, torch.nn.Module] = {}
+    models: dict[tuple[torch.dtype, str], torch.nn.Module] = {}
+    wide: dict[tuple[torch.dtype, str], torch.Tensor] = {}
+    implementations = attentions(hf_cfg)
 
-    def hf_in(dtype: torch.dtype):
-        if dtype not in models:
+    def hf_in(dtype: torch.dtype, attention: str = "eager"):
+        if (dtype, attention) not in models:
             typed = {k: v.to(dtype) for k, v in state.items()}
-            models[dtype] = common.hf_model(report, hf_cfg, export_weights(report, converter, cfg, typed), dtype, device)
-        return models[dtype]
+            models[dtype, attention] = common.hf_model(report, hf_cfg, export_weights(report, converter, cfg, typed),
+                                                       dtype, device, attention)
+        return models[dtype, attention]
 
-    def measured_baseline(dtype: torch.dtype) -> float:
+    def wide_logits(dtype: torch.dtype, attention: str = "eager") -> torch.Tensor:
+        if (dtype, attention) not in wide:
+            with torch.no_grad():
+                wide[dtype, attention] = hf_in(dtype, attention)(input_ids=wide_ids, attention_mask=wide_mask).logits
+        return wide[dtype, attention]
+
+    def measured_baseline(dtype: torch.dtype, attention: str) -> float:
         low = torch.float32 if dtype == torch.float64 else dtype
-        with torch.no_grad():
-            reference = hf_in(torch.float64)(input_ids=wide_ids, attention_mask=wide_mask).logits
-            low_logits = hf_in(low)(input_ids=wide_ids, attention_mask=wide_mask).logits
-        return tolerances.relative_error(low_logits, reference, wide_mask.bool())
+        reference = wide_logits(torch.float64, attention)  # the same implementation: rounding only, never
+        return tolerances.relative_error(wide_logits(low, attention), reference, wide_mask.bool())  # semantics
 
     for name in dtypes:
         dtype = getattr(torch, tolerances.dtype_name(name))
@@ -144,22 +177,25 @@ def forward_equivalence(converter, cfg: native.ModelConfig, seed: int = 0, *, de
         ids, mask = inputs(cfg, seed, dtype, device)
         typed = {k: v.to(dtype) for k, v in state.items()}
         model = common.native_model(cfg, typed, dtype, device)
-        hf = hf_in(dtype)
         with torch.no_grad():
             ours = model(ids, attention_mask=mask)
-            theirs = hf(input_ids=ids, attention_mask=mask).logits
-        if ours.shape != theirs.shape:
-            report.fail(f"logits ({name})", f"native shape {tuple(ours.shape)} vs HF {tuple(theirs.shape)}")
-        baseline = max(tolerances.tolerance_for(dtype).baseline_bound, measured_baseline(dtype))
-        result = tolerances.compare(ours, theirs, dtype, f"logits ({name})", mask=mask.bool(), baseline=baseline)
-        if _in_test():
-            from hypothesis import target
+        for attention in implementations:
+            column = f"{name}, {attention}"
+            hf = hf_in(dtype, attention)
+            with torch.no_grad():
+                theirs = hf(input_ids=ids, attention_mask=mask).logits
+            if ours.shape != theirs.shape:
+                report.fail(f"logits ({column})", f"native shape {tuple(ours.shape)} vs HF {tuple(theirs.shape)}")
+            baseline = max(tolerances.tolerance_for(dtype).baseline_bound, measured_baseline(dtype, attention))
+            result = tolerances.compare(ours, theirs, dtype, f"logits ({column})", mask=mask.bool(), baseline=baseline)
+            if _in_test():
+                from hypothesis import target
 
-            error = result.error if result.error == result.error else float("inf")
-            target(min(error / result.tolerance, 1e9), label=f"relative logit error / tolerance ({name})")
-        if not result.ok:
-            where = first_divergence(model, hf, ids, mask, dtype, baseline)
-            report.fail(f"logits ({name}, T={ids.shape[1]})", f"{result.describe()}; {where}")
+                error = result.error if result.error == result.error else float("inf")
+                target(min(error / result.tolerance, 1e9), label=f"relative logit error / tolerance ({column})")
+            if not result.ok:
+                where = first_divergence(model, hf, ids, mask, dtype, baseline)
+                report.fail(f"logits ({column} attention, T={ids.shape[1]})", f"{result.describe()}; {where}")
 
 
 def first_divergence(model, hf, ids, mask, dtype, baseline: float | None = None) -> str:

@@ -304,15 +304,16 @@ def rotaries(draw, head_dim: int, max_position: int, *, kinds: Sequence[str] = R
 @cached
 @st.composite
 def norms(draw, kinds: Sequence[str] = NORM_KINDS, eps: float | None = None):
-    """RMSNorm, LayerNorm with bias, LayerNorm without bias; ``eps`` fixed when given (HF models
-    share one epsilon between all their norms)."""
+    """RMSNorm, zero-centred RMSNorm (``rms_zero_centered``: Gemma's ``1 + w``; drawn only where
+    asked), LayerNorm with bias, LayerNorm without bias; ``eps`` fixed when given (HF models share
+    one epsilon between all their norms)."""
     kind = draw(choice(tuple(kinds)))
     value = eps if eps is not None else draw(epsilons())
-    if kind == "rms":
-        return native.RMSNormConfig(eps=value)
+    if kind in ("rms", "rms_zero_centered"):
+        return native.RMSNormConfig(eps=value, zero_centered=kind == "rms_zero_centered")
     if kind in ("layer", "layer_no_bias"):
         return native.LayerNormConfig(eps=value, bias=kind == "layer")
-    raise ValueError(f"unknown norm kind {kind!r}; choose from {NORM_KINDS}")
+    raise ValueError(f"unknown norm kind {kind!r}; choose from {NORM_KINDS + ('rms_zero_centered',)}")
 
 
 # ---------------------------------------------------------------------------------------- biases

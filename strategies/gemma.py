@@ -3,7 +3,7 @@ forms, and native configs the format cannot express.
 
 What HF Gemma (transformers 5.x ``GemmaConfig``/``modeling_gemma``) can express, and so what is drawn:
 
-- pre-norm blocks, RMSNorm everywhere with one ``rms_norm_eps``, stored as ``multiplier - 1``;
+- pre-norm blocks, zero-centred RMSNorm (``1 + w``) everywhere with one ``rms_norm_eps``;
 - embeddings scaled by ``hidden_size ** 0.5`` (always); tied or untied output;
 - gated MLP with ``hidden_act`` ``gelu_pytorch_tanh`` (the legacy ``gelu`` means the same), ``silu``
   or ``relu``; no MLP bias; exact GELU is not expressible (``"gelu"`` is rewritten to tanh);
@@ -39,7 +39,7 @@ HF_ACTIVATIONS = ("gelu_pytorch_tanh", "gelu", "silu", "relu")  # "gelu": GemmaC
 CONSTRAINTS = dict(
     hidden="free",
     placements=("pre",),
-    norm_kinds=("rms",),
+    norm_kinds=("rms_zero_centered",),
     shared_eps=True,
     final_norm="same",
     qk_norms=("none",),
@@ -112,7 +112,10 @@ BREAKS: dict[str, tuple[str, Any]] = {
         b, placement=draw(st.sampled_from(("post", "sandwich", "parallel")))))),
     "layer_norm": ("norm", lambda cfg, draw: _map_blocks(cfg, lambda b: dataclasses.replace(
         b, norm=native.LayerNormConfig(eps=b.norm.eps, bias=draw(st.booleans()))))),
-    "qk_norm": ("attention.qk_norm", lambda cfg, draw: _attention(cfg, qk_norm=native.RMSNormConfig(eps=1e-6))),
+    "qk_norm": ("attention.qk_norm", lambda cfg, draw: _attention(cfg, qk_norm=native.RMSNormConfig(
+        eps=1e-6, zero_centered=True))),
+    "gain_stored": ("zero_centered", lambda cfg, draw: _map_blocks(cfg, lambda b: dataclasses.replace(
+        b, norm=dataclasses.replace(b.norm, zero_centered=False)))),
     "partial_rotary": ("fraction", lambda cfg, draw: _partial_rotary(cfg)),
     "no_rotary": ("rotary", lambda cfg, draw: _attention(cfg, rotary=native.NoRotary())),
     "multiplier": ("embeddings.multiplier", lambda cfg, draw: dataclasses.replace(
@@ -132,7 +135,7 @@ BREAKS: dict[str, tuple[str, Any]] = {
         b, mlp=native.MoEConfig(experts=2, top_k=1, intermediate=4, activation="silu")))),
     "bias_pattern": ("bias", lambda cfg, draw: _attention(cfg, q_bias=True, k_bias=True, v_bias=True, o_bias=False)),
     "two_eps": ("rms_norm_eps", lambda cfg, draw: dataclasses.replace(
-        cfg, final_norm=native.RMSNormConfig(eps=cfg.final_norm.eps * 2))),
+        cfg, final_norm=dataclasses.replace(cfg.final_norm, eps=cfg.final_norm.eps * 2))),
     "heads_differ": ("attention.heads", lambda cfg, draw: _second_block(
         cfg, heads=cfg.decoder.layer(0).attention.heads * 2, kv_heads=cfg.decoder.layer(0).attention.kv_heads * 2)),
 }

@@ -32,7 +32,7 @@ ARCHITECTURE = "Gemma3ForCausalLM"
 CONSTRAINTS = {
     **_GEMMA2,
     "qk_norms": ("head",),
-    "qk_norm_kinds": ("rms",),
+    "qk_norm_kinds": ("rms_zero_centered",),
     "attention_softcaps": ("none",),
     "windows": ("patterned",),
     "layer_patterns": ("every_k", "alternating", "uniform", "suffix", "prefix", "arbitrary"),
@@ -89,8 +89,8 @@ BREAKS = {
     "qk_norm_full": ("attention.qk_norm_scope", lambda cfg, draw: _attention(cfg, qk_norm_scope="full")),
     "rotary_differs": ("attention.rotary", _rotary_differs_in_type),
     "yarn_no_truncate": ("truncate", _yarn_not_truncating),
-    "qk_eps_differs": ("rms_norm_eps", lambda cfg, draw: _layer0(cfg, qk_norm=native.RMSNormConfig(
-        eps=cfg.final_norm.eps * 3))),
+    "qk_eps_differs": ("rms_norm_eps", lambda cfg, draw: _layer0(cfg, qk_norm=dataclasses.replace(
+        cfg.final_norm, eps=cfg.final_norm.eps * 3))),
 }
 
 

@@ -401,8 +401,10 @@ def significand_bits(dtype: torch.dtype) -> int:
 
 @dataclass(frozen=True)
 class NormOffset(Transform):
-    """Native effective multiplier ``x`` ↔ HF stored ``x - offset`` (Gemma: ``offset=1``; its forward
-    computes ``1 + w`` in float32, which reproduces ``x`` exactly whenever the export was exact).
+    """Native multiplier ``x`` ↔ HF stored ``x - offset``. Not a byte bijection: no registered
+    converter uses it (Gemma's zero-centred norms are renamed as they are, the native schema says
+    ``zero_centered``); it stays for a format that cannot avoid it, with ``strict=True``, and as
+    the lossy transform the round-trip meta-tests must reject.
 
     Export computes ``x - offset`` and import ``w + offset``, both in the tensor's dtype.
     Exactness (``offset=1``; see :func:`exact_offset_range`):

@@ -36,7 +36,7 @@ def test_transformers_default_config_roundtrips():
     b = cfg.decoder.blocks[0]
     assert cfg.head.tied and cfg.embeddings.multiplier == 3072 ** 0.5
     assert (b.placement, b.attention.head_dim, b.attention.kv_heads, b.mlp.activation) == ("pre", 256, 16, "gelu_tanh")
-    assert b.norm == native.RMSNormConfig(eps=1e-6) and b.attention.softmax_scale is None
+    assert b.norm == native.RMSNormConfig(eps=1e-6, zero_centered=True) and b.attention.softmax_scale is None
 
 
 @pytest.mark.parametrize("hf", strategy.hf_examples(), ids=("default", "gemma-7b", "gemma-7b-small"))
@@ -127,12 +127,12 @@ def test_weights_roundtrip_and_match_the_hf_model(name):
     assert {k: tuple(v.shape) for k, v in hf_state.items()} == hf_model_keys(CONVERTER.export_config(cfg))
 
 
-def test_norms_are_stored_as_multiplier_minus_one():
+def test_zero_centred_norm_weights_are_renamed_as_they_are():
     cfg = FORWARD_CASES["gqa_tied"]
     state = native.random_state(cfg, 0)
     hf = dict(CONVERTER.export_weights(cfg, state))
-    assert torch.equal(hf["model.layers.1.post_attention_layernorm.weight"], state["layers.1.mlp_norm.weight"] - 1)
-    assert torch.equal(hf["model.norm.weight"], state["final_norm.weight"] - 1)
+    assert torch.equal(hf["model.layers.1.post_attention_layernorm.weight"], state["layers.1.mlp_norm.weight"])
+    assert torch.equal(hf["model.norm.weight"], state["final_norm.weight"])
     assert "lm_head.weight" not in hf
 
 

@@ -121,7 +121,7 @@ def _attn(b, **changes):
     (lambda c: _layers(c, lambda i, b: _attn(b, softmax_scale=8 ** -0.5)), "attention.softmax_scale"),
     (lambda c: _layers(c, lambda i, b: _attn(b, logit_softcap=10.0 + i)), "attention.logit_softcap"),
     (lambda c: _layers(c, lambda i, b: dataclasses.replace(b, placement="pre")), "placement"),
-    (lambda c: _layers(c, lambda i, b: _attn(b, qk_norm=native.RMSNormConfig(1e-6))), "attention.qk_norm"),
+    (lambda c: _layers(c, lambda i, b: _attn(b, qk_norm=native.RMSNormConfig(1e-6, zero_centered=True))), "attention.qk_norm"),
     (lambda c: dataclasses.replace(c, hidden_size=34, embeddings=native.EmbeddingConfig(61, 34 ** 0.5)), "hidden_size"),
 ])
 def test_unrepresentable_native_features_are_named(change, field):
@@ -151,13 +151,13 @@ def test_weights_roundtrip_and_match_the_hf_model(name):
     assert {k: tuple(v.shape) for k, v in hf_state.items()} == hf_model_keys(CONVERTER.export_config(cfg))
 
 
-def test_sandwich_norms_map_to_gemma2_names_with_the_offset():
+def test_sandwich_norms_map_to_gemma2_names_as_they_are():
     cfg = BASE
     state = native.random_state(cfg, 0)
     hf = dict(CONVERTER.export_weights(cfg, state))
     for native_name, hf_name in (("attn_norm", "input_layernorm"), ("attn_post_norm", "post_attention_layernorm"),
                                  ("mlp_norm", "pre_feedforward_layernorm"), ("mlp_post_norm", "post_feedforward_layernorm")):
-        assert torch.equal(hf[f"model.layers.2.{hf_name}.weight"], state[f"layers.2.{native_name}.weight"] - 1)
+        assert torch.equal(hf[f"model.layers.2.{hf_name}.weight"], state[f"layers.2.{native_name}.weight"])
 
 
 # ---------------------------------------------------------------------------------------- forward

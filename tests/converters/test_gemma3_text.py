@@ -56,7 +56,7 @@ def test_transformers_default_config_roundtrips():
     assert [b.attention.window is None for b in layers] == [(i + 1) % 6 == 0 for i in range(26)]
     assert layers[0].attention.rotary == native.DefaultRotary(theta=10000.0)
     assert layers[5].attention.rotary == native.DefaultRotary(theta=1_000_000.0)
-    assert layers[0].attention.qk_norm == native.RMSNormConfig(eps=1e-6) and layers[0].attention.logit_softcap is None
+    assert layers[0].attention.qk_norm == native.RMSNormConfig(eps=1e-6, zero_centered=True) and layers[0].attention.logit_softcap is None
     assert cfg.head.final_softcap is None and cfg.head.tied
 
 
@@ -131,7 +131,7 @@ def _attn(b, **changes):
     (lambda c: _layers(c, lambda i, b: _attn(b, logit_softcap=50.0)), "attention.logit_softcap"),
     (lambda c: _layers(c, lambda i, b: _attn(b, qk_norm=None)), "attention.qk_norm"),
     (lambda c: _layers(c, lambda i, b: _attn(b, qk_norm_scope="full")), "attention.qk_norm_scope"),
-    (lambda c: _layers(c, lambda i, b: _attn(b, qk_norm=native.RMSNormConfig(1e-5))), "rms_norm_eps"),
+    (lambda c: _layers(c, lambda i, b: _attn(b, qk_norm=native.RMSNormConfig(1e-5, zero_centered=True))), "rms_norm_eps"),
     (lambda c: _layers(c, lambda i, b: b if b.attention.window else _attn(b, rotary=native.YarnRotary(
         theta=1e4, factor=4.0, original_max_position_embeddings=16, truncate=False))), "truncate"),
     (lambda c: _layers(c, lambda i, b: _attn(b, rotary=native.DefaultRotary(theta=1e4, fraction=0.5))), "fraction"),
@@ -165,15 +165,15 @@ def test_weights_roundtrip_and_match_the_hf_model(name):
     assert {k: tuple(v.shape) for k, v in hf_state.items()} == hf_model_keys(CONVERTER.export_config(cfg))
 
 
-def test_qk_norms_are_permuted_to_rotate_half_order_and_offset():
+def test_qk_norms_are_permuted_to_rotate_half_order_as_they_are():
     cfg = BASE
     state = native.random_state(cfg, 0)
     hf = dict(CONVERTER.export_weights(cfg, state))
     native_q = state["layers.0.attn.q_norm.weight"]  # interleaved pairs (0,1), (2,3), ...
-    expected = torch.cat((native_q[0::2], native_q[1::2])) - 1
+    expected = torch.cat((native_q[0::2], native_q[1::2]))
     assert torch.equal(hf["model.layers.0.self_attn.q_norm.weight"], expected)
     assert torch.equal(hf["model.layers.0.self_attn.k_norm.weight"],
-                       torch.cat((state["layers.0.attn.k_norm.weight"][0::2], state["layers.0.attn.k_norm.weight"][1::2])) - 1)
+                       torch.cat((state["layers.0.attn.k_norm.weight"][0::2], state["layers.0.attn.k_norm.weight"][1::2])))
 
 
 # ---------------------------------------------------------------------------------------- forward

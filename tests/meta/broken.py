@@ -91,16 +91,38 @@ class GateUpSwapped(LlamaConverter):
                               lambda t: Chain((t, swap(2, 0, 1))) if isinstance(t, Chunk) else t)
 
 
-def norm_offset_missing(base: type) -> type:
-    """A Gemma-style converter storing the norm multiplier instead of ``multiplier - 1``."""
+def _with_norm_offset(rules):
+    """Every norm weight rule followed by Gemma's old ``multiplier - 1`` offset."""
+    return [dataclasses.replace(r, transform=Chain((r.transform, NormOffset(1.0))))
+            if all(n.endswith("norm.weight") for n in r.native) else r for r in rules]
 
-    class NormOffsetMissing(base):
+
+def norm_offset_added(base: type) -> type:
+    """A Gemma-family converter that still subtracts 1 from the norm weights on export (and adds it
+    on import) although the native norm is zero-centred already: HF applies ``1 + (w - 1)``."""
+
+    class NormOffsetAdded(base):
         def weight_rules(self, cfg):
-            return map_transforms(super().weight_rules(cfg),
-                                  lambda t: Identity() if isinstance(t, NormOffset) else t)
+            return _with_norm_offset(super().weight_rules(cfg))
 
-    NormOffsetMissing.__qualname__ = NormOffsetMissing.__name__ = f"NormOffsetMissing[{base.__name__}]"
-    return NormOffsetMissing
+    NormOffsetAdded.__qualname__ = NormOffsetAdded.__name__ = f"NormOffsetAdded[{base.__name__}]"
+    return NormOffsetAdded
+
+
+def gain_stored(base: type) -> type:
+    """The Gemma layout before norms were zero-centred: the native norm holds the gain ``1 + w`` in
+    the checkpoint's dtype and the converter adds or subtracts 1. Exact for every HF state that is
+    the export of a native one (gains in [0.5, 2] survive ``- 1``), lossy on HF's own small ``w``:
+    ``1 + w`` rounds. Only round trips from the source bytes see it."""
+
+    class GainStored(base):
+        norm_zero_centered = False
+
+        def weight_rules(self, cfg):
+            return _with_norm_offset(super().weight_rules(cfg))
+
+    GainStored.__qualname__ = GainStored.__name__ = f"GainStored[{base.__name__}]"
+    return GainStored
 
 
 def expert_order_reversed(base: type) -> type:
@@ -272,7 +294,7 @@ class SlidingWindowDropped(MistralConverter):
 
 __all__ = [
     "Reorder", "swap", "map_transforms", "QKPermutationSkipped", "KVSwapped", "GateUpSwapped",
-    "norm_offset_missing", "expert_order_reversed", "router_rows_reversed", "BiasDropped", "LmHeadExportedWhileTied", "ExportUpcasts",
+    "norm_offset_added", "gain_stored", "expert_order_reversed", "router_rows_reversed", "BiasDropped", "LmHeadExportedWhileTied", "ExportUpcasts",
     "ImportUpcasts", "TieFlagLost", "RopeThetaDropped", "RopeScalingDropped", "PlainRopeFactor", "HeadDimDropped",
     "WindowIgnored", "SlidingWindowDropped",
 ]

@@ -80,7 +80,7 @@ BUGS = [
     Bug("qk_permutation_skipped", broken.QKPermutationSkipped, "llama", {}),
     Bug("k_and_v_swapped", broken.KVSwapped, "llama", {}),
     Bug("bias_missing (zeroed)", BiasZeroed, "llama", {"attention_bias": True}),
-    Bug("norm_offset_missing", lambda: broken.norm_offset_missing(GemmaConverter)(), "gemma", {}),
+    Bug("norm_offset_added", lambda: broken.norm_offset_added(GemmaConverter)(), "gemma", {}),
     Bug("rope_scaling_dropped", RopeScalingDroppedOnExport, "llama", LLAMA3),
     Bug("sliding_window_dropped", broken.SlidingWindowDropped, "mistral", {"sliding_window": 4}),
 ]

@@ -33,8 +33,8 @@ def converter_class(module: str, name: str) -> type:
         pytest.skip(f"needs converters.{module}.{name}, which is not in the tree")
 
 
-def gemma_norm_offset_missing():
-    return broken.norm_offset_missing(converter_class("gemma", "GemmaConverter"))()
+def gemma_norm_offset_added():
+    return broken.norm_offset_added(converter_class("gemma", "GemmaConverter"))()
 
 
 def mixtral_expert_order_reversed():
@@ -50,7 +50,7 @@ CASES = [
     ("qk_permutation_skipped", broken.QKPermutationSkipped, "forward_equivalence"),
     ("k_and_v_swapped", broken.KVSwapped, "forward_equivalence"),
     ("gate_up_swapped", broken.GateUpSwapped, "forward_equivalence"),
-    ("norm_offset_missing", gemma_norm_offset_missing, "forward_equivalence"),
+    ("norm_offset_added", gemma_norm_offset_added, "forward_equivalence"),
     ("expert_order_reversed", mixtral_expert_order_reversed, "forward_equivalence"),
     ("router_rows_reversed", mixtral_router_rows_reversed, "forward_equivalence"),
     ("rope_theta_dropped", broken.RopeThetaDropped, "forward_equivalence"),
