@@ -24,7 +24,7 @@ import native
 from native.schema import ConfigError, from_plain
 
 from . import key_policy
-from .config_primitives import ConfigPrimitive, HFView, set_dotted
+from .config_primitives import ConfigPrimitive, HFView, as_json, set_dotted
 from .errors import ConversionError
 
 LAYER_PREFIX = "decoder.blocks[*]."
@@ -167,7 +167,7 @@ class Declaration:
                 continue
             if "." not in key and key not in nested_roots and self.model_type and \
                     not key_policy.understood_by_transformers(self.model_type, key, hf.data[key]):
-                extra[key] = hf.data[key]
+                extra[key] = as_json(hf.data[key])
                 continue
             defines = f"{self.model_type} config defines it" if self.model_type else "not understood"
             raise ConversionError(f"config.json: key '{key}' is not understood by this converter, and the "

@@ -104,7 +104,6 @@ def _attention(cfg, **changes):
     ({"hidden_act": "silu", "hidden_activation": "gelu_pytorch_tanh"}, "hidden_activation"),
     ({"hidden_act": "gelu_new"}, "hidden_act"),
     ({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}}, "partial_rotary_factor"),
-    ({"pretraining_tp": 2}, "pretraining_tp"),
 ])
 def test_hf_refusals(extra, fragment):
     hf = {**CONVERTER.export_config(BASE), **extra}
