@@ -200,3 +200,76 @@ def unrepresentable(draw, configs: st.SearchStrategy[native.ModelConfig], kinds:
     the text the ``ConversionError`` must contain."""
     kind = draw(st.sampled_from(tuple(kinds)))
     return mutate(draw(configs), kind, draw, placements)
+
+
+# ------------------------------------------------------------------------- real-file forms
+#: Keys real config.json files carry that transformers' config classes do not define (legacy
+#: spellings, other libraries' switches): a converter must carry them verbatim.
+LEGACY_KEYS = {
+    "is_llama_config": st.just(True), "mlp_type": st.just("default"),
+    "activation_function": st.sampled_from(["gelu", "gelu_pytorch_tanh"]), "rope_interleaved": st.just(False),
+    "use_mrope": st.just(False), "use_bfloat16": st.booleans(), "tf_legacy_loss": st.just(False),
+    "norm_type": st.just("layer_norm"),
+}
+
+
+def _defined_by(model_type: str) -> frozenset[str]:
+    """Parameters and ``attribute_map`` names of the transformers config class (and of
+    ``PretrainedConfig``): keys that are not legacy for this architecture."""
+    import inspect
+
+    from transformers import PretrainedConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    keys = set()
+    for cls in (CONFIG_MAPPING[model_type], PretrainedConfig):
+        keys |= set(inspect.signature(cls.__init__).parameters) | set(getattr(cls, "attribute_map", {}) or {})
+    return frozenset(keys)
+
+
+@st.composite
+def real_file_forms(draw, hf: dict[str, Any], model_type: str) -> dict[str, Any]:
+    """``hf`` as real config.json files spell it (each form optional, absent first so examples
+    shrink to the plain dict): unknown legacy keys, ``auto_map``, nested dicts of unknown keys,
+    ``null`` for an optional token id, ints where floats are meant (``rope_theta: 10000``), both
+    ``torch_dtype`` and ``dtype``, the v4 rope ``type`` beside ``rope_type``, token ids as lists."""
+    out = copy.deepcopy(hf)
+    defined = _defined_by(model_type)
+    legacy = {k: v for k, v in LEGACY_KEYS.items() if k not in defined and k not in out}
+    out.update(draw(optional_keys(legacy)))
+    out.update(draw(optional_keys({
+        "auto_map": st.just({"AutoConfig": f"configuration_{model_type}.Config",
+                             "AutoModelForCausalLM": f"modeling_{model_type}.ForCausalLM"}),
+        "custom_settings": st.fixed_dictionaries({"nested": st.fixed_dictionaries({"depth": st.integers(0, 3)}),
+                                                  "note": st.none() | st.just("x")}),
+    })))
+    if "pad_token_id" not in out and draw(st.booleans()):
+        out["pad_token_id"] = None
+    if draw(st.booleans()):
+        _integral_floats_as_ints(out)
+    if "torch_dtype" in out and draw(st.booleans()):
+        out["dtype"] = out["torch_dtype"]
+    rope = out.get("rope_scaling") if isinstance(out.get("rope_scaling"), dict) else out.get("rope_parameters")
+    if isinstance(rope, dict) and "rope_type" in rope and "type" not in rope and draw(st.booleans()):
+        rope["type"] = rope["rope_type"]
+    if isinstance(out.get("eos_token_id"), int) and draw(st.booleans()):
+        others = [v for v in (out.get("bos_token_id"), out.get("pad_token_id")) if isinstance(v, int)]
+        out["eos_token_id"] = [out["eos_token_id"], *others[:1]]
+    return out
+
+
+def _integral_floats_as_ints(hf: dict[str, Any]) -> None:
+    rope = hf.get("rope_parameters") if isinstance(hf.get("rope_parameters"), dict) else {}
+    for holder, key in ((hf, "rope_theta"), (rope, "rope_theta"), (hf, "attention_dropout")):
+        value = holder.get(key)
+        if isinstance(value, float) and value.is_integer():
+            holder[key] = int(value)
+
+
+def with_real_file_forms(factory, model_type: str):
+    """Wrap a module's ``hf_configs`` so that it also draws :func:`real_file_forms`."""
+    def hf_configs() -> st.SearchStrategy[dict]:
+        return factory().flatmap(lambda hf: real_file_forms(hf, model_type))
+
+    hf_configs.__doc__ = (factory.__doc__ or "") + "\n\nAlso in real-file forms (strategies._hf_common.real_file_forms)."
+    return hf_configs
