@@ -273,3 +273,24 @@ def with_real_file_forms(factory, model_type: str):
 
     hf_configs.__doc__ = (factory.__doc__ or "") + "\n\nAlso in real-file forms (strategies._hf_common.real_file_forms)."
     return hf_configs
+
+
+def real_configs(model_type: str) -> list[dict[str, Any]]:
+    """Every file of ``strategies/real_configs`` whose ``model_type`` is ``model_type``, as published."""
+    out = []
+    for path in sorted(REAL_CONFIGS.glob("*.json")):
+        hf = json.loads(path.read_text())
+        if hf.get("model_type") == model_type:
+            out.append(hf)
+    return out
+
+
+def with_real_configs(factory, model_type: str):
+    """Wrap a module's ``hf_examples`` so that it also returns every real config of its architecture
+    (after the module's own examples, each once)."""
+    def hf_examples() -> list[dict[str, Any]]:
+        examples = list(factory())
+        return examples + [hf for hf in real_configs(model_type) if hf not in examples]
+
+    hf_examples.__doc__ = (factory.__doc__ or "") + "\n\nThen every real config of this architecture."
+    return hf_examples

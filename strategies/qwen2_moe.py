@@ -210,3 +210,4 @@ def hf_examples() -> list[dict]:
 
 from . import _hf_common as _hc  # noqa: E402
 hf_configs = _hc.with_real_file_forms(hf_configs, MODEL_TYPE)
+hf_examples = _hc.with_real_configs(hf_examples, MODEL_TYPE)

@@ -71,3 +71,4 @@ def unrepresentable_configs() -> st.SearchStrategy:
 
 from . import _hf_common as _hc  # noqa: E402
 hf_configs = _hc.with_real_file_forms(hf_configs, MODEL_TYPE)
+hf_examples = _hc.with_real_configs(hf_examples, MODEL_TYPE)

@@ -90,3 +90,4 @@ def unrepresentable_configs() -> st.SearchStrategy[tuple[native.ModelConfig, str
 
 
 hf_configs = hc.with_real_file_forms(hf_configs, MODEL_TYPE)
+hf_examples = hc.with_real_configs(hf_examples, MODEL_TYPE)
