@@ -165,13 +165,15 @@ class Declaration:
         for key in _flatten(hf.data, nested_roots):
             if key in claimed or key in metadata_keys:
                 continue
-            if "." not in key and key not in nested_roots and self.model_type and \
-                    not key_policy.understood_by_transformers(self.model_type, key, hf.data[key]):
-                extra[key] = as_json(hf.data[key])
-                continue
-            defines = f"{self.model_type} config defines it" if self.model_type else "not understood"
-            raise ConversionError(f"config.json: key '{key}' is not understood by this converter, and the "
-                                  f"{defines} (unclaimed keys are refused, never ignored)")
+            top_level = key in hf.data and key not in nested_roots  # (a key may itself contain dots)
+            if not top_level:
+                raise ConversionError(f"config.json: key '{key}' inside '{key.split('.')[0]}' is not understood "
+                                      "by this converter (unclaimed keys are refused, never ignored)")
+            if not self.model_type or key_policy.understood_by_transformers(self.model_type, key, hf.data[key]):
+                reader = f"transformers' {self.model_type} config reads it, but" if self.model_type else ""
+                raise ConversionError(f"config.json: key '{key}': {reader} no declaration of this converter "
+                                      "claims it (unclaimed keys are refused, never ignored)")
+            extra[key] = as_json(hf.data[key])
         return extra
 
     def claimed_native_paths(self) -> set[str]:

@@ -294,3 +294,10 @@ def with_real_configs(factory, model_type: str):
 
     hf_examples.__doc__ = (factory.__doc__ or "") + "\n\nThen every real config of this architecture."
     return hf_examples
+
+
+def example_ids(examples: list[dict[str, Any]], names: Sequence[str]) -> list[str]:
+    """Test ids for ``hf_examples()``: ``names`` for a module's own examples, then one per real config
+    appended by :func:`with_real_configs` (its ``_name_or_path``, or its position)."""
+    return [names[i] if i < len(names) else str(hf.get("_name_or_path") or f"real-{i}")
+            for i, hf in enumerate(examples)]
