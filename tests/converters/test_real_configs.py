@@ -99,3 +99,16 @@ def test_cli_round_trip(name, real, dtype, tmp_path):
     changed = [n for n in before if before[n].dtype != after[n].dtype or not torch.equal(
         before[n].view(torch.uint8), after[n].view(torch.uint8))]
     assert not changed, f"{len(changed)} tensors changed bytes: {changed[:6]}"
+
+
+REAL = [(name, real) for name, real in CASES if not name.startswith("default-")]
+
+
+@pytest.mark.parametrize("name,real", REAL, ids=[name for name, _ in REAL])
+def test_hf_config_roundtrip_of_the_published_file(name, real):
+    """The file as published (no shrinking), through ``hf_config_roundtrip``: also those that the
+    strategies leave out of their explicit examples because transformers warns about them."""
+    import converters
+    from properties.config import hf_config_roundtrip
+
+    hf_config_roundtrip(converters.detect(real), real)
