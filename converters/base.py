@@ -14,11 +14,10 @@ import torch
 
 import native
 
-from .config_primitives import ConfigPrimitive, ConstantExport
+from .config_primitives import Carried, ConfigPrimitive, ConstantExport
 from .declaration import Declaration, LayerwisePrimitive, unclaimed_architecture_fields
 from .errors import ConversionError
 from .key_policy import FILE_KEYS
-from .config_primitives import Carried
 from .rope import DEFAULT_THETA, TYPE_ALIAS_KEY, canonical_rope, has_type_alias, with_type_alias
 
 #: HF keys that describe the file, not the model: dropped on import, regenerated on export (any

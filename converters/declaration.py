@@ -113,10 +113,11 @@ class Declaration:
             raise ConversionError(f"{where} must map HF keys to values, got {type(extra).__name__}")
         claimed = self.claimed_hf_keys()
         for key, value in extra.items():
-            if key in claimed or key in key_policy.FILE_KEYS or (
-                    self.model_type and key_policy.understood_by_transformers(self.model_type, key, value)):
-                raise ConversionError(f"{where}.{key} cannot be carried verbatim: {self.model_type or 'the'} "
-                                      "config defines it, so a declaration must claim it")
+            if key in claimed or key in key_policy.FILE_KEYS:
+                raise ConversionError(f"{where}.{key} cannot be carried verbatim: this converter writes '{key}' itself")
+            if not self.model_type or key_policy.understood_by_transformers(self.model_type, key, value):
+                raise ConversionError(f"{where}.{key} cannot be carried verbatim: transformers' {self.model_type} "
+                                      "config reads it, so a declaration must claim it")
         return dict(extra)
 
     # ------------------------------------------------------------------------------- import
