@@ -3,6 +3,7 @@ are claimed or refused; any other key is carried verbatim, and cannot smuggle a 
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -63,3 +64,16 @@ def test_defined_keys_come_from_the_installed_class():
     assert "is_llama_config" not in keys
     assert key_policy.understood_by_transformers("gpt_neox", "rotary_pct", 0.25)  # consumed alias
     assert not key_policy.understood_by_transformers("starcoder2", "mlp_type", "default")
+
+
+def test_native_to_hf_to_native_keeps_carried_keys_and_the_alias():
+    """The native direction: a native config whose metadata carries HF keys (as an import from a
+    real file leaves it) exports them and imports back to the same config."""
+    conv = converters.get("llama")
+    hf = {**real_config("HuggingFaceTB__SmolLM2-135M.json"), "auto_map": {"AutoConfig": "x.Y"},
+          "rope_scaling": {"type": "linear", "rope_type": "linear", "factor": 2.0}}
+    del hf["rope_parameters"]
+    hf["rope_theta"] = 100000
+    cfg = conv.import_config(hf)
+    assert cfg.metadata[key_policy.EXTRA_KEY]["auto_map"] == {"AutoConfig": "x.Y"}
+    assert conv.import_config(json.loads(json.dumps(conv.export_config(cfg)))) == cfg
