@@ -7,25 +7,27 @@ weight directions.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar, Iterator, Mapping
 
 import torch
 
 import native
 
-from .config_primitives import ConfigPrimitive, ConstantExport
+from .config_primitives import Carried, ConfigPrimitive, ConstantExport
 from .declaration import Declaration, LayerwisePrimitive, unclaimed_architecture_fields
 from .errors import ConversionError
-from .rope import DEFAULT_THETA, canonical_rope
+from .key_policy import FILE_KEYS
+from .rope import DEFAULT_THETA, TYPE_ALIAS_KEY, canonical_rope, has_type_alias, with_type_alias
 
-#: HF keys that describe the file, not the model: dropped on import, regenerated on export.
-#: Exact paths only (a nested key of the same name is *not* metadata).
-METADATA_KEYS = frozenset({
-    "architectures", "transformers_version", "dtype", "torch_dtype", "_name_or_path", "auto_map",
-    "id2label", "label2id", "return_dict", "output_attentions", "output_hidden_states",
-    "problem_type", "chunk_size_feed_forward", "is_encoder_decoder", "tf_legacy_loss",
-    "use_bfloat16", "torchscript", "_attn_implementation_autoset", "_commit_hash",
-})
+#: HF keys that describe the file, not the model: dropped on import, regenerated on export (any
+#: other key is claimed by a declaration, carried verbatim or refused: see converters/key_policy.py).
+METADATA_KEYS = FILE_KEYS
+
+#: ``PretrainedConfig``'s own keys that do not change a causal LM's logits (labels for
+#: classification heads, output switches): carried through native metadata when present.
+PRETRAINED_CARRIED = ("id2label", "label2id", "problem_type", "return_dict", "output_hidden_states",
+                      "output_attentions", "chunk_size_feed_forward", "is_encoder_decoder")
 
 
 class Converter:
@@ -37,13 +39,14 @@ class Converter:
 
     # ------------------------------------------------------------------------------ declaration
     def model_section(self) -> dict[str, ConfigPrimitive]:
-        return {"model_type": ConstantExport("model_type", self.model_type)}
+        return {"model_type": ConstantExport("model_type", self.model_type),
+                "pretrained_carried": Carried(PRETRAINED_CARRIED)}
 
     def layer_section(self) -> dict[str, ConfigPrimitive | LayerwisePrimitive]:
         return {}
 
     def declaration(self) -> Declaration:
-        return Declaration(self.model_section(), self.layer_section())
+        return Declaration(self.model_section(), self.layer_section(), model_type=self.model_type)
 
     def weight_rules(self, cfg: native.ModelConfig) -> list:
         raise NotImplementedError
@@ -52,6 +55,8 @@ class Converter:
     def export_config(self, cfg: native.ModelConfig) -> dict[str, Any]:
         hf = self.declaration().export(cfg)
         hf["architectures"] = [self.architecture]
+        if cfg.metadata.get(TYPE_ALIAS_KEY):
+            with_type_alias(hf)
         return dict(sorted(hf.items()))
 
     def import_config(self, hf: Mapping[str, Any]) -> native.ModelConfig:
@@ -59,7 +64,10 @@ class Converter:
             raise ConversionError(f"config.json: model_type={hf.get('model_type')!r}, "
                                   f"this converter reads {self.model_type!r}")
         canonical = self.canonical_hf(hf)
-        return self.declaration().import_(canonical, METADATA_KEYS)
+        cfg = self.declaration().import_(canonical, METADATA_KEYS)
+        if has_type_alias(hf):
+            cfg = dataclasses.replace(cfg, metadata={**cfg.metadata, TYPE_ALIAS_KEY: True})
+        return cfg
 
     def canonical_hf(self, hf: Mapping[str, Any]) -> dict[str, Any]:
         """Rewrite accepted legacy forms (v4 rope keys) into the one form the declaration reads."""

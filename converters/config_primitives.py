@@ -46,6 +46,14 @@ class HFView:
         return node
 
 
+def as_json(value: Any) -> Any:
+    """``value`` as config.json holds it (the native metadata is JSON too): integer dict keys
+    (transformers' ``id2label``) become strings, tuples lists. Representation only."""
+    import json
+
+    return json.loads(json.dumps(value))
+
+
 def set_dotted(target: dict, key: str, value: Any) -> None:
     parts = key.split(".")
     for part in parts[:-1]:
@@ -259,7 +267,7 @@ class Carried(ConfigPrimitive):
         return {key: metadata[key] for key in self.keys if key in metadata}
 
     def import_(self, hf):
-        return {f"metadata.{key}": hf.get(key) for key in self.keys if hf.has(key)}
+        return {f"metadata.{key}": as_json(hf.get(key)) for key in self.keys if hf.has(key)}
 
 
 @dataclass(frozen=True)

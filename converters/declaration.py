@@ -9,6 +9,10 @@ A declaration has two sections of primitives:
 
 The number of layers is the one fact the engine owns itself (``layers_key``, claiming
 ``decoder.pattern``).
+
+Keys no primitive claims follow :mod:`converters.key_policy`: a key transformers' config class
+defines or consumes is refused; any other top-level key is carried verbatim in
+``metadata.hf_extra`` and written back unchanged.
 """
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ from typing import Any, Mapping, Sequence
 import native
 from native.schema import ConfigError, from_plain
 
-from .config_primitives import ConfigPrimitive, HFView, set_dotted
+from . import key_policy
+from .config_primitives import ConfigPrimitive, HFView, as_json, set_dotted
 from .errors import ConversionError
 
 LAYER_PREFIX = "decoder.blocks[*]."
@@ -50,6 +55,7 @@ class Declaration:
     model: Mapping[str, ConfigPrimitive]
     layer: Mapping[str, ConfigPrimitive | LayerwisePrimitive]
     layers_key: str = "num_hidden_layers"
+    model_type: str = ""  # the transformers config class that decides which unclaimed keys are carried
 
     # ------------------------------------------------------------------------------- export
     def export(self, cfg: native.ModelConfig) -> dict[str, Any]:
@@ -71,6 +77,7 @@ class Declaration:
         merge({self.layers_key: cfg.num_layers}, "decoder.pattern")
 
         layers = cfg.decoder.layers()
+        extra = cfg.metadata.get(key_policy.EXTRA_KEY)
         for name, primitive in self.layer.items():
             if isinstance(primitive, LayerwisePrimitive):
                 merge(primitive.export(layers, get_model), _owner(primitive, "decoder.blocks[*]."))
@@ -89,12 +96,34 @@ class Declaration:
                         f"layers 0 and {i} differ in {paths} ({first} vs {items}); "
                         f"this format needs one value for all layers")
             merge(first or {}, _owner(primitive, f"decoder.blocks[{cfg.decoder.pattern[0]}]."))
-        return _nest(out)
+        out = _nest(out)
+        for key, value in self._checked_extra(extra).items():
+            if key in out:
+                raise ConversionError(f"metadata.{key_policy.EXTRA_KEY}.{key} would overwrite the declared '{key}'")
+            out[key] = value
+        return out
+
+    def _checked_extra(self, extra: Any) -> dict[str, Any]:
+        """The verbatim keys of ``metadata.hf_extra``: refused when transformers reads them (they
+        would bypass the declaration)."""
+        if extra is None:
+            return {}
+        where = f"metadata.{key_policy.EXTRA_KEY}"
+        if not isinstance(extra, Mapping):
+            raise ConversionError(f"{where} must map HF keys to values, got {type(extra).__name__}")
+        claimed = self.claimed_hf_keys()
+        for key, value in extra.items():
+            if key in claimed or key in key_policy.FILE_KEYS:
+                raise ConversionError(f"{where}.{key} cannot be carried verbatim: this converter writes '{key}' itself")
+            if not self.model_type or key_policy.understood_by_transformers(self.model_type, key, value):
+                raise ConversionError(f"{where}.{key} cannot be carried verbatim: transformers' {self.model_type} "
+                                      "config reads it, so a declaration must claim it")
+        return dict(extra)
 
     # ------------------------------------------------------------------------------- import
     def import_(self, hf_dict: Mapping[str, Any], metadata_keys: frozenset[str]) -> native.ModelConfig:
         hf = HFView(hf_dict)
-        self.check_hf_coverage(hf, metadata_keys)
+        extra = self.check_hf_coverage(hf, metadata_keys)
         num_layers = hf.get(self.layers_key)
         if not isinstance(num_layers, int) or num_layers < 1:
             raise ConversionError(f"config.json: {self.layers_key}={num_layers!r} must be a positive integer")
@@ -116,22 +145,37 @@ class Declaration:
                 for path, value in items.items():
                     set_dotted(layer, path, value)
         plain["decoder"] = {"blocks": layers, "pattern": list(range(num_layers))}
+        if extra:
+            set_dotted(plain, f"metadata.{key_policy.EXTRA_KEY}", extra)
         try:
             return from_plain(native.ModelConfig, plain, "")
         except ConfigError as exc:
             raise ConversionError(f"config.json describes an invalid model: {exc}") from None
 
     # ----------------------------------------------------------------------------- coverage
-    def check_hf_coverage(self, hf: HFView, metadata_keys: frozenset[str]) -> None:
-        """Every key of the HF dict is claimed by a primitive or is exact-path metadata."""
+    def check_hf_coverage(self, hf: HFView, metadata_keys: frozenset[str]) -> dict[str, Any]:
+        """Every key of the HF dict is claimed by a primitive, is a file key (``metadata_keys``), or
+        is carried verbatim (top-level keys transformers' config class neither defines nor
+        consumes, see :mod:`converters.key_policy`): returns those, ``{key: value}``. Any other
+        key is refused, naming it."""
         claimed = {self.layers_key}
         for primitive in [*self.model.values(), *self.layer.values()]:
             claimed |= primitive.claimed_hf(hf)
         nested_roots = {key.split(".")[0] for key in claimed if "." in key}
+        extra = {}
         for key in _flatten(hf.data, nested_roots):
-            if key not in claimed and key not in metadata_keys:
-                raise ConversionError(f"config.json: key '{key}' is not understood by this converter "
-                                      f"(unclaimed keys are refused, never ignored)")
+            if key in claimed or key in metadata_keys:
+                continue
+            top_level = key in hf.data and key not in nested_roots  # (a key may itself contain dots)
+            if not top_level:
+                raise ConversionError(f"config.json: key '{key}' inside '{key.split('.')[0]}' is not understood "
+                                      "by this converter (unclaimed keys are refused, never ignored)")
+            if not self.model_type or key_policy.understood_by_transformers(self.model_type, key, hf.data[key]):
+                reader = f"transformers' {self.model_type} config reads it, but" if self.model_type else ""
+                raise ConversionError(f"config.json: key '{key}': {reader} no declaration of this converter "
+                                      "claims it (unclaimed keys are refused, never ignored)")
+            extra[key] = as_json(hf.data[key])
+        return extra
 
     def claimed_native_paths(self) -> set[str]:
         paths = {"decoder.pattern"}

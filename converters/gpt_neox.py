@@ -12,8 +12,8 @@ Checked against transformers 5 ``GPTNeoXConfig``/``modeling_gpt_neox``:
 - every norm is ``nn.LayerNorm(hidden, eps=layer_norm_eps)``;
 - rotary: ``rope_parameters`` (v5), or the legacy ``rotary_emb_base`` (theta, default 10000) and
   ``rotary_pct`` (partial rotary fraction, default **0.25**) beside an optional ``rope_scaling``.
-  ``GPTNeoXConfig`` ignores a top-level ``rope_theta`` or ``partial_rotary_factor``; they are
-  refused rather than silently dropped;
+  ``GPTNeoXConfig`` ignores a top-level ``rope_theta`` or ``partial_rotary_factor`` (transformers
+  4.4x wrote them beside the legacy keys): inert, so carried verbatim (converters/key_policy.py);
 - the output projection is ``lm_head`` in memory but ``embed_out`` on disk (transformers renames it
   on load and save); this converter speaks the disk format;
 - legacy checkpoints carry non-parameter buffers (``attention.bias``, ``attention.masked_bias``,
@@ -132,12 +132,9 @@ class GPTNeoXConverter(LlamaConverter):
         """The legacy keys ``rotary_emb_base``/``rotary_pct`` become ``rope_parameters`` entries, as
         ``GPTNeoXConfig.convert_rope_params_to_dict`` does (entries already there win; a
         contradiction is refused). Top-level ``rope_theta``/``partial_rotary_factor`` are ignored by
-        ``GPTNeoXConfig``, so they are refused."""
-        for key, legacy in (("rope_theta", "rotary_emb_base"), ("partial_rotary_factor", "rotary_pct")):
-            if key in hf:
-                raise ConversionError(f"config.json: top-level '{key}' is ignored by GPTNeoXConfig (it reads "
-                                      f"'{legacy}' or rope_parameters.{key}); refusing rather than dropping it")
+        ``GPTNeoXConfig``: they are kept out of the rope section and left to the key policy."""
         out = dict(hf)
+        inert = {key: out.pop(key) for key in ("rope_theta", "partial_rotary_factor") if key in out}
         legacy = {"rope_theta": ("rotary_emb_base", out.pop("rotary_emb_base", None), self.default_theta),
                   "partial_rotary_factor": ("rotary_pct", out.pop("rotary_pct", None), DEFAULT_ROTARY_PCT)}
         keys = [k for k in ("rope_scaling", "rope_parameters") if out.get(k)] or ["rope_parameters"]
@@ -149,7 +146,7 @@ class GPTNeoXConverter(LlamaConverter):
                                           f"{legacy_key}={value!r}")
                 params.setdefault(name, default if value is None else value)
             out[key] = params
-        return canonical_rope(out, self.default_theta)
+        return {**canonical_rope(out, self.default_theta), **inert}
 
     def weight_rules(self, cfg):
         def layer(i: int, block: BlockConfig) -> list[WeightRule]:

@@ -22,6 +22,9 @@ from .config_primitives import (
 from .errors import ConversionError
 
 DEFAULT_THETA = 10000.0
+#: native metadata flag: the source spelled the rope kind as v4 ``type`` beside ``rope_type``, which
+#: transformers 5 keeps in ``rope_parameters``; the export writes it back so nothing changes.
+TYPE_ALIAS_KEY = "hf_rope_type_alias"
 #: rope kinds whose ``original_max_position_embeddings`` defaults to ``max_position_embeddings``
 _ORIGINAL_DEFAULTS_TO_MAX = ("llama3", "yarn", "longrope")
 
@@ -105,3 +108,26 @@ def rotary_dispatch(kinds: tuple[str, ...], fraction: ConfigPrimitive | None = N
     fraction = fraction or ConstantImport("fraction", 1.0, "partial rotary is not supported")
     variants = tuple(v for v in rotary_variants(fraction, prefix) if v.native_kind in kinds)
     return Dispatch("attention.rotary", f"{prefix}.rope_type", variants)
+
+
+def rope_dicts(rope: Any) -> list[dict]:
+    """The rope parameter dicts of a ``rope_parameters``/``rope_scaling`` value: itself, or (the
+    per-layer-type form of Gemma-3) each of its dict values."""
+    if not isinstance(rope, dict):
+        return []
+    if "rope_type" in rope or "type" in rope or not all(isinstance(v, dict) for v in rope.values()):
+        return [rope]
+    return list(rope.values())
+
+
+def has_type_alias(hf: Mapping[str, Any]) -> bool:
+    """Whether a config spells the rope kind as v4 ``type`` (in ``rope_scaling`` or ``rope_parameters``)."""
+    return any("type" in r for key in ("rope_scaling", "rope_parameters") for r in rope_dicts(hf.get(key)))
+
+
+def with_type_alias(hf: dict[str, Any]) -> dict[str, Any]:
+    """``hf`` with ``type`` written beside every ``rope_type`` (as transformers 5 keeps it)."""
+    for r in rope_dicts(hf.get("rope_parameters")):
+        if "rope_type" in r:
+            r["type"] = r["rope_type"]
+    return hf

@@ -17,9 +17,10 @@ from .mutations import first_valid
 from .violation import Reporter, short
 
 #: Keys of an HF config that describe the file, not the model. ``normalize`` drops them; every
-#: other key is compared. (``dtype``/``torch_dtype`` is the storage dtype of the weights, which a
-#: config round trip does not carry; ``auto_map`` points at remote-code files shipped beside it.)
-FILE_METADATA_KEYS = ("transformers_version", "_name_or_path", "architectures", "dtype", "torch_dtype", "auto_map")
+#: other key is compared, unknown ones (``auto_map``, legacy keys) included: a converter carries
+#: them verbatim. (``dtype``/``torch_dtype`` is the storage dtype of the weights, which a config
+#: round trip does not carry; ``_name_or_path`` is where transformers loaded the file from.)
+FILE_METADATA_KEYS = ("transformers_version", "_name_or_path", "architectures", "dtype", "torch_dtype")
 #: transformers 4 wrote the rope kind as ``type``; v5 config classes keep it beside ``rope_type``.
 V4_ROPE_ALIAS = "type"
 #: Top-level rope keys of the v4 form, which an export must not use.
@@ -88,19 +89,35 @@ def config_roundtrip(converter, cfg: native.ModelConfig, seed: int = 0) -> None:
 
 def hf_config_roundtrip(converter, hf: Mapping[str, Any], seed: int = 0) -> None:
     """``normalize(export_config(import_config(h))) == normalize(h)``, and the export uses the v5
-    rope form (``rope_parameters`` with ``rope_type``; no top-level ``rope_theta``/``rope_scaling``)."""
+    rope form (``rope_parameters`` with ``rope_type``; no top-level ``rope_theta``/``rope_scaling``).
+    The v4 alias ``type`` appears in the export exactly where ``h`` spelled it (transformers 5 keeps
+    it beside ``rope_type``, so dropping it changes the saved config), and equals ``rope_type``. A
+    top-level ``rope_theta``/``rope_scaling`` that the config class ignores (``normalize(h)`` keeps it
+    as it was, e.g. GPT-NeoX's) is data like any unknown key: it comes back unchanged."""
     report = Reporter("hf_config_roundtrip", converter)
     cfg = _import(report, converter, hf, "an HF config the strategy says it accepts")
     out = export_config(report, converter, cfg)
+    expected = normalize(hf)
     for key in V4_ROPE_KEYS:
-        report.expect(key not in out, key, f"export_config wrote the v4 key {key}={short(out.get(key))}; "
-                                           "transformers 5 configs use rope_parameters")
+        # (an architecture whose config class ignores the key, such as GPT-NeoX's top-level
+        # rope_theta, keeps it as an inert attribute: then it is data, carried as it was)
+        inert = key in hf and key in expected and same_value(expected[key], jsonable(hf[key]))
+        report.expect(key not in out or (inert and same_value(jsonable(out[key]), jsonable(hf[key]))), key,
+                      f"export_config wrote the v4 key {key}={short(out.get(key))}; transformers 5 configs use "
+                      "rope_parameters")
     rope = out.get("rope_parameters")
     if rope is not None:
-        report.expect(bool(rope_dicts(rope)) and all("rope_type" in r and V4_ROPE_ALIAS not in r for r in rope_dicts(rope)),
-                      "rope_parameters", "not in the v5 form (a dict with rope_type and no 'type', or one such "
-                                         f"dict per layer type): {short(rope)}")
-    diffs = dict_difference(normalize(hf), normalize(out))
+        aliased = any(V4_ROPE_ALIAS in r for key in ("rope_scaling", "rope_parameters") for r in rope_dicts(hf.get(key)))
+        report.expect(bool(rope_dicts(rope)) and all("rope_type" in r for r in rope_dicts(rope)), "rope_parameters",
+                      f"not in the v5 form (a dict with rope_type, or one such dict per layer type): {short(rope)}")
+        for r in rope_dicts(rope):
+            if aliased:
+                report.expect(r.get(V4_ROPE_ALIAS) == r.get("rope_type"), "rope_parameters.type",
+                              f"the source spelled the v4 'type', the export must keep it equal to rope_type: {short(rope)}")
+            else:
+                report.expect(V4_ROPE_ALIAS not in r, "rope_parameters.type",
+                              f"the export invented the v4 alias 'type': {short(rope)}")
+    diffs = dict_difference(expected, normalize(out))
     if diffs:
         report.fail(diffs[0].split(":")[0], "normalize(export(import(h))) != normalize(h): " + "; ".join(diffs[:6]))
 

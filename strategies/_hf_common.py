@@ -200,3 +200,128 @@ def unrepresentable(draw, configs: st.SearchStrategy[native.ModelConfig], kinds:
     the text the ``ConversionError`` must contain."""
     kind = draw(st.sampled_from(tuple(kinds)))
     return mutate(draw(configs), kind, draw, placements)
+
+
+# ------------------------------------------------------------------------- real-file forms
+#: Keys real config.json files carry that transformers' config classes do not define (legacy
+#: spellings, other libraries' switches): a converter must carry them verbatim.
+LEGACY_KEYS = {
+    "is_llama_config": st.just(True), "mlp_type": st.just("default"),
+    "activation_function": st.sampled_from(["gelu", "gelu_pytorch_tanh"]), "rope_interleaved": st.just(False),
+    "use_mrope": st.just(False), "use_bfloat16": st.booleans(), "tf_legacy_loss": st.just(False),
+    "norm_type": st.just("layer_norm"),
+}
+
+
+def _defined_by(model_type: str) -> frozenset[str]:
+    """Parameters and ``attribute_map`` names of the transformers config class (and of
+    ``PretrainedConfig``): keys that are not legacy for this architecture."""
+    import inspect
+
+    from transformers import PretrainedConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    keys = set()
+    for cls in (CONFIG_MAPPING[model_type], PretrainedConfig):
+        keys |= set(inspect.signature(cls.__init__).parameters) | set(getattr(cls, "attribute_map", {}) or {})
+    return frozenset(keys)
+
+
+@st.composite
+def real_file_forms(draw, hf: dict[str, Any], model_type: str) -> dict[str, Any]:
+    """``hf`` as real config.json files spell it (each form optional, absent first so examples
+    shrink to the plain dict): unknown legacy keys, ``auto_map``, ``quantization_config`` (which the
+    pipeline, not the converter, interprets), nested dicts of unknown keys,
+    ``null`` for an optional token id, ints where floats are meant (``rope_theta: 10000``), both
+    ``torch_dtype`` and ``dtype``, the v4 rope ``type`` beside ``rope_type``, token ids as lists."""
+    out = copy.deepcopy(hf)
+    defined = _defined_by(model_type)
+    legacy = {k: v for k, v in LEGACY_KEYS.items() if k not in defined and k not in out}
+    out.update(draw(optional_keys(legacy)))
+    out.update(draw(optional_keys({
+        "auto_map": st.just({"AutoConfig": f"configuration_{model_type}.Config",
+                             "AutoModelForCausalLM": f"modeling_{model_type}.ForCausalLM"}),
+        "custom_settings": st.fixed_dictionaries({"nested": st.fixed_dictionaries({"depth": st.integers(0, 3)}),
+                                                  "note": st.none() | st.just("x")}),
+        "quantization_config": st.sampled_from([
+            {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]},
+            {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False, "sym": True}]),
+    })))
+    if "pad_token_id" not in out and draw(st.booleans()):
+        out["pad_token_id"] = None
+    if draw(st.booleans()):
+        _integral_floats_as_ints(out)
+    if "torch_dtype" in out and draw(st.booleans()):
+        out["dtype"] = out["torch_dtype"]
+    rope = out.get("rope_scaling") if isinstance(out.get("rope_scaling"), dict) else out.get("rope_parameters")
+    if isinstance(rope, dict) and "rope_type" in rope and "type" not in rope and draw(st.booleans()):
+        rope["type"] = rope["rope_type"]
+    if isinstance(out.get("eos_token_id"), int) and draw(st.booleans()):
+        others = [v for v in (out.get("bos_token_id"), out.get("pad_token_id")) if isinstance(v, int)]
+        out["eos_token_id"] = [out["eos_token_id"], *others[:1]]
+    return out
+
+
+def _integral_floats_as_ints(hf: dict[str, Any]) -> None:
+    rope = hf.get("rope_parameters") if isinstance(hf.get("rope_parameters"), dict) else {}
+    for holder, key in ((hf, "rope_theta"), (rope, "rope_theta"), (hf, "attention_dropout")):
+        value = holder.get(key)
+        if isinstance(value, float) and value.is_integer():
+            holder[key] = int(value)
+
+
+def with_real_file_forms(factory, model_type: str):
+    """Wrap a module's ``hf_configs`` so that it also draws :func:`real_file_forms`."""
+    def hf_configs() -> st.SearchStrategy[dict]:
+        return factory().flatmap(lambda hf: real_file_forms(hf, model_type))
+
+    hf_configs.__doc__ = (factory.__doc__ or "") + "\n\nAlso in real-file forms (strategies._hf_common.real_file_forms)."
+    return hf_configs
+
+
+def real_configs(model_type: str) -> list[dict[str, Any]]:
+    """Every file of ``strategies/real_configs`` whose ``model_type`` is ``model_type``, as published."""
+    out = []
+    for path in sorted(REAL_CONFIGS.glob("*.json")):
+        hf = json.loads(path.read_text())
+        if hf.get("model_type") == model_type:
+            out.append(hf)
+    return out
+
+
+def with_real_configs(factory, model_type: str):
+    """Wrap a module's ``hf_examples`` so that it also returns every real config of its architecture
+    (after the module's own examples, each once), except those transformers itself warns about:
+    ``hf_config_accepted`` demands a warning-free build, which no faithful export of such a file can
+    give (the CLI round trip over real configs still covers them)."""
+    def hf_examples() -> list[dict[str, Any]]:
+        examples = list(factory())
+        return examples + [hf for hf in real_configs(model_type) if hf not in examples and not transformers_warns(hf)]
+
+    hf_examples.__doc__ = (factory.__doc__ or "") + "\n\nThen every real config of this architecture."
+    return hf_examples
+
+
+def example_ids(examples: list[dict[str, Any]], names: Sequence[str]) -> list[str]:
+    """Test ids for ``hf_examples()``: ``names`` for a module's own examples, then one per real config
+    appended by :func:`with_real_configs` (its ``_name_or_path``, or its position)."""
+    return [names[i] if i < len(names) else str(hf.get("_name_or_path") or f"real-{i}")
+            for i, hf in enumerate(examples)]
+
+
+def transformers_warns(hf: dict[str, Any]) -> list[str]:
+    """The warnings transformers' config class gives when it builds ``hf`` (its once-only warnings
+    included: their cache is cleared first)."""
+    import logging
+
+    from properties import common
+
+    cache_clear = getattr(getattr(logging.Logger, "warning_once", None), "cache_clear", None)
+    if cache_clear is not None:
+        cache_clear()
+    with common.captured_warnings() as messages:
+        try:
+            common.hf_config(hf)
+        except Exception as exc:  # a config transformers refuses is no example either
+            messages.append(f"{type(exc).__name__}: {exc}")
+    return list(messages)

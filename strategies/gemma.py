@@ -309,3 +309,8 @@ def hf_examples() -> list[dict[str, Any]]:
     keys), and gemma-7b scaled down for the tensor properties."""
     return [default_config(MODEL_TYPE), GEMMA_7B,
             scaled_down(GEMMA_7B, hidden=24, heads=4, kv_heads=4, head_dim=8, intermediate=40, layers=2, vocab=61)]
+
+
+from . import _hf_common as _hc  # noqa: E402
+hf_configs = _hc.with_real_file_forms(hf_configs, MODEL_TYPE)
+hf_examples = _hc.with_real_configs(hf_examples, MODEL_TYPE)

@@ -173,3 +173,8 @@ def hf_examples() -> list[dict[str, Any]]:
         out += [GEMMA2_2B, scaled_down(GEMMA2_2B, hidden=32, heads=4, kv_heads=2, head_dim=8, intermediate=48,
                                        layers=3, vocab=61, sliding_window=3, query_pre_attn_scalar=8)]
     return out
+
+
+from . import _hf_common as _hc  # noqa: E402
+hf_configs = _hc.with_real_file_forms(hf_configs, MODEL_TYPE)
+hf_examples = _hc.with_real_configs(hf_examples, MODEL_TYPE)

@@ -206,3 +206,8 @@ def hf_examples() -> list[dict[str, Any]]:
                  sliding_window=3, query_pre_attn_scalar=8, max_position_embeddings=64)
     return [default_config(MODEL_TYPE), GEMMA3_1B, GEMMA3_4B_TEXT,
             scaled_down(GEMMA3_1B, **{**small, "kv_heads": 1}), scaled_down(GEMMA3_4B_TEXT, **small)]
+
+
+from . import _hf_common as _hc  # noqa: E402
+hf_configs = _hc.with_real_file_forms(hf_configs, MODEL_TYPE)
+hf_examples = _hc.with_real_configs(hf_examples, MODEL_TYPE)

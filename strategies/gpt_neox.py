@@ -115,3 +115,7 @@ def unrepresentable_configs() -> st.SearchStrategy[tuple[native.ModelConfig, str
     sandwich placement, no rotary, a window, a lone q or o bias, two norm epsilons, an embedding
     multiplier, softcaps, a softmax scale, MoE), and the text the refusal must contain."""
     return st.one_of(hc.unrepresentable(native_configs(), REFUSED, placements=("parallel", "pre")), _attention_shape())
+
+
+hf_configs = hc.with_real_file_forms(hf_configs, MODEL_TYPE)
+hf_examples = hc.with_real_configs(hf_examples, MODEL_TYPE)

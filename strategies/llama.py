@@ -84,3 +84,8 @@ def unrepresentable_configs() -> st.SearchStrategy:
     """``(config, field)``: a Llama config with one feature Llama cannot express (a window, a
     partial bias pattern, LayerNorm, q/k norm, softcaps, MoE, ...)."""
     return lf.unrepresentable_configs(native_configs(), biases=bb.BIAS_ALL_OR_NOTHING, mlp_bias=True, windows="none")
+
+
+from . import _hf_common as _hc  # noqa: E402
+hf_configs = _hc.with_real_file_forms(hf_configs, MODEL_TYPE)
+hf_examples = _hc.with_real_configs(hf_examples, MODEL_TYPE)

@@ -121,3 +121,8 @@ def hf_examples() -> list[dict]:
                                       vocab_size=97, max_position_embeddings=64))
     return out
 
+
+
+from . import _hf_common as _hc  # noqa: E402
+hf_configs = _hc.with_real_file_forms(hf_configs, MODEL_TYPE)
+hf_examples = _hc.with_real_configs(hf_examples, MODEL_TYPE)

@@ -140,3 +140,7 @@ def unrepresentable_configs() -> st.SearchStrategy[tuple[native.ModelConfig, str
     another placement, no rotary, per-layer windows, two norm epsilons, an embedding multiplier,
     softcaps, a softmax scale, MoE), or LongRoPE with a free ``head_dim``."""
     return st.one_of(hc.unrepresentable(native_configs(), REFUSED), _longrope_head_dim())
+
+
+hf_configs = hc.with_real_file_forms(hf_configs, MODEL_TYPE)
+hf_examples = hc.with_real_configs(hf_examples, MODEL_TYPE)

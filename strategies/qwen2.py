@@ -62,3 +62,8 @@ def unrepresentable_configs() -> st.SearchStrategy:
     """``(config, field)``: a Qwen2 config with one feature Qwen2 cannot express (another bias
     pattern, an MLP bias, two window sizes, ...)."""
     return lf.unrepresentable_configs(native_configs(), biases=bb.BIAS_QKV, mlp_bias=False, windows="one")
+
+
+from . import _hf_common as _hc  # noqa: E402
+hf_configs = _hc.with_real_file_forms(hf_configs, MODEL_TYPE)
+hf_examples = _hc.with_real_configs(hf_examples, MODEL_TYPE)

@@ -67,3 +67,8 @@ def unrepresentable_configs() -> st.SearchStrategy:
     norm, a partial bias pattern, two window sizes, ...)."""
     return lf.unrepresentable_configs(native_configs(), biases=bb.BIAS_ALL_OR_NOTHING, mlp_bias=False,
                                       windows="one", extra=_qk_norm_breaks)
+
+
+from . import _hf_common as _hc  # noqa: E402
+hf_configs = _hc.with_real_file_forms(hf_configs, MODEL_TYPE)
+hf_examples = _hc.with_real_configs(hf_examples, MODEL_TYPE)

@@ -110,3 +110,8 @@ def hf_examples() -> list[dict]:
                            num_experts=6, num_experts_per_tok=2, vocab_size=97, max_position_embeddings=64,
                            mlp_only_layers=[0])
     return [AutoConfig.for_model(MODEL_TYPE).to_dict(), QWEN3_30B_A3B, small]
+
+
+from . import _hf_common as _hc  # noqa: E402
+hf_configs = _hc.with_real_file_forms(hf_configs, MODEL_TYPE)
+hf_examples = _hc.with_real_configs(hf_examples, MODEL_TYPE)

@@ -87,3 +87,7 @@ def unrepresentable_configs() -> st.SearchStrategy[tuple[native.ModelConfig, str
     placement, partial or no rotary, per-layer windows, a lone q or o bias, two norm epsilons, an
     embedding multiplier, softcaps, a softmax scale, MoE), and the text the refusal must contain."""
     return hc.unrepresentable(native_configs(), REFUSED, placements=("pre",))
+
+
+hf_configs = hc.with_real_file_forms(hf_configs, MODEL_TYPE)
+hf_examples = hc.with_real_configs(hf_examples, MODEL_TYPE)

@@ -15,6 +15,7 @@ from fixtures.profiles import settings_for
 from gemma_cases import (assert_hf_roundtrip, assert_native_roundtrip, assert_weight_roundtrips, block, forward_check,
                          hf_model_keys, model)
 from strategies import gemma2 as strategy
+from strategies import _hf_common as hc
 
 CONVERTER = Gemma2Converter()
 
@@ -49,7 +50,7 @@ def test_transformers_default_config_roundtrips():
     assert cfg.decoder.pattern == (0, 1) * 13
 
 
-@pytest.mark.parametrize("hf", strategy.hf_examples(), ids=("default", "gemma-2-2b", "gemma-2-2b-small"))
+@pytest.mark.parametrize("hf", strategy.hf_examples(), ids=hc.example_ids(strategy.hf_examples(), ("default", "gemma-2-2b", "gemma-2-2b-small")))
 def test_example_configs_roundtrip(hf):
     cfg = assert_hf_roundtrip(CONVERTER, hf)
     assert cfg.metadata.get("cache_implementation", "hybrid") == "hybrid"
@@ -169,7 +170,7 @@ def test_forward_matches_transformers(name, dtype):
 
 
 def test_forward_of_scaled_down_real_config():
-    cfg = CONVERTER.import_config(strategy.hf_examples()[-1])
+    cfg = CONVERTER.import_config(strategy.hf_examples()[2])
     assert [b.attention.window for b in cfg.decoder.layers()] == [3, None, 3]
     result = forward_check(CONVERTER, cfg, seed=5)
     assert result.ok, result.describe()

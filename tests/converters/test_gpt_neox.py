@@ -53,7 +53,8 @@ def test_transformers_default_config_roundtrips():
 @pytest.mark.parametrize("hf", strategy.hf_examples(), ids=lambda h: h["model_type"])
 def test_example_configs_roundtrip(hf):
     cfg = assert_hf_roundtrip(CONVERTER, hf)
-    assert cfg.decoder.blocks[0].attention.rotary == native.DefaultRotary(theta=10000.0, fraction=0.25)
+    assert cfg.decoder.blocks[0].attention.rotary == native.DefaultRotary(
+        theta=10000.0, fraction=hf.get("rotary_pct", 0.25))
 
 
 def test_legacy_rope_keys():
@@ -66,11 +67,14 @@ def test_legacy_rope_keys():
 
 
 @pytest.mark.parametrize("key", ["rope_theta", "partial_rotary_factor"])
-def test_top_level_keys_gpt_neox_ignores_are_refused(key):
+def test_top_level_keys_gpt_neox_ignores_are_carried_not_read(key):
     hf = {"model_type": "gpt_neox", "vocab_size": 30, "hidden_size": 16, "num_hidden_layers": 1,
           "num_attention_heads": 2, "intermediate_size": 8, key: 0.5}
-    with pytest.raises(ConversionError, match=key):
-        CONVERTER.import_config(hf)
+    cfg = CONVERTER.import_config(hf)
+    assert cfg.decoder.blocks[0].attention.rotary == native.DefaultRotary(
+        theta=10000.0, fraction=hf.get("rotary_pct", 0.25))
+    assert CONVERTER.export_config(cfg)[key] == 0.5
+    assert_hf_roundtrip(CONVERTER, hf)
 
 
 def test_legacy_contradiction_is_refused():

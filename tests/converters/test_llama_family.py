@@ -118,10 +118,17 @@ def test_qwen2_refuses_an_o_bias():
         converters.get("qwen2").export_config(broken)
 
 
-def test_unknown_hf_key_is_refused():
+def test_key_llama_config_does_not_define_is_carried_verbatim():
     hf = AutoConfig.for_model("llama", **TINY).to_dict()
-    hf["use_flux_capacitor"] = True
-    with pytest.raises(ConversionError, match="use_flux_capacitor"):
+    hf["use_flux_capacitor"] = {"gigawatts": 1.21}
+    conv = converters.get("llama")
+    assert conv.export_config(conv.import_config(hf))["use_flux_capacitor"] == {"gigawatts": 1.21}
+
+
+def test_key_llama_config_reads_but_no_declaration_claims_is_refused():
+    hf = AutoConfig.for_model("llama", **TINY).to_dict()
+    hf["partial_rotary_factor"] = 0.5  # LlamaConfig folds it into rope_parameters
+    with pytest.raises(ConversionError, match="partial_rotary_factor"):
         converters.get("llama").import_config(hf)
 
 

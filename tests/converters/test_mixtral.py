@@ -156,7 +156,6 @@ def test_refuses_what_mixtral_cannot_express(field, make):
 @pytest.mark.parametrize("change, key", [
     ({"num_key_value_heads": None}, "num_key_value_heads"),
     ({"sliding_window": 0}, "window"),
-    ({"some_new_switch": True}, "some_new_switch"),
     ({"hidden_act": "swish"}, "hidden_act"),
 ])
 def test_refuses_hf_configs_it_cannot_read(change, key):

@@ -167,7 +167,6 @@ def test_refuses_what_qwen2_moe_cannot_express(field, make):
     ({"layer_types": ["sliding_attention"] * 4, "use_sliding_window": True, "sliding_window": None}, "sliding_window"),
     ({"decoder_sparse_step": 0}, "decoder_sparse_step"),
     ({"mlp_only_layers": "0"}, "mlp_only_layers"),
-    ({"num_local_experts": 3}, "num_local_experts"),
     ({"head_dim": None}, "head_dim"),
     ({"hidden_size": 18}, "head_dim"),  # 4 heads do not divide 18: transformers' floored default refused
     ({"num_key_value_heads": None}, "num_key_value_heads"),
