@@ -175,12 +175,12 @@ class DeepSeekLayers(LayerwisePrimitive):
         if any(not s for s in sparse[k:]):
             raise ConversionError(f"mlp: the dense/MoE layer pattern {['moe' if s else 'dense' for s in sparse]} "
                                   "cannot be expressed: dense layers must come first (first_k_dense_replace)")
-        moe = self._one([m for m in mlps if isinstance(m, native.DeepSeekMoEConfig)], "MoE")
-        dense = self._one([m for m in mlps if isinstance(m, native.MLPConfig)], "dense")
         activations = sorted({m.activation for m in mlps})
         if len(activations) > 1:
             raise ConversionError(f"mlp.activation differs between layers ({activations}); "
                                   "this format has one hidden_act for dense and expert MLPs")
+        moe = self._one([m for m in mlps if isinstance(m, native.DeepSeekMoEConfig)], "MoE")
+        dense = self._one([m for m in mlps if isinstance(m, native.MLPConfig)], "dense")
         out: dict[str, Any] = {"hidden_act": _activation_to_hf(activations[0]), "first_k_dense_replace": k,
                                "moe_layer_freq": metadata.get("moe_layer_freq")}
         if out["moe_layer_freq"] is None:

@@ -56,8 +56,8 @@ class V2Layers(DeepSeekLayers):
             metadata.update({f"metadata.{key}": hf.get(key) for key in ("n_group", "topk_group") if hf.has(key)})
         elif method == GROUPED:
             groups, top_groups = _int(hf, "n_group", None, 1), _int(hf, "topk_group", None, 1)
-            if groups == 1:
-                metadata["metadata.topk_method"] = GROUPED
+            if groups == 1:  # one group: the same routing as greedy, spelled this way
+                metadata.update({"metadata.topk_method": GROUPED, "metadata.n_group": 1, "metadata.topk_group": top_groups})
         else:
             raise ConversionError(f"config.json: topk_method={method!r} is not supported (supported: {GREEDY!r}, {GROUPED!r})")
         return {"scoring": "softmax", "score_bias": False, "group_score": "max", "groups": groups,
