@@ -7,6 +7,10 @@ transformers' ``DeepseekV2TopkRouter`` never renormalises the top-k weights: ``n
 (which DeepSeek's own code honours) is refused rather than silently changed; ``false`` is carried.
 ``scoring_func`` is accepted only as ``"softmax"`` and carried. With ``greedy`` routing ``n_group``
 and ``topk_group`` are inert and carried.
+
+transformers rotates the rope parts with ``view_as_complex`` on views of the projections: in float32
+it fails for an odd ``qk_nope_head_dim`` or ``kv_lora_rank`` (odd strides); such configs are still
+converted (they run in bfloat16 and float64), and the strategies draw even ones.
 """
 from __future__ import annotations
 

@@ -25,16 +25,30 @@ ROPE_KINDS = mc.ROPE_KINDS
 MAX_EXPERTS = 8
 
 
+#: DeepseekV2 rotates its rope parts with ``view_as_complex`` on views of the projections, which in
+#: float32 needs an even ``qk_nope_head_dim`` and ``kv_lora_rank`` (even strides and offsets)
+EVEN_V2 = {"deepseek_v2"}
+
+
+def _sizes(draw, even: bool) -> tuple[int, int]:
+    """``(qk_nope_head_dim, kv_lora_rank)``."""
+    if even:
+        return 2 * draw(st.integers(1, 4)), 2 * draw(st.integers(1, 8))
+    return draw(st.integers(1, 8)), draw(st.integers(1, 16))
+
+
 @st.composite
-def mla(draw, hidden_heads: int | None = None, q_lora: bool = True, max_position: int = 64) -> native.MLAConfig:
+def mla(draw, hidden_heads: int | None = None, q_lora: bool = True, max_position: int = 64,
+        even: bool = False) -> native.MLAConfig:
     heads = hidden_heads or draw(st.integers(1, 4))
+    nope, kv_rank = _sizes(draw, even)
     rope = draw(st.sampled_from((2, 4, 6, 8)))
     rotary = draw(mc.rotary_for(rope, max_position))
     return native.MLAConfig(
         heads=heads,
         q_lora_rank=draw(st.one_of(st.none(), st.integers(1, 16))) if q_lora else None,
-        kv_lora_rank=draw(st.integers(1, 16)),
-        qk_nope_head_dim=draw(st.integers(1, 8)),
+        kv_lora_rank=kv_rank,
+        qk_nope_head_dim=nope,
         qk_rope_head_dim=rope,
         v_head_dim=draw(st.integers(1, 8)),
         bias=draw(st.booleans()),
@@ -55,11 +69,11 @@ def groups_and_top_k(draw, *, min_per_group: int, grouped: bool) -> dict[str, in
 
 
 @st.composite
-def native_configs(draw, moe_kind) -> native.ModelConfig:
+def native_configs(draw, moe_kind, even: bool = False) -> native.ModelConfig:
     """``moe_kind(draw, activation)`` draws the version's ``DeepSeekMoEConfig``."""
     num_layers = draw(bb.layer_counts())
     max_position = draw(bb.max_positions())
-    attention = draw(mla(max_position=max_position))
+    attention = draw(mla(max_position=max_position, even=even))
     hidden = attention.heads * draw(st.integers(max(1, -(-bb.MIN_HIDDEN // attention.heads)), bb.MAX_HIDDEN // attention.heads))
     eps = draw(bb.epsilons())
     activation = draw(st.sampled_from(sorted(mc.ACTIVATIONS)))
@@ -85,13 +99,14 @@ def hf_base(draw, model_type: str, architecture: str, *, q_lora: bool = True) ->
     vocab = draw(bb.vocab_sizes())
     max_position = draw(bb.max_positions())
     num_layers = draw(bb.layer_counts())
+    nope, kv_rank = _sizes(draw, model_type in EVEN_V2)
     hf: dict[str, Any] = {
         "model_type": model_type,
         "hidden_size": heads * draw(st.integers(max(1, -(-bb.MIN_HIDDEN // heads)), bb.MAX_HIDDEN // heads)),
         "num_attention_heads": heads,
         "q_lora_rank": draw(st.one_of(st.none(), st.integers(1, 16))) if q_lora else None,
-        "kv_lora_rank": draw(st.integers(1, 16)),
-        "qk_nope_head_dim": draw(st.integers(1, 8)),
+        "kv_lora_rank": kv_rank,
+        "qk_nope_head_dim": nope,
         "qk_rope_head_dim": rope,
         "v_head_dim": draw(st.integers(1, 8)),
         "attention_bias": draw(st.booleans()),

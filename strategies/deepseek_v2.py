@@ -35,7 +35,7 @@ def _moe(draw, activation: str) -> native.DeepSeekMoEConfig:
 
 
 def native_configs():
-    return ds.native_configs(_moe)
+    return ds.native_configs(_moe, even=True)
 
 
 @st.composite

@@ -248,3 +248,15 @@ def test_fp8_requantize_restores_the_codes_bit_exact(fp8_model, tmp_path):
     streamed = dict(stream_hf_weights(tmp_path / "native", requantize=True))
     assert sorted(streamed) == sorted(out)
     assert all(torch.equal(bits(streamed[n]), bits(out[n])) for n in out)
+
+
+def test_mtp_check_rejects_a_converter_that_drops_mtp_layers(tmp_path, monkeypatch):
+    """The meta-test of :func:`deepseek_cases.mtp_carried`: a converter that claims the MTP
+    tensors on import and throws them away (tests/meta/broken.py) is caught."""
+    from converters import registry
+    from tests.meta import broken
+
+    mtp_carried(tmp_path / "good", _mtp_config())
+    monkeypatch.setitem(registry._REGISTRY, "deepseek_v3", broken.mtp_dropped()())
+    with pytest.raises(AssertionError, match="MTP"):
+        mtp_carried(tmp_path / "bad", _mtp_config())
