@@ -37,7 +37,7 @@ REAL_EXPERTS = 256
 def hf_config(experts: int) -> dict:
     real = json.loads(REAL.read_text())
     real.pop("quantization_config")
-    group = min(real["n_group"], experts)
+    group = real["n_group"] if experts == REAL_EXPERTS else 1  # routing does not change the conversion
     return {**real, "num_hidden_layers": 2, "first_k_dense_replace": 1, "n_routed_experts": experts,
             "n_group": group, "topk_group": min(real["topk_group"], group),
             "num_experts_per_tok": min(real["num_experts_per_tok"], experts - 1), "num_nextn_predict_layers": 0}
