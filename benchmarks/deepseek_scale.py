@@ -115,18 +115,19 @@ def main() -> None:
     if len(rows) < 2:
         return
     a, b = rows[0], rows[-1]
-    per_expert = {k: (b[k] - a[k]) / (b["experts"] - a["experts"])
-                  for k in ("native_bytes", "hf_to_native_s", "native_to_hf_s", "peak_hf_to_native", "peak_native_to_hf")}
-    base = {k: a[k] - per_expert[k] * a["experts"] for k in per_expert}
+    span = b["experts"] - a["experts"]
+    per_expert = {k: (b[k] - a[k]) / span for k in ("native_bytes", "peak_hf_to_native", "peak_native_to_hf")}
     print()
-    print("per routed expert (2-layer model, one MoE layer): " + ", ".join(
-        f"{k} {fmt_bytes(v) if 'peak' in k or 'bytes' in k else f'{v:.3f} s'}" for k, v in per_expert.items()))
-    real = {k: base[k] + per_expert[k] * REAL_EXPERTS for k in per_expert}
-    print(f"projected, 2 layers with the real {REAL_EXPERTS} experts: native {fmt_bytes(real['native_bytes'])}, "
-          f"HF -> native {real['hf_to_native_s']:.0f} s, native -> HF {real['native_to_hf_s']:.0f} s, "
-          f"peak RSS {fmt_bytes(real['peak_hf_to_native'])} / {fmt_bytes(real['peak_native_to_hf'])}")
-    full_bytes = 2 * full_parameters()
+    print(f"per routed expert (one MoE layer): native {fmt_bytes(per_expert['native_bytes'])}, peak RSS "
+          f"{per_expert['peak_hf_to_native'] / 2**20:+.1f} MiB in, {per_expert['peak_native_to_hf'] / 2**20:+.1f} MiB out")
     rate_in, rate_out = b["native_bytes"] / b["hf_to_native_s"], b["native_bytes"] / b["native_to_hf_s"]
+    two = b["native_bytes"] + per_expert["native_bytes"] * (REAL_EXPERTS - b["experts"])
+    peaks = [max(r[k] for r in rows) + max(0.0, per_expert[k]) * (REAL_EXPERTS - b["experts"])
+             for k in ("peak_hf_to_native", "peak_native_to_hf")]
+    print(f"projected, 2 layers with the real {REAL_EXPERTS} experts ({fmt_bytes(two)} native): HF -> native "
+          f"{two / rate_in:.0f} s, native -> HF {two / rate_out:.0f} s, peak RSS {fmt_bytes(peaks[0])} / "
+          f"{fmt_bytes(peaks[1])}")
+    full_bytes = 2 * full_parameters()
     print(f"projected, DeepSeek-V3 671B (61 layers + 1 MTP layer, {full_bytes / 1e9:.0f} GB in bf16) at the "
           f"measured {rate_in / 1e9:.2f} / {rate_out / 1e9:.2f} GB/s: HF -> native {full_bytes / rate_in / 60:.0f} min, "
           f"native -> HF {full_bytes / rate_out / 60:.0f} min; peak RSS as for 2 layers with 256 experts "
