@@ -1,5 +1,7 @@
 """The code under test: declarative converters between native checkpoints and HF transformers."""
 from .base import Converter
+from .deepseek_v2 import DeepseekV2Converter
+from .deepseek_v3 import DeepseekV3Converter
 from .errors import ConversionError
 from .gemma import GemmaConverter
 from .gemma2 import Gemma2Converter
@@ -21,5 +23,6 @@ from .starcoder2 import Starcoder2Converter
 for _cls in (LlamaConverter, MistralConverter, Qwen2Converter, Qwen3Converter,
              Phi3Converter, Olmo2Converter, Starcoder2Converter, GPTNeoXConverter,
              MixtralConverter, Qwen2MoeConverter, Qwen3MoeConverter,
-             GemmaConverter, Gemma2Converter, Gemma3TextConverter):
+             GemmaConverter, Gemma2Converter, Gemma3TextConverter,
+             DeepseekV2Converter, DeepseekV3Converter):
     register(_cls())

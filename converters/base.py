@@ -73,6 +73,11 @@ class Converter:
         """Rewrite accepted legacy forms (v4 rope keys) into the one form the declaration reads."""
         return canonical_rope(hf, self.default_theta)
 
+    def fit_checkpoint(self, cfg: native.ModelConfig, hf_names) -> native.ModelConfig:
+        """``cfg`` adjusted to what an HF checkpoint carries beyond its config.json (the tensor
+        names, before any is read): DeepSeek's MTP layers. Most formats: unchanged."""
+        return cfg
+
     def unclaimed_fields(self, cfg: native.ModelConfig) -> list[str]:
         return unclaimed_architecture_fields(self.declaration(), cfg)
 

@@ -587,7 +587,7 @@ def hf_import(reader, *, dtype: str = "keep", weight_dtype: str | None = None, a
     config.pop(fp8.QUANT_KEY, None)
     check_hf_config(config)
     converter = registry.detect(config)
-    cfg = import_hf_config(converter, config)
+    cfg = converter.fit_checkpoint(import_hf_config(converter, config), reader.keys())
     metadata = {**cfg.metadata, MODEL_TYPE_KEY: converter.model_type}
     if reader.generation_config is not None:
         metadata[GENERATION_KEY] = reader.generation_config

@@ -11,6 +11,7 @@ configs describing the same model compare equal.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -276,7 +277,137 @@ class MoEConfig(Section):
                "moe.shared_gate=True requires shared_intermediate")
 
 
-FeedForwardConfig = Union[MLPConfig, MoEConfig]
+SCORINGS = ("softmax", "sigmoid")
+GROUP_SCORES = ("max", "top2_sum")
+
+
+@dataclass(frozen=True)
+class DeepSeekMoEConfig(Section):
+    """DeepSeekMoE: routed experts chosen per token, plus always-on shared experts.
+
+    Routing (computed in at least float32): ``scores = softmax(logits)`` (V2) or ``sigmoid(logits)``
+    (V3); the choice is made on ``scores + score_bias`` when ``score_bias`` (V3's
+    ``e_score_correction_bias``, a per-expert tensor that shifts the choice but not the weights).
+    With ``groups > 1`` the experts are split into equal groups, each group is scored (``max``: its
+    best choice score, V2's ``group_limited_greedy``; ``top2_sum``: the sum of its two best, V3) and
+    only the experts of the ``top_groups`` best groups can be chosen. The ``top_k`` chosen experts
+    are weighted by their (unbiased) scores, renormalised to sum to 1 when ``normalize_top_k``, then
+    multiplied by ``scaling_factor`` (``routed_scaling_factor``).
+
+    ``shared_experts`` gated MLPs of width ``intermediate`` run on every token; they are stored
+    fused as one MLP of width ``shared_experts * intermediate`` (what a sum of MLPs is; HF does the
+    same). 0 means none."""
+
+    kind = "deepseek_moe"
+    experts: int = architecture(8)
+    top_k: int = architecture(2)
+    intermediate: int = architecture(128)
+    activation: str = architecture("silu")
+    shared_experts: int = architecture(1)
+    scoring: str = architecture("sigmoid")
+    score_bias: bool = architecture(True)
+    groups: int = architecture(1)
+    top_groups: int = architecture(1)
+    group_score: str = architecture("top2_sum")
+    normalize_top_k: bool = architecture(True)
+    scaling_factor: float = architecture(1.0)
+
+    def __post_init__(self):
+        _positive_int("moe", "experts", self.experts)
+        _positive_int("moe", "top_k", self.top_k)
+        _positive_int("moe", "intermediate", self.intermediate)
+        _check(self.activation in ACTIVATIONS, f"moe.activation={self.activation!r} must be one of {ACTIVATIONS}")
+        _check(isinstance(self.shared_experts, int) and not isinstance(self.shared_experts, bool)
+               and self.shared_experts >= 0, f"moe.shared_experts={self.shared_experts!r} must be an integer >= 0")
+        _check(self.scoring in SCORINGS, f"moe.scoring={self.scoring!r} must be one of {SCORINGS}")
+        _check(self.group_score in GROUP_SCORES, f"moe.group_score={self.group_score!r} must be one of {GROUP_SCORES}")
+        _positive_int("moe", "groups", self.groups)
+        _positive_int("moe", "top_groups", self.top_groups)
+        _positive("moe", "scaling_factor", self.scaling_factor)
+        _check(self.experts % self.groups == 0, f"moe.groups={self.groups} must divide experts={self.experts}")
+        _check(self.top_groups <= self.groups, f"moe.top_groups={self.top_groups} must not exceed groups={self.groups}")
+        per_group = self.experts // self.groups
+        _check(self.top_k <= self.top_groups * per_group,
+               f"moe.top_k={self.top_k} exceeds the {self.top_groups * per_group} experts of the top_groups")
+        _check(self.groups == 1 or self.group_score != "top2_sum" or per_group >= 2,
+               f"moe.group_score='top2_sum' needs at least 2 experts per group (experts={self.experts}, groups={self.groups})")
+
+    @property
+    def shared_intermediate(self) -> int | None:
+        """Width of the fused shared MLP, None without shared experts."""
+        return self.shared_experts * self.intermediate if self.shared_experts else None
+
+
+FeedForwardConfig = Union[MLPConfig, MoEConfig, DeepSeekMoEConfig]
+
+
+@dataclass(frozen=True)
+class MLAConfig(Section):
+    """Multi-head latent attention (DeepSeek-V2/V3).
+
+    - queries: ``q = q_up(q_norm(q_down(x)))`` with a rank ``q_lora_rank`` bottleneck, or one
+      projection ``q(x)`` when ``q_lora_rank`` is None (DeepSeek-V2-Lite); each head's query is
+      ``[nope (qk_nope_head_dim); rope (qk_rope_head_dim)]``.
+    - keys and values: ``kv_down(x) = [latent (kv_lora_rank); k_rope (qk_rope_head_dim)]``; the
+      latent is RMS-normalised (``kv_norm``, eps ``lora_norm_eps``) and expanded by ``kv_up`` into
+      each head's ``[k_nope; v (v_head_dim)]``; ``k_rope`` is one decoupled rotary key shared by
+      every head.
+    - rotary turns only the rope parts (of q and of the shared key), as interleaved pairs in the
+      native layout; the nope parts never rotate.
+    - softmax scale ``(qk_nope_head_dim + qk_rope_head_dim) ** -0.5``, times ``mscale(factor,
+      mscale_all_dim) ** 2`` for a YaRN rotary with ``mscale_all_dim`` (DeepSeek's rule).
+    - ``bias``: biases on ``q_down``, ``kv_down`` and ``o`` (HF ``attention_bias``; a single q
+      projection has none).
+    No sliding window (``window`` is always None)."""
+
+    kind = "mla"
+    heads: int = architecture(8)
+    q_lora_rank: int | None = architecture(None)
+    kv_lora_rank: int = architecture(32)
+    qk_nope_head_dim: int = architecture(16)
+    qk_rope_head_dim: int = architecture(8)
+    v_head_dim: int = architecture(16)
+    lora_norm_eps: float = architecture(1e-6)
+    bias: bool = architecture(False)
+    rotary: RotaryConfig = architecture(DefaultRotary())
+
+    def __post_init__(self):
+        for name in ("heads", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
+            _positive_int("attention", name, getattr(self, name))
+        _positive_int("attention", "q_lora_rank", self.q_lora_rank, allow_none=True)
+        _positive("attention", "lora_norm_eps", self.lora_norm_eps)
+        _check(self.qk_rope_head_dim % 2 == 0, f"attention.qk_rope_head_dim={self.qk_rope_head_dim} must be even")
+        _check(not isinstance(self.rotary, NoRotary) and self.rotary.fraction == 1.0,
+               "attention.rotary: MLA rotates its whole rope part (a rotary kind with fraction 1.0)")
+        if isinstance(self.rotary, LongRopeRotary):
+            _check(len(self.rotary.short_factor) == self.qk_rope_head_dim // 2,
+                   f"attention.rotary.short_factor has {len(self.rotary.short_factor)} entries, "
+                   f"qk_rope_head_dim {self.qk_rope_head_dim} needs {self.qk_rope_head_dim // 2}")
+        if isinstance(self.rotary, YarnRotary) and self.rotary.mscale_all_dim:
+            _check(self.rotary.factor is not None,
+                   "attention.rotary.factor: the MLA softmax scale reads the YaRN factor; give it explicitly")
+
+    @property
+    def head_dim(self) -> int:
+        """The per-head width the rotary table is built for: the rope part."""
+        return self.qk_rope_head_dim
+
+    @property
+    def qk_head_dim(self) -> int:
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+    @property
+    def window(self) -> None:
+        return None
+
+    @property
+    def softmax_scale(self) -> float:
+        scale = self.qk_head_dim ** -0.5
+        rotary = self.rotary
+        if isinstance(rotary, YarnRotary) and rotary.mscale_all_dim and rotary.factor > 1:
+            m = 0.1 * rotary.mscale_all_dim * math.log(rotary.factor) + 1.0
+            scale *= m * m
+        return scale
 
 
 # ---------------------------------------------------------------------------------------- block
@@ -291,7 +422,7 @@ class BlockConfig(Section):
 
     placement: str = architecture("pre")
     norm: NormConfig = architecture(RMSNormConfig())
-    attention: AttentionConfig = architecture(AttentionConfig())
+    attention: AttentionConfig | MLAConfig = architecture(AttentionConfig())
     mlp: FeedForwardConfig = architecture(MLPConfig())
 
     def __post_init__(self):

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import FeedForwardConfig, MLPConfig, MoEConfig
+from .config import DeepSeekMoEConfig, FeedForwardConfig, MLPConfig, MoEConfig
 
 ACTIVATIONS = {
     "silu": F.silu,
@@ -89,4 +89,8 @@ def make_feedforward(hidden: int, cfg: FeedForwardConfig) -> nn.Module:
         return MoE(hidden, cfg)
     if isinstance(cfg, MLPConfig):
         return MLP(hidden, cfg)
+    if isinstance(cfg, DeepSeekMoEConfig):
+        from .deepseek_moe import DeepSeekMoE  # (it builds on this module)
+
+        return DeepSeekMoE(hidden, cfg)
     raise TypeError(f"unknown feed-forward config {type(cfg).__name__}")

@@ -18,7 +18,7 @@ Layout rules (DESIGN §2):
 """
 from __future__ import annotations
 
-from .config import BlockConfig, LayerNormConfig, MLPConfig, ModelConfig, MoEConfig
+from .config import BlockConfig, DeepSeekMoEConfig, LayerNormConfig, MLAConfig, MLPConfig, ModelConfig, MoEConfig
 
 Shape = tuple[int, ...]
 
@@ -37,8 +37,49 @@ def block_norm_names(block: BlockConfig) -> tuple[str, ...]:
     return ("attn_norm", "mlp_norm")
 
 
+def mla_shapes(prefix: str, hidden: int, a: MLAConfig) -> dict[str, Shape]:
+    """Multi-head latent attention (see ``MLAConfig``): per head, q rows are ``[nope; rope]`` and
+    ``kv_up`` rows ``[k_nope; v]``; ``kv_down`` rows are ``[latent; shared rope key]``. Rope rows
+    are in interleaved pair order. The two down projections stay separate (as in Megatron's MLA),
+    each up projection beside its norm."""
+    q_size = a.heads * a.qk_head_dim
+    shapes: dict[str, Shape] = {}
+    if a.q_lora_rank is None:
+        shapes[f"{prefix}.q.weight"] = (q_size, hidden)
+    else:
+        shapes[f"{prefix}.q_down.weight"] = (a.q_lora_rank, hidden)
+        if a.bias:
+            shapes[f"{prefix}.q_down.bias"] = (a.q_lora_rank,)
+        shapes[f"{prefix}.q_norm.weight"] = (a.q_lora_rank,)
+        shapes[f"{prefix}.q_up.weight"] = (q_size, a.q_lora_rank)
+    shapes[f"{prefix}.kv_down.weight"] = (a.kv_lora_rank + a.qk_rope_head_dim, hidden)
+    if a.bias:
+        shapes[f"{prefix}.kv_down.bias"] = (a.kv_lora_rank + a.qk_rope_head_dim,)
+    shapes[f"{prefix}.kv_norm.weight"] = (a.kv_lora_rank,)
+    shapes[f"{prefix}.kv_up.weight"] = (a.heads * (a.qk_nope_head_dim + a.v_head_dim), a.kv_lora_rank)
+    shapes[f"{prefix}.o.weight"] = (hidden, a.heads * a.v_head_dim)
+    if a.bias:
+        shapes[f"{prefix}.o.bias"] = (hidden,)
+    return shapes
+
+
+def deepseek_moe_shapes(prefix: str, hidden: int, moe: DeepSeekMoEConfig) -> dict[str, Shape]:
+    """Router (with ``score_bias`` when the choice is biased), stacked experts, and the shared
+    experts fused into one gated MLP."""
+    shapes: dict[str, Shape] = {f"{prefix}.router.weight": (moe.experts, hidden)}
+    if moe.score_bias:
+        shapes[f"{prefix}.router.score_bias"] = (moe.experts,)
+    shapes[f"{prefix}.experts.fc1"] = (moe.experts, 2 * moe.intermediate, hidden)
+    shapes[f"{prefix}.experts.fc2"] = (moe.experts, hidden, moe.intermediate)
+    if moe.shared_experts:
+        shapes.update(mlp_shapes(f"{prefix}.shared", hidden, MLPConfig(moe.shared_intermediate, True, moe.activation, False)))
+    return shapes
+
+
 def attention_shapes(prefix: str, hidden: int, block: BlockConfig) -> dict[str, Shape]:
     a = block.attention
+    if isinstance(a, MLAConfig):
+        return mla_shapes(prefix, hidden, a)
     q_size, kv_size = a.heads * a.head_dim, a.kv_heads * a.head_dim
     shapes: dict[str, Shape] = {f"{prefix}.qkv.weight": (q_size + 2 * kv_size, hidden)}
     for name, on, size in (("q", a.q_bias, q_size), ("k", a.k_bias, kv_size), ("v", a.v_bias, kv_size)):
@@ -86,6 +127,8 @@ def block_shapes(prefix: str, hidden: int, block: BlockConfig) -> dict[str, Shap
     shapes.update(attention_shapes(f"{prefix}.attn", hidden, block))
     if isinstance(block.mlp, MoEConfig):
         shapes.update(moe_shapes(f"{prefix}.mlp", hidden, block.mlp))
+    elif isinstance(block.mlp, DeepSeekMoEConfig):
+        shapes.update(deepseek_moe_shapes(f"{prefix}.mlp", hidden, block.mlp))
     else:
         shapes.update(mlp_shapes(f"{prefix}.mlp", hidden, block.mlp))
     return shapes
@@ -118,6 +161,33 @@ def state_shapes(cfg: ModelConfig) -> dict[str, Shape]:
     shapes.update(norm_shapes("final_norm", cfg.final_norm, cfg.hidden_size))
     if not cfg.head.tied:
         shapes["output.weight"] = (cfg.vocab_size, cfg.hidden_size)
+    for j in range(mtp_layers(cfg)):
+        shapes.update(mtp_shapes(cfg, j))
+    return shapes
+
+
+#: native metadata key: how many multi-token-prediction modules the checkpoint carries
+MTP_KEY = "mtp_layers"
+
+
+def mtp_layers(cfg: ModelConfig) -> int:
+    """The MTP modules a native state carries (DeepSeek-V3's ``num_nextn_predict_layers`` extra
+    layers, when the checkpoint has their weights). A setting, not architecture: the model's
+    logits never read them, so they live in ``metadata`` and only add tensors to the layout."""
+    return int(cfg.metadata.get(MTP_KEY, 0))
+
+
+def mtp_shapes(cfg: ModelConfig, j: int) -> dict[str, Shape]:
+    """``mtp.{j}.*``: embedding, ``enorm``/``hnorm``, ``eh_proj`` (H, 2H), a block shaped like
+    the last decoder layer (``mtp.{j}.layer.*``), ``head_norm`` and ``output``."""
+    H, prefix = cfg.hidden_size, f"mtp.{j}"
+    shapes: dict[str, Shape] = {f"{prefix}.embedding.weight": (cfg.vocab_size, H)}
+    shapes.update(norm_shapes(f"{prefix}.enorm", cfg.final_norm, H))
+    shapes.update(norm_shapes(f"{prefix}.hnorm", cfg.final_norm, H))
+    shapes[f"{prefix}.eh_proj.weight"] = (H, 2 * H)
+    shapes.update(block_shapes(f"{prefix}.layer", H, cfg.decoder.layer(cfg.num_layers - 1)))
+    shapes.update(norm_shapes(f"{prefix}.head_norm", cfg.final_norm, H))
+    shapes[f"{prefix}.output.weight"] = (cfg.vocab_size, H)
     return shapes
 
 

@@ -6,9 +6,10 @@ import torch
 from torch import nn
 
 from .attention import Attention, visibility_mask
-from .config import BlockConfig, ModelConfig
+from .config import BlockConfig, MLAConfig, ModelConfig
 from .feedforward import make_feedforward
-from .layout import block_norm_names
+from .layout import block_norm_names, mtp_layers
+from .mla import MLA
 from .norms import make_norm
 from .rotary import rotary_table
 
@@ -21,7 +22,7 @@ class Block(nn.Module):
         self.placement = cfg.placement
         for name in block_norm_names(cfg):
             setattr(self, name, make_norm(cfg.norm, hidden))
-        self.attn = Attention(hidden, cfg.attention)
+        self.attn = MLA(hidden, cfg.attention) if isinstance(cfg.attention, MLAConfig) else Attention(hidden, cfg.attention)
         self.mlp = make_feedforward(hidden, cfg.mlp)
 
     def forward(self, x: torch.Tensor, rotations: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
@@ -42,6 +43,26 @@ class Block(nn.Module):
         raise ValueError(f"unknown placement {self.placement!r}")
 
 
+class MTPLayer(nn.Module):
+    """One multi-token-prediction module (DeepSeek-V3): its own embedding, ``enorm``/``hnorm``,
+    ``eh_proj`` (H, 2H), a decoder block shaped like the last layer, and a head with its norm.
+
+    Carried, not run: ``forward`` (the next-token logits) never calls it, as transformers' model
+    does not; it exists so a checkpoint's MTP weights live in the native state and come back out
+    byte for byte (see ``native.layout.mtp_layers``)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        hidden = cfg.hidden_size
+        self.embedding = nn.Embedding(cfg.vocab_size, hidden)
+        self.enorm = make_norm(cfg.final_norm, hidden)
+        self.hnorm = make_norm(cfg.final_norm, hidden)
+        self.eh_proj = nn.Linear(2 * hidden, hidden, bias=False)
+        self.layer = Block(hidden, cfg.decoder.layer(cfg.num_layers - 1))
+        self.head_norm = make_norm(cfg.final_norm, hidden)
+        self.output = nn.Linear(hidden, cfg.vocab_size, bias=False)
+
+
 class NativeModel(nn.Module):
     """``model(input_ids[, attention_mask]) -> logits (B, T, V)``; positions are ``0..T-1`` whatever
     the padding, and the compute dtype is the parameters' dtype."""
@@ -54,6 +75,8 @@ class NativeModel(nn.Module):
         self.final_norm = make_norm(cfg.final_norm, cfg.hidden_size)
         if not cfg.head.tied:
             self.output = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if mtp_layers(cfg):
+            self.mtp = nn.ModuleList(MTPLayer(cfg) for _ in range(mtp_layers(cfg)))
         self._init_weights()
 
     def _init_weights(self) -> None:

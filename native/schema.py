@@ -85,7 +85,7 @@ def from_plain(hint: Any, value: Any, path: str) -> Any:
             cls = sections[0]
         else:
             by_kind = {c.kind: c for c in sections}
-            kind = value.get("kind")
+            kind = value.get("kind", "" if "" in by_kind else None)  # a kind-less section is the default variant
             if kind not in by_kind:
                 raise ConfigError(f"{path}.kind={kind!r} is not one of {sorted(by_kind)}")
             cls = by_kind[kind]

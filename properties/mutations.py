@@ -17,13 +17,14 @@ from typing import Any, Iterator
 
 import native
 from native.config import (
-    ACTIVATIONS, PLACEMENTS, QK_NORM_SCOPES, DefaultRotary, DynamicRotary, LayerNormConfig, LinearRotary,
+    ACTIVATIONS, GROUP_SCORES, PLACEMENTS, QK_NORM_SCOPES, SCORINGS, AttentionConfig, DeepSeekMoEConfig, MLAConfig, DefaultRotary, DynamicRotary, LayerNormConfig, LinearRotary,
     Llama3Rotary, LongRopeRotary, MLPConfig, MoEConfig, NoRotary, RMSNormConfig, YarnRotary,
 )
 from native.schema import ConfigError
 
 #: The strings each string field may take.
-STRING_CHOICES = {"placement": PLACEMENTS, "activation": ACTIVATIONS, "qk_norm_scope": QK_NORM_SCOPES}
+STRING_CHOICES = {"placement": PLACEMENTS, "activation": ACTIVATIONS, "qk_norm_scope": QK_NORM_SCOPES,
+                  "scoring": SCORINGS, "group_score": GROUP_SCORES}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +79,9 @@ def _norm_kinds(current) -> list:
 
 
 def _feedforward_kinds(current, rnd: random.Random) -> list:
+    if isinstance(current, DeepSeekMoEConfig):
+        return [MLPConfig(current.intermediate, True, current.activation, False),
+                MoEConfig(current.experts, current.top_k, current.intermediate, current.activation)]
     if isinstance(current, MoEConfig):
         return [MLPConfig(current.intermediate, True, current.activation, False)]
     experts = rnd.randint(2, 4)
@@ -91,7 +95,7 @@ def _optional(path: str, cfg: native.ModelConfig, rnd: random.Random) -> list:
         return [RMSNormConfig(1e-6), LayerNormConfig(1e-6, True)]
     if leaf == "window":
         return [rnd.randint(1, 8)]
-    if leaf in ("shared_intermediate",):
+    if leaf in ("shared_intermediate", "q_lora_rank"):
         return [rnd.randint(1, 32)]
     if leaf == "softmax_scale":
         head_dim = native.get_path(cfg, path.rsplit(".", 1)[0] + ".head_dim")
@@ -111,8 +115,11 @@ def mutations(cfg: native.ModelConfig, path: str, rnd: random.Random) -> Iterato
         parent = section_path.rsplit(".", 1)[-1]
         if isinstance(section, (RMSNormConfig, LayerNormConfig)):
             options = _norm_kinds(section) + ([None] if parent == "qk_norm" else [])
-        elif isinstance(section, (MLPConfig, MoEConfig)):
+        elif isinstance(section, (MLPConfig, MoEConfig, DeepSeekMoEConfig)):
             options = _feedforward_kinds(section, rnd)
+        elif isinstance(section, MLAConfig):  # multi-head latent attention → plain attention
+            options = [AttentionConfig(heads=section.heads, kv_heads=section.heads, head_dim=section.qk_rope_head_dim,
+                                       rotary=section.rotary)]
         else:
             head_dim = native.get_path(cfg, section_path.rsplit(".", 1)[0] + ".head_dim")
             options = _rotary_kinds(section, head_dim, rnd)

@@ -24,7 +24,8 @@ from typing import Callable
 import torch
 
 import native
-from native.config import MoEConfig
+from native.config import DeepSeekMoEConfig, MoEConfig
+from native.deepseek_moe import DeepSeekMoE
 from native.feedforward import MoE
 
 from . import common
@@ -32,7 +33,8 @@ from . import common
 
 def has_routing(cfg: native.ModelConfig) -> bool:
     """Whether any layer chooses among experts (top-k below the expert count)."""
-    return any(isinstance(b.mlp, MoEConfig) and b.mlp.top_k < b.mlp.experts for b in cfg.decoder.blocks)
+    return any(isinstance(b.mlp, (MoEConfig, DeepSeekMoEConfig)) and b.mlp.top_k < b.mlp.experts
+               for b in cfg.decoder.blocks)
 
 
 def near_tie_positions(cfg: native.ModelConfig, state, ids: torch.Tensor, mask: torch.Tensor,
@@ -55,6 +57,9 @@ def router_near_ties(cfg: native.ModelConfig, state, ids: torch.Tensor, mask: to
     hooks = [layer.mlp.router.register_forward_hook(
                  lambda module, args, out, i=i: seen.__setitem__(i, (args[0], out)))
              for i, layer in enumerate(model.layers) if isinstance(layer.mlp, MoE)]
+    hooks += [layer.mlp.router.register_forward_hook(
+                  lambda module, args, out, i=i: seen.__setitem__(i, (args[0], None)))
+              for i, layer in enumerate(model.layers) if isinstance(layer.mlp, DeepSeekMoE)]
     try:
         with torch.no_grad():
             model(ids, attention_mask=mask)
@@ -63,6 +68,9 @@ def router_near_ties(cfg: native.ModelConfig, state, ids: torch.Tensor, mask: to
             hook.remove()
     ties = {}
     for i, (h, logits) in seen.items():
+        if logits is None:
+            ties[i] = deepseek_near_ties(model.layers[i].mlp.router, h, band(i)).view(ids.shape)
+            continue
         k = model.layers[i].mlp.cfg.top_k
         if k >= logits.shape[-1]:
             continue
@@ -82,3 +90,28 @@ def affected_positions(ties: dict[int, torch.Tensor], layers: int, shape) -> tor
         spread = tie if layer == layers - 1 else tie.int().cummax(dim=-1).values.bool()
         affected = affected.to(tie.device) | spread
     return affected
+
+
+def deepseek_near_ties(router, h: torch.Tensor, band: float) -> torch.Tensor:
+    """(N,) bool: DeepSeekMoE tokens whose group choice or expert choice could flip. A relative
+    error ``band`` in ``h`` moves each router logit by at most ``D = band · ‖h‖ · max‖w_e‖``; a
+    sigmoid score (plus its fixed bias) by at most ``D / 4``, a softmax's order is its logits'. Two
+    choices are a near-tie when their gap is within ``2D`` (``4D`` between groups summing two)."""
+    c = router.cfg
+    weight = router.weight.to(h.dtype)
+    logits = h @ weight.T
+    if c.scoring == "sigmoid":
+        choice = logits.sigmoid() + (router.score_bias.to(h.dtype) if c.score_bias else 0)
+    else:
+        choice = logits  # softmax keeps the logits' order, and has no bias here
+    d = 2 * band * h.norm(dim=-1) * weight.norm(dim=-1).max()
+    tie = torch.zeros(h.shape[0], dtype=torch.bool, device=h.device)
+    if c.groups > 1 and c.top_groups < c.groups:
+        grouped = choice.view(-1, c.groups, c.experts // c.groups)
+        scores = grouped.amax(-1) if c.group_score == "max" else grouped.topk(2, dim=-1).values.sum(-1)
+        top = scores.topk(c.top_groups + 1, dim=-1)
+        tie |= top.values[:, -2] - top.values[:, -1] <= (2 if c.group_score == "top2_sum" else 1) * d
+        kept = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, top.indices[:, :-1], True)
+        choice = choice.masked_fill(~kept.repeat_interleave(c.experts // c.groups, dim=1), float("-inf"))
+    top = choice.topk(c.top_k + 1, dim=-1).values
+    return tie | (top[:, -2] - top[:, -1] <= d)

@@ -244,6 +244,9 @@ def _inert(cfg: native.ModelConfig, name: str) -> str | None:
       cancels, unless rotary makes it depend on the key position.
     - With a window of 1 every query sees only itself: softmax over one key is 1 whatever q and k
       are, so q- and k-side biases cannot matter."""
+    if name.endswith("router.score_bias"):
+        return ("a score bias moves only which experts are chosen, which a few tokens may never flip "
+                "(forward_equivalence judges it)")
     if _k_side(name) or _q_side(name):
         a = cfg.decoder.layer(int(name.split(".")[1])).attention
         if a.window == 1:

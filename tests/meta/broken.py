@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
+
 from converters.llama import LlamaConverter
 from converters.mistral import MistralConverter
 from converters.weights import Chain, Chunk, ExpertSplit, GroupedQKV, Identity, NormOffset, Parallel, RotaryPermute
@@ -298,3 +300,118 @@ __all__ = [
     "ImportUpcasts", "TieFlagLost", "RopeThetaDropped", "RopeScalingDropped", "PlainRopeFactor", "HeadDimDropped",
     "WindowIgnored", "SlidingWindowDropped",
 ]
+
+
+# ----------------------------------------------------------------------------- DeepSeek (MLA, MoE)
+def _deepseek_v3():
+    from converters.deepseek_v3 import DeepseekV3Converter
+
+    return DeepseekV3Converter
+
+
+def rotary_on_nope(base: type | None = None) -> type:
+    """The rotary permutation of a half-split HF layout applied to the *first* ``qk_rope_head_dim``
+    rows of each query head (the nope part, as for Llama's partial rotary) instead of the last."""
+    from converters.deepseek import TailRotaryPermute
+
+    base = base or _deepseek_v3()
+
+    class RotaryOnNope(base):
+        def weight_rules(self, cfg):
+            def wrong(t):
+                if isinstance(t, TailRotaryPermute):
+                    return RotaryPermute(t.heads, t.head_dim, t.rotary_dim)
+                return t
+
+            return map_transforms(super().weight_rules(cfg), wrong)
+
+    return RotaryOnNope
+
+
+class Zeroed(Transform):
+    """Export writes zeros of the right shape (what transformers initialises the tensor to); import
+    gives zeros back: a silent drop."""
+
+    def export(self, xs):
+        return [torch.zeros_like(xs[0])]
+
+    def import_(self, xs):
+        return [torch.zeros_like(xs[0])]
+
+
+class Ones(Zeroed):
+    def export(self, xs):
+        return [torch.ones_like(xs[0])]
+
+    def import_(self, xs):
+        return [torch.ones_like(xs[0])]
+
+
+def _replace_rules(base: type, suffix: str, transform: Transform) -> type:
+    class Broken(base):
+        def weight_rules(self, cfg):
+            return [dataclasses.replace(rule, transform=transform) if rule.hf and rule.hf[0].endswith(suffix) else rule
+                    for rule in super().weight_rules(cfg)]
+
+    return Broken
+
+
+def score_bias_dropped(base: type | None = None) -> type:
+    """``e_score_correction_bias`` not carried: the export writes transformers' initial zeros."""
+    return _replace_rules(base or _deepseek_v3(), "e_score_correction_bias", Zeroed())
+
+
+def kv_norm_skipped(base: type | None = None) -> type:
+    """The kv LoRA norm's weight not carried (an identity norm: ones) on export."""
+    return _replace_rules(base or _deepseek_v3(), "kv_a_layernorm.weight", Ones())
+
+
+def routed_scaling_lost(base: type | None = None) -> type:
+    """``routed_scaling_factor`` left out of the exported config (the class default then applies)."""
+    base = base or _deepseek_v3()
+
+    class RoutedScalingLost(base):
+        def export_config(self, cfg):
+            out = super().export_config(cfg)
+            out.pop("routed_scaling_factor", None)
+            return out
+
+    return RoutedScalingLost
+
+
+def mtp_dropped(base: type | None = None) -> type:
+    """MTP layers claimed on import and thrown away (never reach native, never come back)."""
+    from converters.weights.rules import WeightRule
+
+    base = base or _deepseek_v3()
+
+    class Swallow(Transform):
+        n_native = 0
+
+        @property
+        def n_hf(self):
+            return self.count
+
+        def __init__(self, count):
+            object.__setattr__(self, "count", count)
+
+        def export(self, xs):
+            return []
+
+        def import_(self, xs):
+            return []
+
+    class MTPDropped(base):
+        def fit_checkpoint(self, cfg, hf_names):
+            import re
+
+            self._extra = sorted(n for n in hf_names if (m := re.match(r"model\.layers\.(\d+)\.", n))
+                                 and int(m.group(1)) >= cfg.num_layers)
+            return cfg
+
+        def weight_rules(self, cfg):
+            rules = super().weight_rules(cfg)
+            extra = getattr(self, "_extra", [])
+            return rules + ([WeightRule((), tuple(extra), Swallow(len(extra)))] if extra else [])
+
+    return MTPDropped

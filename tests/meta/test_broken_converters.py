@@ -69,6 +69,11 @@ CASES = [
     ("tie_flag_lost", broken.TieFlagLost, "config_roundtrip"),
     ("bias_dropped", broken.BiasDropped, "bias_handling"),
     ("import_upcasts", broken.ImportUpcasts, "checkpoint_roundtrip"),
+    ("rotary_on_nope", lambda: broken.rotary_on_nope()(), "forward_equivalence"),
+    ("score_bias_dropped", lambda: broken.score_bias_dropped()(), "forward_equivalence"),
+    ("routed_scaling_lost", lambda: broken.routed_scaling_lost()(), "forward_equivalence"),
+    ("routed_scaling_lost", lambda: broken.routed_scaling_lost()(), "config_roundtrip"),
+    ("kv_norm_skipped", lambda: broken.kv_norm_skipped()(), "forward_equivalence"),
 ]
 
 

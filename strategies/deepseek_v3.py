@@ -1,0 +1,102 @@
+"""Strategies for the ``deepseek_v3`` converter.
+
+- :func:`native_configs`: what DeepseekV3ForCausalLM can express: pre-norm RMSNorm blocks with one
+  epsilon, multi-head latent attention (q LoRA or not, biases or not) with any HF rotary kind,
+  dense layers then DeepSeekMoE layers (sigmoid scores, score bias, groups scored by their two best
+  experts, renormalised or not, any scaling factor, 1-2 shared experts), tied or not; HF rope rows
+  interleaved (the default) or half-split (``rope_interleave`` in metadata).
+- :func:`hf_configs`: DeepseekV3Config dicts in v4 and v5 rope forms, with the keys real configs
+  carry (``moe_layer_freq``, ``scoring_func``, ``topk_method``, ``num_nextn_predict_layers``, …).
+- :func:`unrepresentable_configs`: ``(field, cfg)``, one inexpressible feature each.
+- :func:`hf_examples`: the transformers default, the real DeepSeek-V3 config, and it scaled down.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from hypothesis import strategies as st
+
+import native
+
+from . import _deepseek as ds
+from . import moe_common as mc
+from .paths import REAL_CONFIGS
+
+MODEL_TYPE = "deepseek_v3"
+ARCHITECTURE = "DeepseekV3ForCausalLM"
+REAL_CONFIG = REAL_CONFIGS / "deepseek-ai__DeepSeek-V3.json"
+
+
+def _moe(draw, activation: str) -> native.DeepSeekMoEConfig:
+    sizes = draw(ds.groups_and_top_k(min_per_group=2, grouped=True))
+    return native.DeepSeekMoEConfig(
+        **sizes, intermediate=draw(st.integers(1, 16)), activation=activation,
+        shared_experts=draw(st.integers(1, 2)), scoring="sigmoid", score_bias=True, group_score="top2_sum",
+        normalize_top_k=draw(st.booleans()), scaling_factor=draw(st.sampled_from((1.0, 2.5, 1.5))))
+
+
+@st.composite
+def native_configs(draw):
+    cfg = draw(ds.native_configs(_moe))
+    if draw(st.booleans()):
+        cfg = dataclasses.replace(cfg, metadata={**cfg.metadata, "rope_interleave": False})
+    return cfg
+
+
+@st.composite
+def hf_configs(draw) -> dict:
+    hf = draw(ds.hf_base(MODEL_TYPE, ARCHITECTURE))
+    sizes = draw(ds.groups_and_top_k(min_per_group=2, grouped=True))
+    hf = ds.with_groups(hf, sizes)
+    hf.update(n_group=sizes["groups"], topk_group=sizes["top_groups"],
+              norm_topk_prob=draw(st.booleans()), routed_scaling_factor=draw(st.sampled_from((1.0, 2.5))))
+    for key, value in (("scoring_func", "sigmoid"), ("topk_method", "noaux_tc"),
+                       ("num_nextn_predict_layers", draw(st.integers(0, 1))), ("rope_interleave", draw(st.booleans()))):
+        if draw(st.booleans()):
+            hf[key] = value
+    return hf
+
+
+def _make(cfg):
+    act = cfg.decoder.layer(0).mlp.activation
+    return native.DeepSeekMoEConfig(experts=4, top_k=2, intermediate=8, activation=act, groups=2, top_groups=1)
+
+
+BREAKERS = {
+    **ds.common_breakers(_make),
+    "scoring": ds.moe_breaker(_make, scoring="softmax"),
+    "score_bias": ds.moe_breaker(_make, score_bias=False),
+    "group_score": ds.moe_breaker(_make, group_score="max"),
+}
+
+
+def unrepresentable_configs():
+    """``(field, cfg)``: ``export_config(cfg)`` must raise ConversionError naming ``field``."""
+    return mc.broken(native_configs(), BREAKERS)
+
+
+def _real() -> dict | None:
+    try:
+        real = json.loads(REAL_CONFIG.read_text())
+    except OSError:
+        return None
+    real.pop("quantization_config")  # the pipeline's (converters.fp8), never the converter's
+    return real
+
+
+def hf_examples() -> list[dict]:
+    """For ``@example``: the transformers default (config properties only), the real DeepSeek-V3
+    config (its ``quantization_config`` aside) and the real config scaled down."""
+    from transformers import AutoConfig
+
+    out = [AutoConfig.for_model(MODEL_TYPE).to_dict()]
+    real = _real()
+    if real is not None:
+        out.append(real)
+        out.append(ds.scaled_down(real, hidden_size=32, intermediate_size=48, moe_intermediate_size=12,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                                  n_routed_experts=8, n_group=4, topk_group=2, num_experts_per_tok=3,
+                                  kv_lora_rank=12, q_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=6,
+                                  v_head_dim=5, first_k_dense_replace=1, vocab_size=97, max_position_embeddings=64))
+    return out
