@@ -18,7 +18,8 @@ Layout rules (DESIGN §2):
 """
 from __future__ import annotations
 
-from .config import BlockConfig, DeepSeekMoEConfig, LayerNormConfig, MLAConfig, MLPConfig, ModelConfig, MoEConfig
+from .config import (BlockConfig, DeepSeekMoEConfig, LayerNormConfig, MLAConfig, MLPConfig, ModelConfig, MoEConfig,
+                     RMSNormConfig)
 
 Shape = tuple[int, ...]
 
@@ -142,9 +143,15 @@ def norm_configs(cfg: ModelConfig) -> dict[str, object]:
         block = cfg.decoder.layer(i)
         for name in block_norm_names(block):
             found[f"layers.{i}.{name}.weight"] = block.norm
-        if block.attention.qk_norm is not None:
+        attention = block.attention
+        if isinstance(attention, MLAConfig):  # the LoRA norms hold plain gains
+            lora_norm = RMSNormConfig(eps=attention.lora_norm_eps)
+            names = ("q_norm", "kv_norm") if attention.q_lora_rank is not None else ("kv_norm",)
+            for name in names:
+                found[f"layers.{i}.attn.{name}.weight"] = lora_norm
+        elif attention.qk_norm is not None:
             for name in ("q_norm", "k_norm"):
-                found[f"layers.{i}.attn.{name}.weight"] = block.attention.qk_norm
+                found[f"layers.{i}.attn.{name}.weight"] = attention.qk_norm
     found["final_norm.weight"] = cfg.final_norm
     return found
 
