@@ -131,7 +131,8 @@ class DeepSeekLayers(LayerwisePrimitive):
     express) and :meth:`routing_import`.
 
     A key that is inert in a config (the MoE keys when no layer is MoE, ``intermediate_size``
-    when none is dense) is kept in metadata when config.json has it, and written back."""
+    when none is dense, a ``first_k_dense_replace`` past the last layer) is kept in metadata when
+    config.json has it, and written back."""
 
     native_paths = ("mlp", "mlp.kind", "mlp.intermediate", "mlp.gated", "mlp.activation", "mlp.bias",
                     "mlp.experts", "mlp.top_k", "mlp.shared_experts", "mlp.scoring", "mlp.score_bias", "mlp.groups",
@@ -181,6 +182,8 @@ class DeepSeekLayers(LayerwisePrimitive):
                                   "this format has one hidden_act for dense and expert MLPs")
         moe = self._one([m for m in mlps if isinstance(m, native.DeepSeekMoEConfig)], "MoE")
         dense = self._one([m for m in mlps if isinstance(m, native.MLPConfig)], "dense")
+        if k == len(layers) and metadata.get("first_k_dense_replace", -1) > k:
+            k = metadata["first_k_dense_replace"]  # all dense: any k past the last layer says so
         out: dict[str, Any] = {"hidden_act": _activation_to_hf(activations[0]), "first_k_dense_replace": k,
                                "moe_layer_freq": metadata.get("moe_layer_freq")}
         if out["moe_layer_freq"] is None:
@@ -215,6 +218,8 @@ class DeepSeekLayers(LayerwisePrimitive):
                                       "reads it and makes every layer from first_k_dense_replace on MoE (only 1 agrees)")
             metadata["metadata.moe_layer_freq"] = freq
         k = _int(hf, "first_k_dense_replace", d["first_k_dense_replace"], 0)
+        if k > num_layers:
+            metadata["metadata.first_k_dense_replace"] = k
         activation = _activation_to_native(hf.get("hidden_act", d["hidden_act"]))
         pattern = [i >= k for i in range(num_layers)]
         if any(pattern):

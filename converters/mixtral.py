@@ -44,7 +44,7 @@ class MixtralConverter(MistralConverter):
             **super().layer_section(),
             "kv_heads": kv_heads(8),
             "buildable_rotary": buildable_rotary(),
-            "head_dim": HeadDim(absent=None, null_is_default=True, explicit_for_rope=("longrope",)),
+            "head_dim": HeadDim(absent=None, null_is_default=True, explicit_for_rope=("longrope", "yarn", "dynamic")),
             "window": Rename("attention.window", "sliding_window", default=None),
             "mlp": Dispatch("mlp", "", (Variant("moe", None, self.moe_section()),)),
         }

@@ -90,7 +90,8 @@ class HeadDim(LayerwisePrimitive):
     heads do not divide ``hidden_size`` (as ``convcheck convert`` refuses it).
 
     ``explicit_for_rope``: rope types whose validation in transformers reads ``config.head_dim``
-    directly (MixtralConfig's longrope check multiplies it, so ``null`` fails): always written."""
+    directly (MixtralConfig's longrope check, and the yarn and dynamic inits of transformers 5.23,
+    multiply it, so ``null`` fails): always written."""
 
     OMIT = object()
     native_paths = ("attention.head_dim",)

@@ -164,9 +164,13 @@ def dense_layer(cfg: native.ModelConfig) -> tuple[native.ModelConfig, int]:
     return cfg, 0
 
 
-def moe_breaker(make, **changes):
+def moe_breaker(make, fresh: bool = False, **changes):
+    """A MoE last layer with ``changes``; ``fresh`` starts from ``make(cfg)`` rather than the drawn
+    layer, for changes that the drawn sizes may not admit (``top2_sum`` needs 2 experts per group)."""
     def breaker(cfg, i, draw):
         cfg, last = moe_layer(cfg, make)
+        if fresh:
+            cfg = mc.mutate_block(cfg, last, mlp=make(cfg))
         return mc.mutate_mlp(cfg, last, **changes)
 
     return breaker

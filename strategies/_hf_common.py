@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -213,6 +214,19 @@ LEGACY_KEYS = {
 }
 
 
+@functools.lru_cache(maxsize=None)
+def _accepts_int(model_type: str, key: str) -> bool:
+    """Whether transformers' config class takes an int for ``key`` (some are strict dataclasses
+    typed ``float``: DeepseekV2Config refuses ``attention_dropout: 0``, so no real file has it)."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    try:
+        CONFIG_MAPPING[model_type](**{key: 0})
+    except Exception:  # noqa: BLE001  (huggingface_hub's validation error derives from Exception only)
+        return False
+    return True
+
+
 def _defined_by(model_type: str) -> frozenset[str]:
     """Parameters and ``attribute_map`` names of the transformers config class (and of
     ``PretrainedConfig``): keys that are not legacy for this architecture."""
@@ -250,7 +264,7 @@ def real_file_forms(draw, hf: dict[str, Any], model_type: str) -> dict[str, Any]
     if "pad_token_id" not in out and draw(st.booleans()):
         out["pad_token_id"] = None
     if draw(st.booleans()):
-        _integral_floats_as_ints(out)
+        _integral_floats_as_ints(out, model_type)
     if "torch_dtype" in out and draw(st.booleans()):
         out["dtype"] = out["torch_dtype"]
     rope = out.get("rope_scaling") if isinstance(out.get("rope_scaling"), dict) else out.get("rope_parameters")
@@ -262,9 +276,12 @@ def real_file_forms(draw, hf: dict[str, Any], model_type: str) -> dict[str, Any]
     return out
 
 
-def _integral_floats_as_ints(hf: dict[str, Any]) -> None:
+def _integral_floats_as_ints(hf: dict[str, Any], model_type: str) -> None:
     rope = hf.get("rope_parameters") if isinstance(hf.get("rope_parameters"), dict) else {}
-    for holder, key in ((hf, "rope_theta"), (rope, "rope_theta"), (hf, "attention_dropout")):
+    spots = [(hf, "rope_theta"), (rope, "rope_theta")]
+    if _accepts_int(model_type, "attention_dropout"):
+        spots.append((hf, "attention_dropout"))
+    for holder, key in spots:
         value = holder.get(key)
         if isinstance(value, float) and value.is_integer():
             holder[key] = int(value)

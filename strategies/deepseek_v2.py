@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 import native
 
 from . import _deepseek as ds
+from . import _hf_common as _hc
 from . import moe_common as mc
 from .paths import REAL_CONFIGS
 
@@ -69,7 +70,7 @@ BREAKERS = {
     **ds.common_breakers(_make),
     "scoring": ds.moe_breaker(_make, scoring="sigmoid"),
     "score_bias": ds.moe_breaker(_make, score_bias=True),
-    "group_score": ds.moe_breaker(_make, group_score="top2_sum"),
+    "group_score": ds.moe_breaker(_make, fresh=True, group_score="top2_sum"),
     "normalize_top_k": ds.moe_breaker(_make, normalize_top_k=True),
     "hidden_size": lambda cfg, i, draw: mc.mutate_attention(cfg, i, heads=cfg.hidden_size + 1),
 }
@@ -101,3 +102,6 @@ def hf_examples() -> list[dict]:
                                   qk_nope_head_dim=6, v_head_dim=5, first_k_dense_replace=1, vocab_size=97,
                                   max_position_embeddings=64))
     return out
+
+
+hf_configs = _hc.with_real_file_forms(hf_configs, MODEL_TYPE)

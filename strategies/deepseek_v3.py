@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 import native
 
 from . import _deepseek as ds
+from . import _hf_common as _hc
 from . import moe_common as mc
 from .paths import REAL_CONFIGS
 
@@ -100,3 +101,6 @@ def hf_examples() -> list[dict]:
                                   kv_lora_rank=12, q_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=6,
                                   v_head_dim=5, first_k_dense_replace=1, vocab_size=97, max_position_embeddings=64))
     return out
+
+
+hf_configs = _hc.with_real_file_forms(hf_configs, MODEL_TYPE)

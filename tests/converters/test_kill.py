@@ -122,16 +122,24 @@ def native_atomic_recover(dst: Path) -> None:
 
 
 # --------------------------------------------------------------------------------- SIGINT, SIGTERM
-def run_cli_child(src: Path, dst: Path, delay: float, signum: int, err: Path) -> int:
+def run_cli_child(src: Path, dst: Path, delay: float | None, signum: int, err: Path) -> int:
     """``convcheck convert SRC DST --overwrite`` in a forked child, sent ``signum`` after ``delay``
     seconds. The child exits with the CLI's code, or 99 when a thread outlived the conversion (a
-    worker left running is what aborts an interpreter on its way out)."""
+    worker left running is what aborts an interpreter on its way out).
+
+    ``delay=None`` sends it mid-run for certain, whatever the load: the child reports its first
+    written tensor through a pipe and then writes each tensor 0.2 s apart (a pause in its progress
+    callback), and the signal follows the report."""
+    ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         code = 98
         try:
+            os.close(ready_r)
             os.environ["CONVCHECK_FSYNC"] = "0"
             sys.stderr = open(err, "w")
+            if delay is None:
+                _pause_between_tensors(ready_w)
             code = main(["convert", str(src), str(dst), "-q", "--overwrite"])
             alive = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
             if alive:
@@ -140,13 +148,34 @@ def run_cli_child(src: Path, dst: Path, delay: float, signum: int, err: Path) ->
             sys.stderr.flush()
         finally:
             os._exit(code)
-    time.sleep(delay)
+    os.close(ready_w)
+    with os.fdopen(ready_r, "rb") as ready:
+        if delay is None:
+            assert ready.read(1) == b"!", "the conversion ended before writing its first tensor"
+        else:
+            time.sleep(delay)
     try:
         os.kill(pid, signum)
     except ProcessLookupError:
         pass
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
+
+
+def _pause_between_tensors(ready_fd: int) -> None:
+    """In the child: after each written tensor, report the first through ``ready_fd`` and pause."""
+    from converters import pipeline
+
+    counted = pipeline._Counter.__call__
+
+    def slow(self, name, nbytes):
+        counted(self, name, nbytes)
+        if self.tensors == 1:
+            os.write(ready_fd, b"!")
+            os.close(ready_fd)
+        time.sleep(0.2)
+
+    pipeline._Counter.__call__ = slow
 
 
 @pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -168,12 +197,13 @@ def test_sigint_and_sigterm_exit_cleanly(source, tmp_path, signum, code, directi
     duration = time.perf_counter() - started
     new = digest(tmp_path / "reference")
     interrupted = 0
-    for delay in (0.02, 0.15, duration * 0.5):
+    for delay in (0.02, 0.15, duration * 0.5, None):
         err = tmp_path / "stderr.txt"
         got = run_cli_child(src, previous, delay, signum, err)
         message = err.read_text().strip()
         assert "terminate called" not in message and "Traceback" not in message, message
         assert got in (0, code), (delay, got, message)
+        assert delay is not None or got == code, f"a signal sent mid-run did not interrupt: exit {got}"
         assert leftovers(tmp_path) == [], (delay, got)
         if got == code:
             interrupted += 1
@@ -183,6 +213,6 @@ def test_sigint_and_sigterm_exit_cleanly(source, tmp_path, signum, code, directi
             assert digest(previous) == new
         if digest(previous) != old:
             assert run_child(src, previous, None, dtype="fp16", overwrite=True) == 0
-    # A tiny conversion can finish before the later signals land (seen under CI-like load): at least
-    # one must have interrupted it, and every outcome above was checked either way.
+    # A tiny conversion can finish before the timed signals land (seen under CI-like load); the
+    # mid-run one (delay None) always lands, and every outcome above was checked either way.
     assert interrupted >= 1
