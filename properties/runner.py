@@ -175,9 +175,93 @@ def run(name: str, converter, *, settings: Settings | None = None, save_failures
 
 def replay(case: Regression, converter=None) -> None:
     """Re-run one saved case (raises the property's violation when it still fails)."""
+    if case.adapter is not None:
+        return replay_adapter(case, converter)
     prop = PROPERTIES.get(case.property)
     if prop is None:
         raise KeyError(f"{case.id}: unknown property {case.property!r} (known: {sorted(PROPERTIES)})")
     converter = converter or converters.get(case.architecture)
     rng.TorchGlobalRandom().seed(0)  # as Hypothesis seeds it before each example
     prop.check(converter, case.config(), case.seed or 0)
+
+
+# ------------------------------------------------------------------------------------- adapters
+def adapter_hypothesis_test(name: str, adapter, model_type: str, *, settings: Settings | None = None,
+                            examples: bool = True, failure: Failure | None = None) -> Callable[[], None]:
+    """A zero-argument Hypothesis test of adapter law ``name`` (properties.adapter_laws) for one
+    ``model_type`` of ``adapter``: HF configs from ``strategies.<model_type>.hf_configs()``, the
+    architecture's ``hf_examples()`` first. A config the adapter declines is coverage, not failure."""
+    from converters.adapters import adapter_name
+
+    from . import adapter_laws
+
+    if name not in adapter_laws.ADAPTER_LAWS:
+        raise KeyError(f"unknown adapter law {name!r} (known: {', '.join(adapter_laws.ADAPTER_LAWS)})")
+    module = strategy_module(model_type)
+    record = failure if failure is not None else Failure()
+
+    def check(config, seed):
+        try:
+            adapter_laws.check(name, adapter, config, seed)
+        except UnsatisfiedAssumption:
+            raise
+        except BaseException:
+            record.case, record.seed = config, seed
+            raise
+
+    check.__name__ = check.__qualname__ = f"{name}__{adapter_name(adapter)}__{model_type}"
+    check._hypothesis_internal_add_digest = check.__name__.encode()
+    test = given(config=config_strategy(PROPERTIES["hf_config_roundtrip"], module), seed=rng.seeds())(check)
+    if examples:
+        for case in reversed(list(getattr(module, "hf_examples", lambda: [])())):
+            test = example(config=case, seed=0)(test)
+    return (settings or profiles.settings_for(name))(test)
+
+
+def run_adapter(name: str, adapter, model_type: str, *, settings: Settings | None = None,
+                save_failures: bool = False, note: str = "", directory=None) -> None:
+    """:func:`run` for an adapter law: on failure optionally save the minimal case (with its
+    ``adapter``) for ``convcheck replay``."""
+    from converters.adapters import adapter_name
+
+    failure = Failure()
+    rng.register_torch_rng()
+    try:
+        adapter_hypothesis_test(name, adapter, model_type, settings=settings, failure=failure)()
+    except BaseException as exc:
+        if save_failures and failure.case is not None:
+            path = save_regression(model_type, name, hf_config=failure.case, seed=failure.seed, note=note,
+                                   directory=directory, adapter=ADAPTER_SPECS.get(id(adapter), adapter_name(adapter)))
+            if hasattr(exc, "add_note"):
+                exc.add_note(f"saved as {path}; replay with: convcheck replay {path}")
+        raise
+
+
+#: ``id(adapter) -> the --adapter spec it was loaded from`` (a saved case names the spec to reload it)
+ADAPTER_SPECS: dict[int, str] = {}
+
+
+def load_adapters(spec: str) -> dict[str, Any]:
+    """``{model_type: adapter}`` for ``--adapter spec`` (converters.adapters.load); a model_type
+    claimed by two adapters of the list is an error."""
+    from converters import adapters
+
+    out: dict[str, Any] = {}
+    for adapter in adapters.load(spec):
+        ADAPTER_SPECS[id(adapter)] = spec
+        for model_type in adapter.model_types:
+            if model_type in out:
+                raise ValueError(f"--adapter {spec!r}: model_type {model_type!r} is claimed twice")
+            out[model_type] = adapter
+    return out
+
+
+def replay_adapter(case: Regression, adapter=None) -> None:
+    """Re-run one saved adapter case (raises the law's violation when it still fails)."""
+    from . import adapter_laws
+
+    if case.property not in adapter_laws.ADAPTER_LAWS:
+        raise KeyError(f"{case.id}: unknown adapter law {case.property!r} (known: {sorted(adapter_laws.ADAPTER_LAWS)})")
+    adapter = adapter or load_adapters(case.adapter)[case.architecture]
+    rng.TorchGlobalRandom().seed(0)
+    adapter_laws.check(case.property, adapter, case.config(), case.seed or 0)
