@@ -122,6 +122,26 @@ def test_forward_agrees_with_hf(case, dtype):
     agrees(PASSING[case], dtype)
 
 
+@pytest.mark.parametrize("case", ["llama", "llama-tied", "qwen2", "gemma", "phi3", "mistral"])
+def test_forward_agrees_with_hf_in_bfloat16(case):
+    """torchtune in bfloat16 against HF float64, within twice HF's own bfloat16 error (measured here)."""
+    from fixtures.tolerances import derived_tolerance
+
+    hf = PASSING[case]
+    model, state = hf_checkpoint(hf)
+    ids = torch.randint(0, hf["vocab_size"], (2, TOKENS), generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        half = empty_hf_model(hf, torch.bfloat16)
+    half.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        expected = model(ids).logits
+        baseline = relative_error(half.eval()(ids).logits.to(torch.float64), expected)
+    foreign = ADAPTER.import_config(hf)
+    actual = ADAPTER.forward(foreign, as_mapping(ADAPTER.import_weights(foreign, state), "import"), ids, torch.bfloat16)
+    err = relative_error(actual.to(torch.float64), expected)
+    assert err <= derived_tolerance(torch.bfloat16, baseline), (err, baseline)
+
 def test_tied_head_has_no_output_weight():
     """Tied families keep one matrix: the torchtune state has no ``output.weight`` and HF's export
     has no ``lm_head.weight`` (torchtune's TiedLinear), as save_pretrained writes tied models."""
