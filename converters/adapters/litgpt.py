@@ -20,8 +20,9 @@ How LitGPT is driven (the way its users drive it):
   named config of the family expresses raises :class:`NotRepresentable` naming the HF key.
   Two HF settings are deliberately *not* refused, because LitGPT ships a named config for the real
   checkpoint that has them and its users get that config: ``rope_type: longrope`` (Phi-3-mini-128k,
-  Phi-3.5-mini, Phi-4-mini) and ``norm_topk_prob: true`` (Qwen3-30B-A3B). What LitGPT then runs
-  is what the forward law checks.
+  Phi-3.5-mini, Phi-4-mini; LitGPT's configs for them have no rope scaling). What LitGPT then
+  runs is what the forward law checks. Qwen3-MoE's ``norm_topk_prob`` goes to LitGPT's own
+  ``Config.norm_topk_prob`` field.
 - **weights**: ``litgpt.scripts.convert_hf_checkpoint.copy_weights_*`` (import) and
   ``litgpt.scripts.convert_lit_checkpoint.copy_weights_*`` (export), chosen and called as
   ``convert_hf_checkpoint`` / ``convert_lit_checkpoint`` choose and call them (by config name).
@@ -60,6 +61,9 @@ METADATA_KEYS = frozenset({
     "id2label", "label2id", "problem_type", "tokenizer_class", "prefix", "task_specific_params",
     "transformers_version", "_name_or_path", "model_type", "tie_word_embeddings", "is_decoder",
     "pretraining_tp", "max_window_layers",
+    # how the tensors are stored (FP8 blocks), not what they compute: convcheck's streaming layer
+    # hands adapters plain tensors, and LitGPT's copy functions copy whatever they are given
+    "quantization_config",
 })
 
 
@@ -102,8 +106,6 @@ class LitGPTAdapter(Adapter):
         obj = _hf_object(hf)
         default = _hf_object({"model_type": mt}).to_dict()
         given = obj.to_dict()
-        if hf.get("quantization_config"):
-            raise NotRepresentable("quantization_config", "LitGPT converts unquantized checkpoints only")
         tied = bool(getattr(obj, "tie_word_embeddings", False))
         name, sizes, read = getattr(self, f"_pick_{mt}")(obj, tied)
         read = set(read) | {"hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
@@ -225,11 +227,12 @@ class LitGPTAdapter(Adapter):
             raise NotRepresentable("mlp_only_layers", "LitGPT's Qwen3 MoE named configs are MoE in every layer")
         if obj.decoder_sparse_step != 1:
             raise NotRepresentable("decoder_sparse_step", "LitGPT's Qwen3 MoE named configs are MoE in every layer")
-        # norm_topk_prob is not refused: the real Qwen3-30B-A3B has it true, and LitGPT's named
-        # config for it leaves it at False: its users get exactly this (see the module docstring)
+        if not obj.num_local_experts:
+            raise NotRepresentable("num_local_experts", "0 (a dense qwen3_moe): LitGPT's Qwen3 MoE configs route to experts")
         sizes = {**self._common(obj), "n_expert": obj.num_local_experts,
                  "n_expert_per_token": obj.num_experts_per_tok,
-                 "moe_intermediate_size": obj.moe_intermediate_size}
+                 "moe_intermediate_size": obj.moe_intermediate_size,
+                 "norm_topk_prob": bool(obj.norm_topk_prob)}
         return "Qwen3-30B-A3B", sizes, ("sliding_window", "use_sliding_window", "num_local_experts",
                                         "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob",
                                         "mlp_only_layers", "decoder_sparse_step")
@@ -344,8 +347,9 @@ class LitGPTAdapter(Adapter):
         if c.n_expert:
             hf["num_local_experts"] = c.n_expert
             hf["num_experts_per_tok"] = c.n_expert_per_token
-        if c.moe_intermediate_size is not None and mt == "qwen3_moe":
+        if mt == "qwen3_moe":
             hf["moe_intermediate_size"] = c.moe_intermediate_size
+            hf["norm_topk_prob"] = c.norm_topk_prob
         if mt in ("gemma2", "gemma3_text"):
             hf["query_pre_attn_scalar"] = c.attention_scores_scalar
             hf["sliding_window"] = c.sliding_window_size
@@ -356,49 +360,49 @@ class LitGPTAdapter(Adapter):
         if mt in ("mistral", "phi3"):
             hf["sliding_window"] = c.sliding_window_size
         # rope: rewrite theta (and the LitGPT-modelled scaling) in whichever form the file used
-        rope_keys = ("rope_parameters", "rope_scaling")
         if mt == "gemma3_text":
             self._export_gemma3_rope(hf, c)
         else:
             theta = c.rope_base
-            if "rope_parameters" in hf and isinstance(hf["rope_parameters"], dict):
-                hf["rope_parameters"] = {**hf["rope_parameters"], "rope_theta": theta}
-                rope = hf["rope_parameters"]
-            else:
-                hf["rotary_emb_base" if mt == "gpt_neox" and "rotary_emb_base" in hf else "rope_theta"] = theta
+            legacy = [k for k in ("rope_theta", "rotary_emb_base") if k in hf]
+            if isinstance(hf.get("rope_parameters"), dict):
+                rope = hf["rope_parameters"] = {**hf["rope_parameters"], "rope_theta": theta}
+            elif legacy or isinstance(hf.get("rope_scaling"), dict):
+                hf[legacy[0] if legacy else "rope_theta"] = theta
                 rope = hf.get("rope_scaling") if isinstance(hf.get("rope_scaling"), dict) else None
+            else:
+                rope = hf["rope_parameters"] = {"rope_type": "default", "rope_theta": theta}
             if c.rope_adjustments and rope is not None and "low_freq_factor" in c.rope_adjustments:
                 rope.update(factor=c.rope_adjustments["factor"], low_freq_factor=c.rope_adjustments["low_freq_factor"],
                             high_freq_factor=c.rope_adjustments["high_freq_factor"],
                             original_max_position_embeddings=c.rope_adjustments["original_max_seq_len"])
             if mt in ("phi3", "gpt_neox"):
                 self._export_fraction(hf, mt, c.rotary_percentage)
-        del rope_keys
         return hf
 
     @staticmethod
     def _export_fraction(hf: dict, mt: str, fraction: float) -> None:
-        if isinstance(hf.get("rope_parameters"), dict) and "partial_rotary_factor" in hf["rope_parameters"]:
-            hf["rope_parameters"]["partial_rotary_factor"] = fraction
-        elif mt == "gpt_neox":
-            hf["rotary_pct"] = fraction
-        elif "partial_rotary_factor" in hf or fraction != 1.0:
-            hf["partial_rotary_factor"] = fraction
+        legacy = "rotary_pct" if mt == "gpt_neox" else "partial_rotary_factor"
+        rope = hf.get("rope_parameters")
+        if legacy in hf:
+            hf[legacy] = fraction
+        elif isinstance(rope, dict) and ("partial_rotary_factor" in rope or fraction != 1.0):
+            rope["partial_rotary_factor"] = fraction
+        elif fraction != 1.0:
+            hf[legacy] = fraction
 
     @staticmethod
     def _export_gemma3_rope(hf: dict, c) -> None:
-        rope = hf.get("rope_parameters")
-        if isinstance(rope, dict) and "full_attention" in rope:
-            rope["full_attention"]["rope_theta"] = c.rope_base
-            rope["sliding_attention"]["rope_theta"] = c.rope_local_base_freq
-            if c.rope_adjustments:
-                rope["full_attention"]["factor"] = c.rope_adjustments["factor"]
-        else:
-            if isinstance(rope, dict):
-                rope["rope_theta"] = c.rope_base
-            else:
-                hf["rope_theta"] = c.rope_base
-            hf["rope_local_base_freq"] = c.rope_local_base_freq
+        """Gemma-3's two rope dicts, written in transformers' per-layer-type form (the form its
+        config class reads every older spelling into)."""
+        ropes = copy.deepcopy(dict(_hf_object(hf).rope_parameters))
+        for key in ("rope_theta", "rope_scaling", "rope_local_base_freq"):
+            hf.pop(key, None)
+        ropes["full_attention"]["rope_theta"] = c.rope_base
+        ropes["sliding_attention"]["rope_theta"] = c.rope_local_base_freq
+        if c.rope_adjustments:
+            ropes["full_attention"]["factor"] = c.rope_adjustments["factor"]
+        hf["rope_parameters"] = ropes
 
     # -------------------------------------------------------------------------------- weights
     def import_weights(self, foreign: LitConfig, hf_tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
