@@ -430,9 +430,9 @@ class LitGPTAdapter(Adapter):
         else:
             copy_fn = partial(h.copy_weights_gpt_neox, config)
         sd: dict[str, torch.Tensor] = {}
-        with torch.inference_mode(False):
-            copy_fn(sd, dict(hf_tensors), saver=None, dtype=None, pbar=None, progress_per_file=None,
-                    debug_mode=False)
+        # (convert_hf_checkpoint runs under torch.inference_mode and then saves to disk; here the
+        # state stays in memory, so ordinary tensors stand for the reloaded file)
+        copy_fn(sd, dict(hf_tensors), saver=None, dtype=None, pbar=None, progress_per_file=None, debug_mode=False)
         return sd
 
     def export_weights(self, foreign: LitConfig, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -470,13 +470,8 @@ class LitGPTAdapter(Adapter):
                 dtype: torch.dtype) -> torch.Tensor:
         from litgpt import GPT
 
-        with torch.device("meta"):
-            model = GPT(foreign.config)
-        model = model.to_empty(device="cpu")
+        model = GPT(foreign.config).to(dtype)  # as LitGPT's scripts do: build, cast, load strictly
         model.load_state_dict({k: v.to(dtype) for k, v in dict(state).items()}, strict=True)
-        model = model.to(dtype)
-        model.max_seq_length = foreign.config.block_size  # rebuild the rope cache off the meta device
-        model.cos, model.sin = model.rope_cache(device=torch.device("cpu"))
         model.eval()
         with torch.no_grad():
             return model(input_ids)
