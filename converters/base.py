@@ -101,5 +101,19 @@ class Converter:
 
         return export_shapes(self.weight_rules(cfg), native.state_shapes(cfg))
 
+    # --------------------------------------------------- the adapter protocol (converters.adapters)
+    name: ClassVar[str] = "native"
+
+    @property
+    def model_types(self) -> tuple[str, ...]:
+        return (self.model_type,)
+
+    def forward(self, cfg: native.ModelConfig, state: Mapping[str, torch.Tensor], input_ids: torch.Tensor,
+                dtype: torch.dtype) -> torch.Tensor:
+        """The native model's logits: native is this adapter's foreign format."""
+        model = native.NativeModel(cfg)
+        model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
+        return model.eval()(input_ids)
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.model_type}>"

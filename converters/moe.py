@@ -91,7 +91,8 @@ class HeadDim(LayerwisePrimitive):
 
     ``explicit_for_rope``: rope types whose validation in transformers reads ``config.head_dim``
     directly (MixtralConfig's longrope check, and the yarn and dynamic inits of transformers 5.23,
-    multiply it, so ``null`` fails): always written."""
+    multiply it, so ``null`` fails): written, unless the source config.json had it null (kept as it
+    was: ``metadata.head_dim_null``)."""
 
     OMIT = object()
     native_paths = ("attention.head_dim",)
@@ -109,8 +110,10 @@ class HeadDim(LayerwisePrimitive):
         head_dim = dims[0]
         hidden, heads = get_model("hidden_size"), layers[0].attention.heads
         default = _hf_head_dim_default(hidden, heads)
-        if (head_dim != default or hidden % heads or get_model("metadata").get("head_dim") == head_dim
-                or any(block.attention.rotary.kind in self.explicit_for_rope for block in layers)):
+        metadata = get_model("metadata")
+        explicit_rope = any(block.attention.rotary.kind in self.explicit_for_rope for block in layers)
+        if (head_dim != default or hidden % heads or metadata.get("head_dim") == head_dim
+                or (explicit_rope and not metadata.get("head_dim_null"))):
             return {"head_dim": head_dim}
         return {} if self.absent is self.OMIT else {"head_dim": self.absent}
 
@@ -124,7 +127,9 @@ class HeadDim(LayerwisePrimitive):
                 raise ConversionError(f"config.json: hidden_size={hf.get('hidden_size')} is not divisible by "
                                       f"num_attention_heads={hf.get('num_attention_heads')} and no head_dim is given "
                                       "(transformers would floor it; give head_dim)")
-            return [{"attention.head_dim": default}] * num_layers, {}
+            # a null head_dim beside a rope kind that export writes explicitly: say so, to write it back
+            kept = hf.get("rope_parameters.rope_type", "default") in self.explicit_for_rope
+            return [{"attention.head_dim": default}] * num_layers, ({"metadata.head_dim_null": True} if kept else {})
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConversionError(f"config.json: head_dim={value!r} must be a positive integer")
         always = (hf.get("rope_parameters.rope_type", "default") in self.explicit_for_rope
