@@ -56,8 +56,9 @@ def foreign_config(report: Reporter, adapter: Any, hf: Mapping[str, Any]) -> Any
         _hypothesis_event(f"not representable: {exc.field}")
         raise Covered(str(exc)) from None
     except Exception as exc:  # noqa: BLE001  (a crash of the code under test is the finding)
-        report.fail("import_config", f"raised {type(exc).__name__} instead of importing or declining "
-                                     f"(NotRepresentable): {exc}")
+        detail = (f"raised {type(exc).__name__} instead of importing or declining (NotRepresentable): {exc} "
+                  f"(at {_where(exc)})")
+        raise PropertyViolation(report.property, report.architecture, "import_config", detail) from None
 
 
 def _hypothesis_event(text: str) -> None:
@@ -74,7 +75,19 @@ def _call(report: Reporter, what: str, function: Callable, *args) -> Any:
     except (PropertyViolation, Covered):
         raise
     except Exception as exc:  # noqa: BLE001  (a crash of the code under test is the finding)
-        report.fail(what, f"raised {type(exc).__name__}: {exc}")
+        detail = f"raised {type(exc).__name__}: {exc} (at {_where(exc)})"
+        raise PropertyViolation(report.property, report.architecture, what, detail) from None  # the law heads the report
+
+
+def _where(exc: BaseException) -> str:
+    """``file:line`` of the frame that raised: the crash's place, while the headline stays the law's."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "?"
+    frame = frames[-1]
+    return f"{'/'.join(frame.filename.split('/')[-3:])}:{frame.lineno}"
 
 
 def buildable(hf: Mapping[str, Any]) -> dict[str, Any]:

@@ -338,7 +338,7 @@ class LitGPTAdapter(Adapter):
         hf["num_attention_heads"] = c.n_head
         if mt != "gpt_neox":
             hf["num_key_value_heads"] = c.n_query_groups
-        if "head_dim" in hf or c.head_size != c.n_embd // c.n_head:
+        if hf.get("head_dim") is not None or c.head_size != c.n_embd // c.n_head:  # a null head_dim stays null
             hf["head_dim"] = c.head_size
         hf["intermediate_size"] = c.intermediate_size
         hf["vocab_size"] = c.padded_vocab_size
