@@ -343,7 +343,7 @@ def _compare_logits(report, adapter, hf, foreign, source, seed, dtype, attention
     try:
         tolerances.check_close(ours.to(dtype), theirs, dtype, what)
     except AssertionError as exc:
-        report.fail("logits", str(exc))
+        raise PropertyViolation(report.property, report.architecture, "logits", str(exc)) from None
 
 
 #: law name -> function, in matrix order
