@@ -57,6 +57,7 @@ Any valid DCP save with these names is readable (a single ``.distcp`` per stage 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -86,6 +87,11 @@ from .config import ModelConfig
 from .dcp_metadata import load_metadata
 from .pages import FileSlice, populate, write_bytes
 from .source_dir import MAX_LAYERS, SourceDir
+
+#: torch's DCP logger writes a DEBUG record per tensor and phase (256 lines in one failing gate log):
+#: noise in every report that captures logs. Its warnings and errors still show.
+DCP_LOGGER = "c10d-NullHandler-dcp_logger"
+logging.getLogger(DCP_LOGGER).setLevel(logging.WARNING)
 
 CONFIG_FILE = "config.json"
 STAGE_FILE = "stage.json"

@@ -367,20 +367,15 @@ def _compare_reduced(report, adapter, hf, foreign, seed, dtype) -> None:
                   f"{bound:.3e} (HF's own {tolerances.dtype_name(dtype)} error {hf_error:.3e})")
 
 
-def sequence_length(hf: Mapping[str, Any], extra: int = 4) -> int:
-    """Tokens that pass the sliding window and the rope's original context (by ``extra``), within
-    ``max_position_embeddings``."""
-    config = common.hf_config(hf).to_dict()
-    spans = [8]
-    for key in ("sliding_window", "original_max_position_embeddings"):
-        if isinstance(config.get(key), int):
-            spans.append(config[key] + extra)
-    ropes = config.get("rope_parameters") or {}
-    for rope in (ropes.values() if all(isinstance(v, dict) for v in ropes.values()) else [ropes]):
-        if isinstance(rope, dict) and isinstance(rope.get("original_max_position_embeddings"), int):
-            spans.append(rope["original_max_position_embeddings"] + extra)
-    limit = config.get("max_position_embeddings") or MAX_SEQ_LEN
-    return max(2, min(max(spans), limit, MAX_SEQ_LEN))
+def sequence_length(hf: Mapping[str, Any]) -> int:
+    """properties.forward's rule (past every window and original rope context), within
+    ``max_position_embeddings``, read through our converter of the model_type (whose strategies
+    drew ``hf``: it accepts them all, a law of the property suite)."""
+    import converters
+
+    from .forward import sequence_length as native_rule
+
+    return min(native_rule(converters.get(str(hf["model_type"])).import_config(hf), past_context=False), MAX_SEQ_LEN)
 
 
 def _compare_logits(report, adapter, hf, foreign, source, seed, dtype, attention, label) -> None:

@@ -24,11 +24,12 @@ BATCH = 2
 DTYPES = tolerances.CPU_DTYPES
 
 
-def sequence_length(cfg: native.ModelConfig, extra: int = 0) -> int:
+def sequence_length(cfg: native.ModelConfig, extra: int = 0, past_context: bool = True) -> int:
     """One more than every length at which the config changes behaviour: each sliding window, each
     ``original_max_position_embeddings`` (llama3/yarn/longrope), and ``max_position_embeddings``
     where the rotary depends on the sequence length past it (dynamic NTK; longrope picks its long
-    factors past the original context). At least 8."""
+    factors past the original context). At least 8. ``past_context=False`` stays within
+    ``max_position_embeddings`` (a framework may refuse longer inputs: the adapter laws)."""
     lengths = [7]
     for block in cfg.decoder.blocks:
         a = block.attention
@@ -37,9 +38,10 @@ def sequence_length(cfg: native.ModelConfig, extra: int = 0) -> int:
         rotary = a.rotary
         if isinstance(rotary, (Llama3Rotary, YarnRotary, LongRopeRotary)):
             lengths.append(rotary.original_max_position_embeddings)
-        if isinstance(rotary, (DynamicRotary, LongRopeRotary)):
+        if past_context and isinstance(rotary, (DynamicRotary, LongRopeRotary)):
             lengths.append(cfg.max_position_embeddings)
-    return max(lengths) + 1 + extra
+    length = max(lengths) + 1 + extra
+    return length if past_context else max(8, min(length, cfg.max_position_embeddings))
 
 
 def inputs(cfg: native.ModelConfig, seed: int, dtype: torch.dtype, device: str = "cpu"
