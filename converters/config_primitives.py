@@ -407,3 +407,18 @@ class Dispatch(ConfigPrimitive):
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def merge_alias(hf: dict[str, Any], alias: str, key: str) -> dict[str, Any]:
+    """HF ``attribute_map`` aliases (``num_experts`` → ``num_local_experts``): read either, refuse
+    both with different values (transformers itself would pick one silently, and not consistently
+    across classes)."""
+    if alias not in hf:
+        return hf
+    out = dict(hf)
+    value = out.pop(alias)
+    if key in out and out[key] != value:
+        raise ConversionError(f"config.json: {alias}={value!r} and {key}={out[key]!r} are the same setting "
+                              "and disagree")
+    out[key] = value
+    return out

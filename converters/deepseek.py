@@ -33,13 +33,13 @@ import native
 from native.layout import MTP_KEY, mtp_layers
 from native.schema import to_plain
 
+from .activations import ACTIVATIONS, activation_to_hf, activation_to_native
 from .config_primitives import ConstantImport, Custom, Dispatch, HFView, Optional, Rename, Variant
 from .declaration import LayerwisePrimitive
 from .errors import ConversionError
-from .llama import ACTIVATIONS, CARRIED, LlamaConverter, rms_norm
+from .llama import CARRIED, LlamaConverter, rms_norm
 from .llama_weights import gated_mlp_rules
-from .moe import _activation_to_hf, _activation_to_native, buildable_rotary
-from .rope import rotary_dispatch
+from .rope import buildable_rotary, rotary_dispatch
 from .weights.rules import WeightRule, embedding_and_head, experts, norm, rename, walk_layers
 from .weights.transforms import RotaryPermute, Transform, _count, _rows
 
@@ -184,7 +184,7 @@ class DeepSeekLayers(LayerwisePrimitive):
         dense = self._one([m for m in mlps if isinstance(m, native.MLPConfig)], "dense")
         if k == len(layers) and metadata.get("first_k_dense_replace", -1) > k:
             k = metadata["first_k_dense_replace"]  # all dense: any k past the last layer says so
-        out: dict[str, Any] = {"hidden_act": _activation_to_hf(activations[0]), "first_k_dense_replace": k,
+        out: dict[str, Any] = {"hidden_act": activation_to_hf(activations[0]), "first_k_dense_replace": k,
                                "moe_layer_freq": metadata.get("moe_layer_freq")}
         if out["moe_layer_freq"] is None:
             del out["moe_layer_freq"]
@@ -220,7 +220,7 @@ class DeepSeekLayers(LayerwisePrimitive):
         k = _int(hf, "first_k_dense_replace", d["first_k_dense_replace"], 0)
         if k > num_layers:
             metadata["metadata.first_k_dense_replace"] = k
-        activation = _activation_to_native(hf.get("hidden_act", d["hidden_act"]))
+        activation = activation_to_native(hf.get("hidden_act", d["hidden_act"]))
         pattern = [i >= k for i in range(num_layers)]
         if any(pattern):
             routing, routing_metadata = self.routing_import(hf)

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from .activations import ACTIVATIONS
 from .config_primitives import Carried, ConstantImport, Custom, HFView, Rename
 from .declaration import LayerwisePrimitive
 from .errors import ConversionError
 from .gemma import GEMMA_CARRIED, GemmaConverter
-from .llama import ACTIVATIONS
 
 SLIDING, FULL = "sliding_attention", "full_attention"
 LAYER_TYPES = (SLIDING, FULL)

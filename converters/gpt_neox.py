@@ -27,10 +27,11 @@ from typing import Sequence
 
 from native.config import BlockConfig
 
+from .activations import ACTIVATIONS
 from .config_primitives import ConstantImport, Mapped, Rename
 from .declaration import LayerwisePrimitive
 from .errors import ConversionError
-from .llama import ACTIVATIONS, ALL_ROPE_KINDS, LlamaConverter, all_or_nothing_bias
+from .llama import ALL_ROPE_KINDS, LlamaConverter, all_or_nothing_bias
 from .rope import canonical_rope, rotary_dispatch
 from .starcoder2 import layer_norm, layer_norm_rules
 from .weights.rules import WeightRule, embedding_and_head, neox_qkv, neox_qkv_bias, rename, walk_layers

@@ -1,6 +1,7 @@
 """Llama: the parent declaration of the family (Mistral, Qwen2, Qwen3 override it by key)."""
 from __future__ import annotations
 
+from .activations import ACTIVATIONS
 from .base import Converter
 from .config_primitives import (
     Carried,
@@ -13,11 +14,9 @@ from .config_primitives import (
     Variant,
 )
 from .errors import ConversionError
-from .rope import rotary_dispatch
+from .rope import buildable_rotary, rotary_dispatch
 
 #: native activation ↔ HF ``hidden_act``
-ACTIVATIONS = (("silu", "silu"), ("gelu", "gelu"), ("gelu_tanh", "gelu_pytorch_tanh"), ("relu", "relu"))
-
 #: HF keys that do not change the forward pass, carried through native metadata
 CARRIED = ("bos_token_id", "eos_token_id", "pad_token_id", "initializer_range", "attention_dropout",
            "use_cache", "pretraining_tp")
@@ -90,12 +89,6 @@ def all_or_nothing_bias(hf_key: str, names=("q_bias", "k_bias", "v_bias", "o_bia
     return Custom(paths, (hf_key,), export, import_)
 
 
-def _buildable_rotary():
-    from .moe import buildable_rotary  # (moe imports this module)
-
-    return buildable_rotary()
-
-
 class LlamaConverter(Converter):
     model_type = "llama"
     architecture = "LlamaForCausalLM"
@@ -135,7 +128,7 @@ class LlamaConverter(Converter):
             "logit_softcap": ConstantImport("attention.logit_softcap", None, "no attention softcapping"),
             "window": ConstantImport("attention.window", None, "no sliding window"),
             "rotary": rotary_dispatch(self.rope_kinds),
-            "buildable_rotary": _buildable_rotary(),
+            "buildable_rotary": buildable_rotary(),
             "mlp": Dispatch("mlp", "", (Variant("mlp", None, self.mlp_section()),)),
         }
 

@@ -11,11 +11,13 @@ this converter targets the on-disk names.
 """
 from __future__ import annotations
 
-from .config_primitives import ConstantImport, Dispatch, Mapped, Rename, Variant
-from .llama import ACTIVATIONS
+from .activations import ACTIVATIONS
+from .attention import HeadDim, kv_heads
+from .config_primitives import ConstantImport, Dispatch, Mapped, Rename, Variant, merge_alias
 from .llama_weights import attention_rules, llama_rules
 from .mistral import MistralConverter
-from .moe import HeadDim, buildable_rotary, kv_heads, merge_alias, moe_rules
+from .moe import moe_rules
+from .rope import buildable_rotary
 from .weights.rules import norm
 
 _PREFIX = "block_sparse_moe."

@@ -1,14 +1,12 @@
 """Pieces shared by the MoE converters (Mixtral, Qwen2-MoE, Qwen3-MoE).
 
-- :class:`HeadDim`: ``head_dim`` for classes that read it with ``getattr(config, "head_dim", …)``
-  and default it to ``hidden_size // num_attention_heads``. Written only where it carries
-  information; an explicit default value read from config.json is remembered in metadata so the
-  round trip reproduces it.
 - :class:`QwenMoeLayers`: the per-layer choice dense MLP vs sparse MoE as Qwen2-MoE/Qwen3-MoE
   express it (``num_experts``, ``decoder_sparse_step``, ``mlp_only_layers``) together with the
   MoE and dense sizes and ``hidden_act``, all of which live in one native ``mlp`` section per layer.
-- :func:`kv_heads`, :func:`merge_alias`: small config helpers.
 - :func:`moe_rules`: stacked native experts ↔ per-expert tensors as ``save_pretrained`` writes them.
+
+(``HeadDim`` and ``kv_heads`` are in :mod:`converters.attention`, ``merge_alias`` in
+:mod:`converters.config_primitives`, ``buildable_rotary`` in :mod:`converters.rope`.)
 
 Metadata convention (as :class:`~converters.config_primitives.Carried`): a metadata key is the HF
 key it stands for. A key that is *inert* in a given config (it cannot change the forward pass, e.g.
@@ -24,134 +22,11 @@ from typing import Any, Sequence
 import native
 from native.schema import to_plain
 
-from .config_primitives import Custom, Default, HFView
+from .activations import activation_to_hf, activation_to_native
+from .config_primitives import HFView
 from .declaration import LayerwisePrimitive
 from .errors import ConversionError
-from .llama import ACTIVATIONS
 from .weights.rules import WeightRule, experts, rename
-
-
-def merge_alias(hf: dict[str, Any], alias: str, key: str) -> dict[str, Any]:
-    """HF ``attribute_map`` aliases (``num_experts`` → ``num_local_experts``): read either, refuse
-    both with different values (transformers itself would pick one silently, and not consistently
-    across classes)."""
-    if alias not in hf:
-        return hf
-    out = dict(hf)
-    value = out.pop(alias)
-    if key in out and out[key] != value:
-        raise ConversionError(f"config.json: {alias}={value!r} and {key}={out[key]!r} are the same setting "
-                              "and disagree")
-    out[key] = value
-    return out
-
-
-def kv_heads(class_default: int) -> Default:
-    """``num_key_value_heads``: absent → the HF class default (these classes default it to a
-    number, not to ``num_attention_heads``); ``null`` is refused (transformers 5 refuses it too)."""
-
-    def compute(hf: HFView):
-        if not hf.has("num_key_value_heads"):
-            return class_default
-        raise ConversionError("config.json: num_key_value_heads=null is not supported (give the number)")
-
-    return Default("attention.kv_heads", "num_key_value_heads", compute)
-
-
-def buildable_rotary() -> Custom:
-    """Refuse a dynamic-NTK rotary over 2 dims: transformers computes its base with the exponent
-    ``dim / (dim - 2)`` and cannot build the model (ZeroDivisionError). Claims nothing."""
-
-    def export(get):
-        rotary = get("attention.rotary")
-        if rotary.kind == "dynamic" and rotary.rotary_dim(get("attention.head_dim")) <= 2:
-            raise ConversionError("attention.rotary: a dynamic rotary over 2 dims cannot be expressed "
-                                  "(transformers divides by rotary dim - 2)")
-        return {}
-
-    return Custom((), (), export, lambda hf: {})
-
-
-def _hf_head_dim_default(hidden_size: Any, heads: Any) -> int:
-    for key, value in (("hidden_size", hidden_size), ("num_attention_heads", heads)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConversionError(f"config.json: {key}={value!r} must be a positive integer")
-    return hidden_size // heads
-
-
-class HeadDim(LayerwisePrimitive):
-    """``head_dim`` read as ``getattr(config, "head_dim", None) or hidden // heads``.
-
-    Export writes it when it differs from ``hidden_size // num_attention_heads``, when the heads do
-    not divide ``hidden_size`` (the floor default is a transformers quirk other readers refuse), or
-    when metadata says config.json had it explicitly; otherwise ``absent`` (``None``: write ``"head_dim": null``,
-    as MixtralConfig saves it; ``OMIT``: leave the key out, as for classes without the field).
-    Import: absent (or ``null`` where ``null_is_default``) means the default, refused when the
-    heads do not divide ``hidden_size`` (as ``convcheck convert`` refuses it).
-
-    ``explicit_for_rope``: rope types whose validation in transformers reads ``config.head_dim``
-    directly (MixtralConfig's longrope check, and the yarn and dynamic inits of transformers 5.23,
-    multiply it, so ``null`` fails): written, unless the source config.json had it null (kept as it
-    was: ``metadata.head_dim_null``)."""
-
-    OMIT = object()
-    native_paths = ("attention.head_dim",)
-    hf_keys = ("head_dim",)
-
-    def __init__(self, absent: Any = OMIT, null_is_default: bool = False, explicit_for_rope: tuple[str, ...] = ()):
-        self.absent = absent
-        self.null_is_default = null_is_default
-        self.explicit_for_rope = explicit_for_rope
-
-    def export(self, layers, get_model):
-        dims = sorted({block.attention.head_dim for block in layers})
-        if len(dims) > 1:
-            raise ConversionError(f"attention.head_dim differs between layers ({dims}); this format has one head_dim")
-        head_dim = dims[0]
-        hidden, heads = get_model("hidden_size"), layers[0].attention.heads
-        default = _hf_head_dim_default(hidden, heads)
-        metadata = get_model("metadata")
-        explicit_rope = any(block.attention.rotary.kind in self.explicit_for_rope for block in layers)
-        if (head_dim != default or hidden % heads or metadata.get("head_dim") == head_dim
-                or (explicit_rope and not metadata.get("head_dim_null"))):
-            return {"head_dim": head_dim}
-        return {} if self.absent is self.OMIT else {"head_dim": self.absent}
-
-    def import_(self, hf, num_layers):
-        default = _hf_head_dim_default(hf.get("hidden_size"), hf.get("num_attention_heads"))
-        value = hf.get("head_dim", None)
-        if value is None:
-            if hf.has("head_dim") and not self.null_is_default:
-                raise ConversionError("config.json: head_dim=null is not supported by this class (omit it)")
-            if hf.get("hidden_size") % hf.get("num_attention_heads"):
-                raise ConversionError(f"config.json: hidden_size={hf.get('hidden_size')} is not divisible by "
-                                      f"num_attention_heads={hf.get('num_attention_heads')} and no head_dim is given "
-                                      "(transformers would floor it; give head_dim)")
-            # a null head_dim beside a rope kind that export writes explicitly: say so, to write it back
-            kept = hf.get("rope_parameters.rope_type", "default") in self.explicit_for_rope
-            return [{"attention.head_dim": default}] * num_layers, ({"metadata.head_dim_null": True} if kept else {})
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConversionError(f"config.json: head_dim={value!r} must be a positive integer")
-        always = (hf.get("rope_parameters.rope_type", "default") in self.explicit_for_rope
-                  or hf.get("hidden_size") % hf.get("num_attention_heads"))
-        metadata = {"metadata.head_dim": value} if value == default and not always else {}
-        return [{"attention.head_dim": value}] * num_layers, metadata
-
-
-def _activation_to_hf(value: str) -> str:
-    for native_value, hf_value in ACTIVATIONS:
-        if native_value == value:
-            return hf_value
-    raise ConversionError(f"mlp.activation={value!r} cannot be expressed as 'hidden_act' "
-                          f"(supported: {sorted(n for n, _ in ACTIVATIONS)})")
-
-
-def _activation_to_native(value: Any) -> str:
-    for native_value, hf_value in ACTIVATIONS:
-        if hf_value == value:
-            return native_value
-    raise ConversionError(f"config.json: hidden_act={value!r} is not supported "
-                          f"(supported: {sorted(h for _, h in ACTIVATIONS)})")
 
 
 def _int(hf: HFView, key: str, default: Any, minimum: int) -> int:
@@ -238,7 +113,7 @@ class QwenMoeLayers(LayerwisePrimitive):
         if len(activations) > 1:
             raise ConversionError(f"mlp.activation differs between layers ({activations}); "
                                   "this format has one hidden_act for dense and expert MLPs")
-        out: dict[str, Any] = {"hidden_act": _activation_to_hf(activations[0])}
+        out: dict[str, Any] = {"hidden_act": activation_to_hf(activations[0])}
         if moe is not None:
             self._check_moe(moe)
             out[self.experts_key] = moe.experts
@@ -276,7 +151,7 @@ class QwenMoeLayers(LayerwisePrimitive):
         mlp_only = [] if mlp_only is None else mlp_only
         if not isinstance(mlp_only, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in mlp_only):
             raise ConversionError(f"config.json: mlp_only_layers={mlp_only!r} must be a list of layer indices")
-        activation = _activation_to_native(hf.get("hidden_act", d["hidden_act"]))
+        activation = activation_to_native(hf.get("hidden_act", d["hidden_act"]))
         pattern = self.sparse_pattern(num_layers, num_experts, step, mlp_only)
 
         metadata: dict[str, Any] = {}
@@ -347,4 +222,4 @@ def moe_rules(moe: native.MoEConfig, *, router: str, fc1: Sequence[str], fc2: st
     return rules
 
 
-__all__ = ["HeadDim", "QwenMoeLayers", "buildable_rotary", "kv_heads", "merge_alias", "moe_rules"]
+__all__ = ["QwenMoeLayers", "moe_rules"]

@@ -13,7 +13,7 @@ Checked against transformers 5 ``Olmo2Config``/``modeling_olmo2``:
 """
 from __future__ import annotations
 
-from .moe import HeadDim
+from .attention import HeadDim
 
 from .config_primitives import ConstantImport
 from .llama import ALL_ROPE_KINDS, CARRIED, LlamaConverter, all_or_nothing_bias, rms_norm

@@ -18,7 +18,7 @@ Checked against transformers 5 ``Phi3Config``/``modeling_phi3``/``modeling_rope_
 """
 from __future__ import annotations
 
-from .moe import HeadDim
+from .attention import HeadDim
 
 import copy
 

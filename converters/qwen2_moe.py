@@ -12,13 +12,15 @@ unless ``use_sliding_window``; absent ``layer_types`` are derived as sliding for
 """
 from __future__ import annotations
 
+from .attention import HeadDim, kv_heads
 from .config_primitives import ConstantImport
 from .declaration import LayerwisePrimitive
 from .errors import ConversionError
 from .llama import CARRIED, LlamaConverter, all_or_nothing_bias
 from .llama_weights import attention_rules, gated_mlp_rules, llama_rules
-from .moe import HeadDim, QwenMoeLayers, buildable_rotary, kv_heads, moe_rules
+from .moe import QwenMoeLayers, moe_rules
 from .qwen2 import Qwen2Converter
+from .rope import buildable_rotary
 from .weights.rules import norm
 
 SLIDING, FULL = "sliding_attention", "full_attention"

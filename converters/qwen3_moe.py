@@ -14,12 +14,15 @@ layers ``mlp.gate_proj`` / ``up_proj`` / ``down_proj``.
 """
 from __future__ import annotations
 
+from .attention import HeadDim, kv_heads
+from .config_primitives import merge_alias
 from .declaration import LayerwisePrimitive
 from .errors import ConversionError
 from .llama import CARRIED, LlamaConverter
 from .llama_weights import attention_rules, gated_mlp_rules, llama_rules
-from .moe import HeadDim, QwenMoeLayers, buildable_rotary, kv_heads, merge_alias, moe_rules
+from .moe import QwenMoeLayers, moe_rules
 from .qwen3 import Qwen3Converter
+from .rope import buildable_rotary
 from .weights.rules import norm
 
 #: Qwen3MoeConfig defaults of the keys QwenMoeLayers reads

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from .config_primitives import (
     ConfigPrimitive,
     ConstantImport,
+    Custom,
     Dispatch,
     Optional,
     Rename,
@@ -131,3 +132,17 @@ def with_type_alias(hf: dict[str, Any]) -> dict[str, Any]:
         if "rope_type" in r:
             r["type"] = r["rope_type"]
     return hf
+
+
+def buildable_rotary() -> Custom:
+    """Refuse a dynamic-NTK rotary over 2 dims: transformers computes its base with the exponent
+    ``dim / (dim - 2)`` and cannot build the model (ZeroDivisionError). Claims nothing."""
+
+    def export(get):
+        rotary = get("attention.rotary")
+        if rotary.kind == "dynamic" and rotary.rotary_dim(get("attention.head_dim")) <= 2:
+            raise ConversionError("attention.rotary: a dynamic rotary over 2 dims cannot be expressed "
+                                  "(transformers divides by rotary dim - 2)")
+        return {}
+
+    return Custom((), (), export, lambda hf: {})

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 from native.config import BlockConfig, LayerNormConfig
 
+from .activations import ACTIVATIONS
+from .attention import HeadDim
 from .config_primitives import ConstantImport, Custom, Dispatch, Mapped, Optional, Rename, Variant
 from .errors import ConversionError
-from .llama import ACTIVATIONS, ALL_ROPE_KINDS, LlamaConverter
+from .llama import ALL_ROPE_KINDS, LlamaConverter
 from .llama_weights import attention_rules
-from .moe import HeadDim
 from .weights.rules import WeightRule, embedding_and_head, rename, walk_layers
 
 CARRIED = ("bos_token_id", "eos_token_id", "pad_token_id", "initializer_range", "use_cache",

@@ -1,0 +1,88 @@
+"""Attention keys shared by the converters: ``num_key_value_heads`` with a class default, and
+``head_dim`` as the classes that read ``getattr(config, "head_dim", None) or hidden // heads`` do.
+(The bias flags are declared with :func:`converters.llama.all_or_nothing_bias`.)"""
+from __future__ import annotations
+
+from typing import Any
+
+from .config_primitives import Default, HFView
+from .declaration import LayerwisePrimitive
+from .errors import ConversionError
+
+
+def kv_heads(class_default: int) -> Default:
+    """``num_key_value_heads``: absent → the HF class default (these classes default it to a
+    number, not to ``num_attention_heads``); ``null`` is refused (transformers 5 refuses it too)."""
+
+    def compute(hf: HFView):
+        if not hf.has("num_key_value_heads"):
+            return class_default
+        raise ConversionError("config.json: num_key_value_heads=null is not supported (give the number)")
+
+    return Default("attention.kv_heads", "num_key_value_heads", compute)
+
+
+def _hf_head_dim_default(hidden_size: Any, heads: Any) -> int:
+    for key, value in (("hidden_size", hidden_size), ("num_attention_heads", heads)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConversionError(f"config.json: {key}={value!r} must be a positive integer")
+    return hidden_size // heads
+
+
+class HeadDim(LayerwisePrimitive):
+    """``head_dim`` read as ``getattr(config, "head_dim", None) or hidden // heads``.
+
+    Export writes it when it differs from ``hidden_size // num_attention_heads``, when the heads do
+    not divide ``hidden_size`` (the floor default is a transformers quirk other readers refuse), or
+    when metadata says config.json had it explicitly; otherwise ``absent`` (``None``: write ``"head_dim": null``,
+    as MixtralConfig saves it; ``OMIT``: leave the key out, as for classes without the field).
+    Import: absent (or ``null`` where ``null_is_default``) means the default, refused when the
+    heads do not divide ``hidden_size`` (as ``convcheck convert`` refuses it).
+
+    ``explicit_for_rope``: rope types whose validation in transformers reads ``config.head_dim``
+    directly (MixtralConfig's longrope check, and the yarn and dynamic inits of transformers 5.23,
+    multiply it, so ``null`` fails): written, unless the source config.json had it null (kept as it
+    was: ``metadata.head_dim_null``)."""
+
+    OMIT = object()
+    native_paths = ("attention.head_dim",)
+    hf_keys = ("head_dim",)
+
+    def __init__(self, absent: Any = OMIT, null_is_default: bool = False, explicit_for_rope: tuple[str, ...] = ()):
+        self.absent = absent
+        self.null_is_default = null_is_default
+        self.explicit_for_rope = explicit_for_rope
+
+    def export(self, layers, get_model):
+        dims = sorted({block.attention.head_dim for block in layers})
+        if len(dims) > 1:
+            raise ConversionError(f"attention.head_dim differs between layers ({dims}); this format has one head_dim")
+        head_dim = dims[0]
+        hidden, heads = get_model("hidden_size"), layers[0].attention.heads
+        default = _hf_head_dim_default(hidden, heads)
+        metadata = get_model("metadata")
+        explicit_rope = any(block.attention.rotary.kind in self.explicit_for_rope for block in layers)
+        if (head_dim != default or hidden % heads or metadata.get("head_dim") == head_dim
+                or (explicit_rope and not metadata.get("head_dim_null"))):
+            return {"head_dim": head_dim}
+        return {} if self.absent is self.OMIT else {"head_dim": self.absent}
+
+    def import_(self, hf, num_layers):
+        default = _hf_head_dim_default(hf.get("hidden_size"), hf.get("num_attention_heads"))
+        value = hf.get("head_dim", None)
+        if value is None:
+            if hf.has("head_dim") and not self.null_is_default:
+                raise ConversionError("config.json: head_dim=null is not supported by this class (omit it)")
+            if hf.get("hidden_size") % hf.get("num_attention_heads"):
+                raise ConversionError(f"config.json: hidden_size={hf.get('hidden_size')} is not divisible by "
+                                      f"num_attention_heads={hf.get('num_attention_heads')} and no head_dim is given "
+                                      "(transformers would floor it; give head_dim)")
+            # a null head_dim beside a rope kind that export writes explicitly: say so, to write it back
+            kept = hf.get("rope_parameters.rope_type", "default") in self.explicit_for_rope
+            return [{"attention.head_dim": default}] * num_layers, ({"metadata.head_dim_null": True} if kept else {})
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConversionError(f"config.json: head_dim={value!r} must be a positive integer")
+        always = (hf.get("rope_parameters.rope_type", "default") in self.explicit_for_rope
+                  or hf.get("hidden_size") % hf.get("num_attention_heads"))
+        metadata = {"metadata.head_dim": value} if value == default and not always else {}
+        return [{"attention.head_dim": value}] * num_layers, metadata
