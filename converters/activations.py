@@ -10,16 +10,14 @@ ACTIVATIONS = (("silu", "silu"), ("gelu", "gelu"), ("gelu_tanh", "gelu_pytorch_t
 
 
 def activation_to_hf(value: str) -> str:
-    for native_value, hf_value in ACTIVATIONS:
-        if native_value == value:
-            return hf_value
-    raise ConversionError(f"mlp.activation={value!r} cannot be expressed as 'hidden_act' "
-                          f"(supported: {sorted(n for n, _ in ACTIVATIONS)})")
+    hf = dict(ACTIVATIONS)
+    if value not in hf:
+        raise ConversionError(f"mlp.activation={value!r} cannot be expressed as 'hidden_act' (supported: {sorted(hf)})")
+    return hf[value]
 
 
 def activation_to_native(value: Any) -> str:
-    for native_value, hf_value in ACTIVATIONS:
-        if hf_value == value:
-            return native_value
-    raise ConversionError(f"config.json: hidden_act={value!r} is not supported "
-                          f"(supported: {sorted(h for _, h in ACTIVATIONS)})")
+    to_native = {hf: name for name, hf in ACTIVATIONS}
+    if not isinstance(value, str) or value not in to_native:
+        raise ConversionError(f"config.json: hidden_act={value!r} is not supported (supported: {sorted(to_native)})")
+    return to_native[value]
