@@ -24,8 +24,8 @@ from .config_primitives import Carried, ConstantImport, Custom, HFView, Rename
 from .declaration import LayerwisePrimitive
 from .errors import ConversionError
 from .gemma import GEMMA_CARRIED, GemmaConverter
+from .sliding import FULL, SLIDING
 
-SLIDING, FULL = "sliding_attention", "full_attention"
 LAYER_TYPES = (SLIDING, FULL)
 
 

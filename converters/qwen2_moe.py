@@ -22,8 +22,8 @@ from .moe import QwenMoeLayers, moe_rules
 from .qwen2 import Qwen2Converter
 from .rope import buildable_rotary
 from .weights.rules import norm
+from .sliding import FULL, SLIDING
 
-SLIDING, FULL = "sliding_attention", "full_attention"
 
 #: Qwen2MoeConfig defaults of the keys QwenMoeLayers reads
 QWEN2_MOE_DEFAULTS = {

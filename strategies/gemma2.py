@@ -19,6 +19,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 import native
+from converters.sliding import FULL, SLIDING
 from native.config import ACTIVATIONS
 
 from . import building_blocks as bb
@@ -29,7 +30,6 @@ from .generic import native_configs as _native_configs
 
 MODEL_TYPE = "gemma2"
 ARCHITECTURE = "Gemma2ForCausalLM"
-SLIDING, FULL = "sliding_attention", "full_attention"
 HF_ACTIVATIONS = ("gelu_pytorch_tanh", "gelu", "silu", "relu")
 
 CONSTRAINTS = {

@@ -18,6 +18,7 @@ import dataclasses
 from hypothesis import strategies as st
 
 import native
+from converters.sliding import FULL, SLIDING
 
 from . import building_blocks as bb
 from . import moe_common as mc
@@ -26,7 +27,6 @@ from .generic import native_configs as generic_configs
 MODEL_TYPE = "qwen2_moe"
 ARCHITECTURE = "Qwen2MoeForCausalLM"
 BIASES = (bb.BiasPattern(False, False, False, False), bb.BiasPattern(True, True, True, False))
-SLIDING, FULL = "sliding_attention", "full_attention"
 
 #: The public Qwen1.5-MoE-A2.7B config.json (as published; not in ../shared/real_configs).
 QWEN15_MOE_A27B = {
