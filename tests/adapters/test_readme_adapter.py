@@ -3,6 +3,7 @@ gate's budget (a law whose every drawn config the adapter declines would be Unsa
 cannot pass vacuously), and the laws reject it once broken the ways real converters break."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import re
 from pathlib import Path
@@ -53,25 +54,27 @@ def test_declined_configs_name_the_key(example):
     assert info.value.field == "attention_bias"
 
 
+@contextlib.contextmanager
+def without_permutation(example):
+    saved = example.permute, example.unpermute
+    example.permute = example.unpermute = lambda w, heads: w.clone()
+    try:
+        yield
+    finally:
+        example.permute, example.unpermute = saved
+
+
 def broken_variants(example):
     class PermutationSkipped(example.MetaLlamaAdapter):
         """q/k copied without the permutation both ways: a bit-exact round trip, a wrong model."""
 
         def import_weights(self, foreign, hf_tensors):
-            original = example.permute
-            example.permute = lambda w, heads: w.clone()
-            try:
+            with without_permutation(example):
                 return super().import_weights(foreign, hf_tensors)
-            finally:
-                example.permute = original
 
         def export_weights(self, foreign, state):
-            original = example.unpermute
-            example.unpermute = lambda w, heads: w.clone()
-            try:
+            with without_permutation(example):
                 return super().export_weights(foreign, state)
-            finally:
-                example.unpermute = original
 
     class TrainedHeadDropped(example.MetaLlamaAdapter):
         """A tied export that drops the output head however training changed it."""

@@ -33,17 +33,6 @@ def broken_module(monkeypatch):
     return f"{module.__name__}:TieFlagLost"
 
 
-@pytest.fixture
-def regression_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(regressions, "REGRESSIONS_DIR", tmp_path / "regressions")
-    monkeypatch.setenv("CONVCHECK_DATABASE", str(tmp_path / "db"))
-    from fixtures import profiles
-
-    before = profiles.active()
-    yield tmp_path / "regressions"
-    profiles.load(before)
-
-
 def test_fuzz_an_adapter_saves_a_case_that_replays(broken_module, regression_dir, capsys):
     code = fuzz_main(["--adapter", broken_module, "--arch", "llama", "--property", "hf_config_roundtrip",
                       "--examples", "30", "-q"])

@@ -41,19 +41,6 @@ def broken_llama(monkeypatch):
     return broken
 
 
-@pytest.fixture
-def regression_dir(tmp_path, monkeypatch):
-    """Saved cases and the nightly example database go to a temporary folder, not the repository."""
-    monkeypatch.setattr(regressions, "REGRESSIONS_DIR", tmp_path / "regressions")
-    monkeypatch.setenv("CONVCHECK_DATABASE", str(tmp_path / "db"))
-    from fixtures import profiles
-
-    before = profiles.active()
-    yield tmp_path / "regressions"
-    profiles.load(before)  # fuzz/replay load their own profile process-wide
-    assert not (tmp_path / "db").exists() or (tmp_path / "db").is_dir()
-
-
 def test_fuzz_finds_saves_and_replay_reproduces(broken_llama, regression_dir, capsys):
     code = fuzz_main(["--arch", "llama", "--property", "config_roundtrip", "--examples", "50"])
     out = capsys.readouterr().out
