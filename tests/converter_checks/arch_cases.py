@@ -134,3 +134,38 @@ def with_layers(cfg: native.ModelConfig, fn) -> native.ModelConfig:
     import dataclasses
 
     return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers([fn(b) for b in cfg.decoder.layers()]))
+
+
+def standard_tests(converter, forward_cases: dict[str, native.ModelConfig], *, hf_examples=(),
+                   weight_seed: int = 3) -> dict[str, Any]:
+    """The tests every per-architecture file shares, built from its data alone (its converter, its
+    named forward cases, its HF examples): the config round trip of each case and example, the
+    forward pass against transformers within ``fixtures.tolerances``, and HF weights bit-exact. A
+    file installs them with ``globals().update(standard_tests(...))``. (The laws over *drawn*
+    configs are the gate's, tests/test_properties.py; they are not re-run here.)"""
+    import pytest
+
+    names = sorted(forward_cases)
+    examples = list(hf_examples)
+
+    @pytest.mark.parametrize("hf", examples, ids=[f"example{i}" for i in range(len(examples))])
+    def test_example_configs_roundtrip(hf):
+        assert_hf_roundtrip(converter, hf)
+
+    @pytest.mark.parametrize("name", names)
+    def test_forward_case_configs_roundtrip(name):
+        assert_native_roundtrip(converter, forward_cases[name])
+
+    @pytest.mark.parametrize("name", names)
+    def test_forward_matches_transformers(name):
+        result = forward_comparison(converter, forward_cases[name])
+        assert result.ok, result.describe()
+
+    @pytest.mark.parametrize("name", names)
+    def test_hf_weights_roundtrip_bit_exact(name):
+        assert_weights_roundtrip(converter, converter.export_config(forward_cases[name]), seed=weight_seed)
+
+    tests = [test_forward_case_configs_roundtrip, test_forward_matches_transformers, test_hf_weights_roundtrip_bit_exact]
+    if examples:
+        tests.append(test_example_configs_roundtrip)
+    return {test.__name__: test for test in tests}

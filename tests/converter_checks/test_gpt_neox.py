@@ -5,16 +5,11 @@ import dataclasses
 
 import pytest
 import torch
-from hypothesis import given
 
 import native
-from arch_cases import (
-    assert_hf_roundtrip, assert_native_roundtrip, assert_weights_roundtrip, forward_comparison, hf_disk_state,
-    refusal, with_layers,
-)
+from arch_cases import assert_hf_roundtrip, hf_disk_state, refusal, standard_tests, with_layers
 from converters import ConversionError
 from converters.gpt_neox import GPTNeoXConverter
-from fixtures.profiles import settings_for
 from strategies import gpt_neox as strategy
 
 CONVERTER = GPTNeoXConverter()
@@ -50,13 +45,6 @@ def test_transformers_default_config_roundtrips():
     assert block.attention.q_bias and block.mlp.bias and block.mlp.activation == "gelu"
 
 
-@pytest.mark.parametrize("hf", strategy.hf_examples(), ids=lambda h: h["model_type"])
-def test_example_configs_roundtrip(hf):
-    cfg = assert_hf_roundtrip(CONVERTER, hf)
-    assert cfg.decoder.blocks[0].attention.rotary == native.DefaultRotary(
-        theta=10000.0, fraction=hf.get("rotary_pct", 0.25))
-
-
 def test_legacy_rope_keys():
     hf = {"model_type": "gpt_neox", "vocab_size": 30, "hidden_size": 16, "num_hidden_layers": 1,
           "num_attention_heads": 2, "intermediate_size": 8, "rotary_emb_base": 500, "rotary_pct": 0.5,
@@ -85,30 +73,6 @@ def test_legacy_contradiction_is_refused():
         CONVERTER.import_config(hf)
 
 
-@pytest.mark.parametrize("name", sorted(FORWARD_CASES))
-def test_forward_case_configs_roundtrip(name):
-    assert_native_roundtrip(CONVERTER, FORWARD_CASES[name])
-
-
-@settings_for("config_roundtrip")
-@given(cfg=strategy.native_configs())
-def test_strategy_native_configs_are_accepted(cfg):
-    assert_native_roundtrip(CONVERTER, cfg)
-
-
-@settings_for("hf_config_roundtrip")
-@given(hf=strategy.hf_configs())
-def test_strategy_hf_configs_roundtrip(hf):
-    assert_hf_roundtrip(CONVERTER, hf)
-
-
-@settings_for("unrepresentable_rejected")
-@given(case=strategy.unrepresentable_configs())
-def test_strategy_unrepresentable_configs_are_refused(case):
-    cfg, field = case
-    refusal(CONVERTER, cfg, field)
-
-
 BASE = FORWARD_CASES["parallel_quarter_rotary"]
 
 
@@ -127,24 +91,6 @@ def test_refusals_name_the_field(change, field):
 
 def test_free_head_dim_is_refused():
     refusal(CONVERTER, dataclasses.replace(BASE, hidden_size=BASE.hidden_size + 2), "attention.head_dim")
-
-
-@pytest.mark.parametrize("name", sorted(FORWARD_CASES))
-def test_forward_matches_transformers(name):
-    result = forward_comparison(CONVERTER, FORWARD_CASES[name])
-    assert result.error < 1e-6, result.describe()
-
-
-@settings_for("forward_equivalence")
-@given(cfg=strategy.native_configs())
-def test_forward_strategy_configs(cfg):
-    result = forward_comparison(CONVERTER, cfg)
-    assert result.ok, result.describe()
-
-
-@pytest.mark.parametrize("name", sorted(FORWARD_CASES))
-def test_hf_weights_roundtrip_bit_exact(name):
-    assert_weights_roundtrip(CONVERTER, CONVERTER.export_config(FORWARD_CASES[name]), seed=5)
 
 
 def test_disk_names_embed_out_and_tied():
@@ -174,3 +120,6 @@ def test_unknown_tensor_is_still_refused():
     source["gpt_neox.layers.0.attention.extra"] = torch.zeros(1)
     with pytest.raises(ConversionError, match="attention.extra"):
         dict(CONVERTER.import_weights(BASE, source))
+
+
+globals().update(standard_tests(CONVERTER, FORWARD_CASES, hf_examples=strategy.hf_examples(), weight_seed=5))

@@ -5,16 +5,13 @@ import dataclasses
 
 import pytest
 import torch
-from hypothesis import given
 
 import native
 from arch_cases import (
-    assert_hf_roundtrip, assert_native_roundtrip, assert_weights_roundtrip, forward_comparison, normalize,
-    refusal, with_layers,
+    assert_hf_roundtrip, assert_weights_roundtrip, forward_comparison, refusal, standard_tests, with_layers,
 )
 from converters import ConversionError
 from converters.phi3 import Phi3Converter
-from fixtures.profiles import settings_for
 from strategies import phi3 as strategy
 from strategies._hf_common import real_config
 
@@ -66,11 +63,6 @@ def test_real_config_roundtrips():
     assert cfg.metadata["pad_token_id"] == 32000
 
 
-@pytest.mark.parametrize("index", range(3))
-def test_strategy_examples_roundtrip(index):
-    assert_hf_roundtrip(CONVERTER, strategy.hf_examples()[index])
-
-
 def test_v4_longrope_reads_top_level_original_and_legacy_names():
     hf = {"model_type": "phi3", "vocab_size": 40, "hidden_size": 16, "intermediate_size": 8, "num_hidden_layers": 1,
           "num_attention_heads": 2, "max_position_embeddings": 64, "original_max_position_embeddings": 8,
@@ -100,31 +92,6 @@ def test_other_rope_types_are_refused():
           "num_attention_heads": 2, "rope_scaling": {"type": "linear", "factor": 2.0}}
     with pytest.raises(ConversionError, match="rope_type"):
         CONVERTER.import_config(hf)
-
-
-@pytest.mark.parametrize("name", sorted(FORWARD_CASES))
-def test_forward_case_configs_roundtrip(name):
-    hf = assert_native_roundtrip(CONVERTER, FORWARD_CASES[name])
-    normalize(hf)
-
-
-@settings_for("config_roundtrip")
-@given(cfg=strategy.native_configs())
-def test_strategy_native_configs_are_accepted(cfg):
-    assert_native_roundtrip(CONVERTER, cfg)
-
-
-@settings_for("hf_config_roundtrip")
-@given(hf=strategy.hf_configs())
-def test_strategy_hf_configs_roundtrip(hf):
-    assert_hf_roundtrip(CONVERTER, hf)
-
-
-@settings_for("unrepresentable_rejected")
-@given(case=strategy.unrepresentable_configs())
-def test_strategy_unrepresentable_configs_are_refused(case):
-    cfg, field = case
-    refusal(CONVERTER, cfg, field)
 
 
 # ----------------------------------------------------------------------------------- refusals
@@ -159,32 +126,13 @@ def test_per_layer_windows_are_refused():
 
 
 # ------------------------------------------------------------------------------------ weights
-@pytest.mark.parametrize("name", sorted(FORWARD_CASES))
-def test_forward_matches_transformers(name):
-    cfg = FORWARD_CASES[name]
-    result = forward_comparison(CONVERTER, cfg)
-    assert result.ok, result.describe()
-    assert result.error < 1e-6, result.describe()
 
 
 def test_forward_short_sequence_uses_short_factor():
     cfg = FORWARD_CASES["longrope_partial_window"]
     for length in (7, 8, 9):  # around original_max_position_embeddings = 8
         result = forward_comparison(CONVERTER, cfg, length=length)
-        assert result.error < 1e-6, (length, result.describe())
-
-
-@settings_for("forward_equivalence")
-@given(cfg=strategy.native_configs())
-def test_forward_strategy_configs(cfg):
-    result = forward_comparison(CONVERTER, cfg)
-    assert result.ok, result.describe()
-
-
-@pytest.mark.parametrize("name", sorted(FORWARD_CASES))
-def test_hf_weights_roundtrip_bit_exact(name):
-    hf = CONVERTER.export_config(FORWARD_CASES[name])
-    assert_weights_roundtrip(CONVERTER, hf, seed=1)
+        assert result.ok, (length, result.describe())
 
 
 def test_real_config_weights_roundtrip_scaled_down():
@@ -197,3 +145,6 @@ def test_fused_layouts_on_disk():
     a = cfg.decoder.blocks[0].attention
     assert shapes["model.layers.0.self_attn.qkv_proj.weight"] == ((a.heads + 2 * a.kv_heads) * a.head_dim, cfg.hidden_size)
     assert shapes["model.layers.0.mlp.gate_up_proj.weight"] == (2 * 24, cfg.hidden_size)
+
+
+globals().update(standard_tests(CONVERTER, FORWARD_CASES, hf_examples=strategy.hf_examples(), weight_seed=1))

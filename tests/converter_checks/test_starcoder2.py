@@ -4,15 +4,10 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from hypothesis import given
 
 import native
-from arch_cases import (
-    assert_hf_roundtrip, assert_native_roundtrip, assert_weights_roundtrip, forward_comparison, refusal, with_layers,
-)
-from converters import ConversionError
+from arch_cases import assert_hf_roundtrip, refusal, standard_tests, with_layers
 from converters.starcoder2 import Starcoder2Converter
-from fixtures.profiles import settings_for
 from strategies import starcoder2 as strategy
 
 CONVERTER = Starcoder2Converter()
@@ -49,35 +44,6 @@ def test_transformers_default_config_roundtrips():
     assert block.attention.kv_heads == 2 and cfg.head.tied
 
 
-@pytest.mark.parametrize("hf", strategy.hf_examples(), ids=lambda h: h["model_type"])
-def test_example_configs_roundtrip(hf):
-    assert_hf_roundtrip(CONVERTER, hf)
-
-
-@pytest.mark.parametrize("name", sorted(FORWARD_CASES))
-def test_forward_case_configs_roundtrip(name):
-    assert_native_roundtrip(CONVERTER, FORWARD_CASES[name])
-
-
-@settings_for("config_roundtrip")
-@given(cfg=strategy.native_configs())
-def test_strategy_native_configs_are_accepted(cfg):
-    assert_native_roundtrip(CONVERTER, cfg)
-
-
-@settings_for("hf_config_roundtrip")
-@given(hf=strategy.hf_configs())
-def test_strategy_hf_configs_roundtrip(hf):
-    assert_hf_roundtrip(CONVERTER, hf)
-
-
-@settings_for("unrepresentable_rejected")
-@given(case=strategy.unrepresentable_configs())
-def test_strategy_unrepresentable_configs_are_refused(case):
-    cfg, field = case
-    refusal(CONVERTER, cfg, field)
-
-
 BASE = FORWARD_CASES["gqa_bias_window_tied"]
 
 
@@ -95,24 +61,6 @@ def test_refusals_name_the_field(change, field):
     refusal(CONVERTER, with_layers(BASE, change), field)
 
 
-@pytest.mark.parametrize("name", sorted(FORWARD_CASES))
-def test_forward_matches_transformers(name):
-    result = forward_comparison(CONVERTER, FORWARD_CASES[name])
-    assert result.error < 1e-6, result.describe()
-
-
-@settings_for("forward_equivalence")
-@given(cfg=strategy.native_configs())
-def test_forward_strategy_configs(cfg):
-    result = forward_comparison(CONVERTER, cfg)
-    assert result.ok, result.describe()
-
-
-@pytest.mark.parametrize("name", sorted(FORWARD_CASES))
-def test_hf_weights_roundtrip_bit_exact(name):
-    assert_weights_roundtrip(CONVERTER, CONVERTER.export_config(FORWARD_CASES[name]), seed=4)
-
-
 def test_biases_on_disk():
     shapes = CONVERTER.hf_shapes(BASE)
     for name in ("self_attn.q_proj.bias", "self_attn.o_proj.bias", "mlp.c_fc.bias", "mlp.c_proj.bias",
@@ -122,3 +70,6 @@ def test_biases_on_disk():
     no_bias = CONVERTER.hf_shapes(FORWARD_CASES["no_bias_untied_gelu"])
     assert not any(n.endswith("proj.bias") or n.endswith("c_fc.bias") for n in no_bias)
     assert "model.layers.0.input_layernorm.bias" in no_bias  # LayerNorm keeps its bias regardless of use_bias
+
+
+globals().update(standard_tests(CONVERTER, FORWARD_CASES, hf_examples=strategy.hf_examples(), weight_seed=4))
