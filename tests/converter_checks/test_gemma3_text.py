@@ -5,15 +5,14 @@ import dataclasses
 
 import pytest
 import torch
-from hypothesis import given
 
 import native
 from arch_cases import refusal
 from converters import ConversionError
 from converters.gemma3_text import FULL, SLIDING, Gemma3TextConverter
-from fixtures.profiles import settings_for
-from gemma_cases import (assert_hf_roundtrip, assert_native_roundtrip, assert_weight_roundtrips, block, forward_check,
-                         hf_model_keys, model)
+from gemma_cases import (
+    assert_hf_roundtrip, assert_weight_roundtrips, block, forward_check, hf_model_keys, model,
+)
 from strategies import gemma3_text as strategy
 from strategies import _hf_common as hc
 
@@ -95,25 +94,6 @@ def test_unused_layer_type_rope_is_carried():
     assert CONVERTER.export_config(cfg)["rope_parameters"][FULL] == custom
 
 
-@given(cfg=strategy.native_configs())
-@settings_for("config_roundtrip")
-def test_native_configs_roundtrip_and_build(cfg):
-    assert_native_roundtrip(CONVERTER, cfg)
-
-
-@given(hf=strategy.hf_configs())
-@settings_for("hf_config_roundtrip")
-def test_hf_configs_roundtrip(hf):
-    assert_hf_roundtrip(CONVERTER, hf)
-
-
-@given(case=strategy.unrepresentable_configs())
-@settings_for("unrepresentable_rejected")
-def test_unrepresentable_configs_are_refused(case):
-    cfg, field = case
-    refusal(CONVERTER, cfg, field)
-
-
 # --------------------------------------------------------------------------------------- refusals
 BASE = FORWARD_CASES["five_to_one_linear_global"]
 
@@ -193,8 +173,3 @@ def test_forward_of_scaled_down_real_configs(index):
     assert result.ok, result.describe()
 
 
-@given(cfg=strategy.native_configs())
-@settings_for("forward_equivalence")
-def test_forward_matches_transformers_on_drawn_configs(cfg):
-    result = forward_check(CONVERTER, cfg)
-    assert result.ok, result.describe()
