@@ -254,7 +254,7 @@ def test_mtp_check_rejects_a_converter_that_drops_mtp_layers(tmp_path, monkeypat
     """The meta-test of :func:`deepseek_cases.mtp_carried`: a converter that claims the MTP
     tensors on import and throws them away (tests/meta/broken.py) is caught."""
     from converters import registry
-    from tests.meta import broken
+    from meta import broken  # tests/meta (tests/ is on sys.path through its conftest)
 
     mtp_carried(tmp_path / "good", _mtp_config())
     monkeypatch.setitem(registry._REGISTRY, "deepseek_v3", broken.mtp_dropped()())

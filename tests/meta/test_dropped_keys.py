@@ -64,9 +64,21 @@ def test_real_smollm2_config_catches_it_without_strategies():
 
 
 def test_cli_round_trip_rejects_a_dropped_key(tmp_path, monkeypatch):
-    from tests.converters import test_real_configs as rc
+    rc = _real_configs_test_module()
 
     monkeypatch.setitem(registry._REGISTRY, "llama", UnknownKeysDropped())
     hf = real_config("HuggingFaceTB__SmolLM2-135M.json")
     with pytest.raises(AssertionError, match="is_llama_config"):
         rc.test_cli_round_trip("SmolLM2-135M", hf, "float32", tmp_path)
+
+
+def _real_configs_test_module():
+    """tests/converter_checks/test_real_configs.py, loaded from its file (it is no package module)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "converter_checks" / "test_real_configs.py"
+    spec = importlib.util.spec_from_file_location("real_configs_round_trip", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
