@@ -6,7 +6,7 @@ Reading (:func:`open_hf_checkpoint`) understands, in transformers' order of pref
 - ``model.safetensors.index.json`` + ``model-0000k-of-0000n.safetensors`` shards
 - read-only fallback: ``pytorch_model.bin``, or ``pytorch_model.bin.index.json`` + shards
 
-The directory is untrusted input (:class:`native.source_dir.SourceDir`): every file is opened
+The directory is untrusted input (:class:`checkpoints.source_dir.SourceDir`): every file is opened
 once, at open time, through the directory's own descriptor, and every later read goes through
 the held descriptor, so a checkpoint replaced while it is read is read as the version opened;
 files reached by a link leading outside the directory, and special files, are refused. Opening
@@ -25,7 +25,7 @@ shard until the next would overflow ``max_shard_size``. Given a ``plan`` (every 
 dtype and shape, in stream order) the shard layout and headers are fixed before any data, and
 each tensor is written at its offset as it arrives: memory holds the tensor in flight, not a
 shard. Without a plan a shard accumulates in memory and is written when full. Both give the same
-bytes. Output is atomic (``native.atomic``) and byte-deterministic.
+bytes. Output is atomic (``checkpoints.atomic``) and byte-deterministic.
 """
 from __future__ import annotations
 
@@ -37,18 +37,20 @@ import os
 import re
 import shutil
 import struct
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from native.atomic import atomic_directory
-from native.checkpoint import Concatenation
-from native.pages import populate, write_bytes
-from native.source_dir import SourceDir, parse_json
 
-from .config_values import check_config_values, check_finite
-from .errors import ConversionError
+from converters.config_values import check_config_values, check_finite
+from converters.errors import ConversionError
+
+from .atomic import atomic_directory
+from .native_format import Concatenation
+from .pages import populate, write_bytes
+from .source import LazyReader
+from .source_dir import SourceDir, parse_json
 
 CONFIG_FILE = "config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
@@ -98,7 +100,7 @@ def parse_size(text: str | int) -> int:
 
 # --------------------------------------------------------------------------------- reading
 def _read_json_object(source: SourceDir, rel: str) -> dict:
-    """A JSON object file of the source (strict JSON: :func:`native.source_dir.parse_json`)."""
+    """A JSON object file of the source (strict JSON: :func:`checkpoints.source_dir.parse_json`)."""
     data = source.read_json(rel)
     if not isinstance(data, dict):
         raise ConversionError(f"{source.path / rel}: expected a JSON object, got {type(data).__name__}")
@@ -114,7 +116,7 @@ def read_safetensors_header(file: Path, *, source: SourceDir | None = None,
     :data:`_MAX_HEADER` bytes of strict JSON (no key twice, bounded nesting), entries with a known
     dtype, integer dimensions and offsets consistent with them, and data ranges that tile the data
     section exactly (inside the file, no overlap, no gap). Raises ConversionError naming the file
-    (and tensor). ``source``/``rel``: read through an open :class:`native.source_dir.SourceDir`.
+    (and tensor). ``source``/``rel``: read through an open :class:`checkpoints.source_dir.SourceDir`.
     """
     if source is None:
         with SourceDir(Path(file).parent, follow_symlinks=True, error=ConversionError) as own:
@@ -197,7 +199,7 @@ def _shard_name(index_file: Path, name: Any) -> str:
     return name
 
 
-class HFCheckpointReader(Mapping):
+class HFCheckpointReader(LazyReader):
     """A validated, lazy view of an HF checkpoint directory: ``Mapping[str, Tensor]``.
 
     ``config`` is config.json as a dict; ``generation_config`` the generation_config.json dict or
@@ -321,19 +323,8 @@ class HFCheckpointReader(Mapping):
             self._bins[shard] = data
 
     # -- Mapping ------------------------------------------------------------------------------
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
-
     def __contains__(self, name: object) -> bool:
         return name in self._file_of
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        if name not in self._file_of:
-            raise KeyError(name)
-        return self.load_many([name])[name]
 
     def __repr__(self) -> str:
         return f"HFCheckpointReader({str(self.path)!r}, {len(self)} tensors, {self.format})"
@@ -390,18 +381,13 @@ class HFCheckpointReader(Mapping):
         self._bins.clear()
         self.source.close()
 
-    def __enter__(self) -> "HFCheckpointReader":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def map_tensor(file: str | Path, dtype: torch.dtype, shape: tuple[int, ...], begin: int, end: int,
                name: str = "", fd: int | None = None) -> torch.Tensor:
     """Bytes ``[begin, end)`` of ``file`` as a tensor: a private (copy-on-write) memory map of that
     range alone, owning its storage (offset 0, exactly its bytes), its pages mapped at once
-    (:func:`native.pages.populate`: a conversion reads every byte, and bulk mapping is faster).
+    (:func:`checkpoints.pages.populate`: a conversion reads every byte, and bulk mapping is faster).
     ``fd``: the file's descriptor, held by a reader (then ``file`` only names it in messages)."""
     if end == begin:
         return torch.empty(shape, dtype=dtype)
@@ -425,7 +411,7 @@ def map_tensor(file: str | Path, dtype: torch.dtype, shape: tuple[int, ...], beg
 
 def open_hf_checkpoint(path: str | os.PathLike, *, follow_symlinks: bool = False) -> HFCheckpointReader:
     """Open and validate an HF checkpoint directory for lazy reading (untrusted input: see
-    :class:`native.source_dir.SourceDir`; ``follow_symlinks`` reads links leading outside it)."""
+    :class:`checkpoints.source_dir.SourceDir`; ``follow_symlinks`` reads links leading outside it)."""
     return HFCheckpointReader(path, follow_symlinks=follow_symlinks)
 
 
@@ -478,7 +464,7 @@ def tokenizer_files(src: str | os.PathLike, *, follow_symlinks: bool = False) ->
 
 def _blocks(value: torch.Tensor | Concatenation) -> tuple:
     """What to write for ``value``, in order: a concatenation's blocks (file slices among them are
-    copied by the kernel, :func:`native.pages.write_bytes`), or the tensor itself as a contiguous
+    copied by the kernel, :func:`checkpoints.pages.write_bytes`), or the tensor itself as a contiguous
     CPU tensor (no copy when it is one already)."""
     if isinstance(value, Concatenation):
         return value.blocks
