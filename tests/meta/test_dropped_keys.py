@@ -64,7 +64,7 @@ def test_real_smollm2_config_catches_it_without_strategies():
 
 
 def test_cli_round_trip_rejects_a_dropped_key(tmp_path, monkeypatch):
-    from tests.converters import test_real_configs as rc
+    from tests.converter_checks import test_real_configs as rc
 
     monkeypatch.setitem(registry._REGISTRY, "llama", UnknownKeysDropped())
     hf = real_config("HuggingFaceTB__SmolLM2-135M.json")
