@@ -49,9 +49,9 @@ def config(hidden: int, layers: int, vocab: int):
 def child(mode: str, path: str) -> dict:
     import torch
     import checkpoints
-    from checkpoints import hf
+    from checkpoints import hf_reader, hf_writer
 
-    reader = checkpoints.open_checkpoint(path) if mode.startswith("native") else hf.open_hf_checkpoint(path)
+    reader = checkpoints.open_checkpoint(path) if mode.startswith("native") else hf_reader.open_hf_checkpoint(path)
     names = list(reader.keys())
     sizes = {n: reader.shape_of(n).numel() * reader.dtype_of(n).itemsize for n in names}
     base, _ = rss_mb()
@@ -104,7 +104,7 @@ def main() -> None:
         return
     import torch
     import checkpoints
-    from checkpoints import hf
+    from checkpoints import hf_reader, hf_writer
     from native import layout
 
     root = Path(args.dir)
@@ -115,7 +115,7 @@ def main() -> None:
     checkpoints.save_checkpoint(root / "native", cfg, state, pipeline_stages=2)
     save_native = time.perf_counter() - t0
     t0 = time.perf_counter()
-    hf.write_hf_checkpoint(root / "hf", {"model_type": "bench"}, state.items(), max_shard_size=200 * 10**6)
+    hf_writer.write_hf_checkpoint(root / "hf", {"model_type": "bench"}, state.items(), max_shard_size=200 * 10**6)
     save_hf = time.perf_counter() - t0
     del state
     print(json.dumps({"save_native_s": save_native, "save_hf_s": save_hf}))

@@ -65,7 +65,7 @@ def build(path: Path, cfg, shard: str) -> None:
     """Random bf16 weights streamed into a sharded HF checkpoint (one tensor in memory at a time)."""
     import torch
     import converters
-    from checkpoints.hf import write_hf_checkpoint
+    from checkpoints.hf_writer import write_hf_checkpoint
 
     conv = converters.get("llama")
     hf_config = conv.export_config(cfg)

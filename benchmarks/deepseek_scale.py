@@ -49,7 +49,7 @@ def build(path: Path, experts: int, fp8: bool) -> dict:
 
     import converters
     from checkpoints import fp8 as fp8_module
-    from checkpoints.hf import write_hf_checkpoint
+    from checkpoints.hf_writer import write_hf_checkpoint
 
     config = hf_config(experts)
     conv = converters.get("deepseek_v3")

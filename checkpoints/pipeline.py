@@ -30,7 +30,8 @@ import torch
 
 from converters.errors import ConversionError
 
-from .hf import CONFIG_FILE, is_hf_checkpoint, open_hf_checkpoint, parse_size, write_hf_checkpoint
+from .hf_reader import CONFIG_FILE, is_hf_checkpoint, open_hf_checkpoint
+from .hf_writer import parse_size, write_hf_checkpoint
 from .native_format import is_native_checkpoint
 from .native_writer import write_checkpoint
 from .plan import (  # noqa: F401  (re-exported: the pipeline's names before plan.py existed)

@@ -42,7 +42,7 @@ from converters.errors import ConversionError
 from converters.weights import convert_stream, export_shapes
 
 from . import fp8
-from .hf import tokenizer_names
+from .hf_reader import tokenizer_names
 from .native_format import Concatenation, stage_index
 from .native_reader import NativeCheckpointReader, open_checkpoint
 from .pages import FileSlice
@@ -580,7 +580,7 @@ class HFImport:
 
 def hf_import(reader, *, dtype: str = "keep", weight_dtype: str | None = None, allow_nonfinite: bool = False,
               pipeline_stages: int = 1) -> HFImport:
-    """Plan the native form of an open HF checkpoint (``checkpoints.hf`` reader). Reads headers
+    """Plan the native form of an open HF checkpoint (``checkpoints.hf_reader``). Reads headers
     only. ``quantization_config`` is handled here, not by the converters: FP8 weights are
     dequantized to ``weight_dtype`` (else ``dtype``, else the checkpoint's dominant floating
     dtype) and what was quantized is recorded in the native metadata (:mod:`checkpoints.fp8`).

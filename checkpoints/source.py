@@ -3,7 +3,7 @@
 Conversion streams tensors from a reader one rule at a time, so it needs names, shapes and dtypes
 before any data is read, and, where the bytes lie unchanged in a file, their place on disk (a
 writer then copies them file to file instead of from memory). Both readers
-(:class:`checkpoints.hf.HFCheckpointReader`, :class:`checkpoints.native_reader.NativeCheckpointReader`)
+(:class:`checkpoints.hf_reader.HFCheckpointReader`, :class:`checkpoints.native_reader.NativeCheckpointReader`)
 derive from :class:`LazyReader`, which declares that interface and writes its ``Mapping`` half
 once; the wrappers the plans put around them (:class:`checkpoints.fp8.DequantizedSource`,
 :class:`checkpoints.plan.CheckedSource`) forward as much of it as their source has.

@@ -85,7 +85,7 @@ def checkpoint_roundtrip(converter, cfg: native.ModelConfig, seed: int = 0) -> N
     """
     from safetensors.torch import save_file
 
-    from checkpoints.hf import open_hf_checkpoint
+    from checkpoints.hf_reader import open_hf_checkpoint
     from checkpoints.pipeline import convert
 
     from .weights import random_hf_state

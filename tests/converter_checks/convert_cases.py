@@ -1,6 +1,6 @@
 """Tiny checkpoints for the conversion tests (streaming, FP8, hostile inputs, SIGKILL).
 
-HF directories are written with ``checkpoints.hf`` from the Llama converter's own shapes, so no
+HF directories are written with ``checkpoints.hf_writer`` from the Llama converter's own shapes, so no
 transformers model is built (fast). FP8 checkpoints quantize their projection weights here, with
 the usual recipe (per 128 x 128 block: scale = amax / 448, weight = value / scale in float8),
 independently of ``checkpoints.fp8``.
@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 import native
-from checkpoints.hf import write_hf_checkpoint
+from checkpoints.hf_writer import write_hf_checkpoint
 from converters import get
 
 FP8 = torch.float8_e4m3fn

@@ -13,7 +13,7 @@ import torch
 import checkpoints
 import native
 from checkpoints.cli import main
-from checkpoints.hf import write_hf_checkpoint
+from checkpoints.hf_writer import write_hf_checkpoint
 from converters import get
 from native.layout import MTP_KEY
 from strategies import deepseek_v2, deepseek_v3

@@ -14,7 +14,7 @@ import torch
 import checkpoints
 import native
 from checkpoints import fp8
-from checkpoints.hf import open_hf_checkpoint
+from checkpoints.hf_reader import open_hf_checkpoint
 from checkpoints.plan import stream_hf_weights
 from converters import ConversionError, get
 from native.layout import MTP_KEY

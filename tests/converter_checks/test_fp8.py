@@ -9,7 +9,7 @@ import torch
 
 from checkpoints import fp8
 from checkpoints.cli import main
-from checkpoints.hf import open_hf_checkpoint
+from checkpoints.hf_reader import open_hf_checkpoint
 from converters.errors import ConversionError
 
 from convert_cases import (

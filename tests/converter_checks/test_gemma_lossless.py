@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import checkpoints
-from checkpoints.hf import open_hf_checkpoint
+from checkpoints.hf_reader import open_hf_checkpoint
 from checkpoints.pipeline import convert
 from fixtures import tolerances
 from properties.common import bits_equal, quiet_transformers

@@ -21,7 +21,7 @@ import torch
 
 import native
 from checkpoints.cli import main
-from checkpoints.hf import write_hf_checkpoint
+from checkpoints.hf_writer import write_hf_checkpoint
 from checkpoints.pipeline import convert
 from converters import get
 

@@ -12,7 +12,7 @@ import checkpoints.plan
 import native
 from checkpoints import native_writer
 from checkpoints.cli import main
-from checkpoints.hf import open_hf_checkpoint
+from checkpoints.hf_reader import open_hf_checkpoint
 from checkpoints.pipeline import convert
 from checkpoints.plan import stream_hf_weights
 from converters.errors import ConversionError
@@ -100,14 +100,14 @@ def test_native_writer_pulls_one_tensor_at_a_time(hf_model, tmp_path, monkeypatc
 def test_hf_writer_lays_out_shards_before_data(hf_model, tmp_path, monkeypatch):
     """native -> HF writes each tensor as it arrives (planned mode): the stream is never ahead of
     the writer by more than the prefetch depth."""
-    from checkpoints import hf
+    from checkpoints import hf_writer
     _, nat, _ = hf_model
     produced, written = [], []
     real_tensors = checkpoints.plan.HFExport.tensors
     monkeypatch.setattr(checkpoints.plan.HFExport, "tensors",
                         lambda self, **kw: ((produced.append(n) or (n, t)) for n, t in real_tensors(self, **kw)))
-    real_write = hf._ShardFile.write
-    monkeypatch.setattr(hf._ShardFile, "write",
+    real_write = hf_writer._ShardFile.write
+    monkeypatch.setattr(hf_writer._ShardFile, "write",
                         lambda self, n, t: (written.append((n, len(produced))), real_write(self, n, t))[1])
     convert(nat, tmp_path / "hf", max_shard_size="20KB")
     assert [n for n, _ in written] == produced

@@ -24,7 +24,8 @@ import torch
 from checkpoints import open_checkpoint
 from checkpoints.cli import main
 from checkpoints.dcp_metadata import MetadataUnpickler
-from checkpoints.hf import open_hf_checkpoint, write_hf_checkpoint
+from checkpoints.hf_reader import open_hf_checkpoint
+from checkpoints.hf_writer import write_hf_checkpoint
 from checkpoints.pipeline import convert
 
 from convert_cases import hf_config, hf_tensors, llama_config, read_hf, snapshot, write_hf

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from checkpoints import CheckpointError, open_checkpoint
 from checkpoints.dcp_metadata import load_metadata
-from checkpoints.hf import SAFETENSORS_DTYPES, open_hf_checkpoint, read_safetensors_header
+from checkpoints.hf_reader import SAFETENSORS_DTYPES, open_hf_checkpoint, read_safetensors_header
 from checkpoints.pipeline import convert
 from checkpoints.plan import hf_import
 from converters.config_values import INTEGER_KEYS, NUMBER_KEYS, POSITIVE_KEYS
