@@ -177,16 +177,8 @@ class HFCheckpointReader(LazyReader):
     replacement of the directory meanwhile does not reach the reader.
     """
 
-    def __init__(self, path: str | os.PathLike, *, follow_symlinks: bool = False):
-        self.path = Path(path)
-        if not self.path.is_dir():
-            raise ConversionError(f"{self.path}: not a directory (an HF checkpoint is a directory)")
-        self.source = SourceDir(self.path, follow_symlinks=follow_symlinks, error=ConversionError)
-        try:
-            self._open()
-        except BaseException:
-            self.source.close()
-            raise
+    error_type = ConversionError
+    describes = "an HF checkpoint"
 
     def _open(self) -> None:
         source = self.source

@@ -240,16 +240,8 @@ class NativeCheckpointReader(LazyReader):
     symbolic link or a storage record) and special files are refused unless ``follow_symlinks``.
     """
 
-    def __init__(self, path: str | os.PathLike, *, follow_symlinks: bool = False):
-        self.path = Path(path)
-        if not self.path.is_dir():
-            raise CheckpointError(f"{self.path}: not a directory (a native checkpoint is a directory)")
-        self.source = SourceDir(self.path, follow_symlinks=follow_symlinks, error=CheckpointError)
-        try:
-            self._open()
-        except BaseException:
-            self.source.close()
-            raise
+    error_type = CheckpointError
+    describes = "a native checkpoint"
 
     def _open(self) -> None:
         self.config: ModelConfig = _read_config(self.source)

@@ -15,12 +15,15 @@ by itself, by name, because ``converters`` does not import this package.
 """
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
+
+from .source_dir import SourceDir
 
 
 @runtime_checkable
@@ -57,11 +60,30 @@ class FileNamed(Protocol):
 class LazyReader(Mapping, ABC):
     """A checkpoint reader: a validated, lazy ``name -> tensor`` mapping over files it holds open.
 
-    Subclasses set ``self._names`` (the tensor names, in the order iteration gives them) and
-    implement the abstract methods; ``reader[name]`` is ``load_many([name])[name]``. Closing
-    releases the held files; tensors already returned stay valid (they are maps or copies)."""
+    Opening holds the directory as untrusted input (:class:`checkpoints.source_dir.SourceDir`) and
+    calls :meth:`_open`, which reads and validates everything but tensor data and sets
+    ``self._names`` (the tensor names, in the order iteration gives them); a failure releases the
+    held files. ``reader[name]`` is ``load_many([name])[name]``. Closing releases the held files;
+    tensors already returned stay valid (they are maps or copies)."""
 
     _names: list[str]
+    #: what the reader raises for a checkpoint it refuses, and what it calls one in messages
+    error_type: type[ValueError]
+    describes: str
+
+    def __init__(self, path: str | os.PathLike, *, follow_symlinks: bool = False):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise self.error_type(f"{self.path}: not a directory ({self.describes} is a directory)")
+        self.source = SourceDir(self.path, follow_symlinks=follow_symlinks, error=self.error_type)
+        try:
+            self._open()
+        except BaseException:
+            self.source.close()
+            raise
+
+    @abstractmethod
+    def _open(self) -> None: ...
 
     @abstractmethod
     def __contains__(self, name: object) -> bool: ...
