@@ -48,10 +48,10 @@ def config(hidden: int, layers: int, vocab: int):
 
 def child(mode: str, path: str) -> dict:
     import torch
-    import native
-    from converters import hf_io
+    import checkpoints
+    from checkpoints import hf_reader, hf_writer
 
-    reader = native.open_checkpoint(path) if mode.startswith("native") else hf_io.open_hf_checkpoint(path)
+    reader = checkpoints.open_checkpoint(path) if mode.startswith("native") else hf_reader.open_hf_checkpoint(path)
     names = list(reader.keys())
     sizes = {n: reader.shape_of(n).numel() * reader.dtype_of(n).itemsize for n in names}
     base, _ = rss_mb()
@@ -77,7 +77,7 @@ def child(mode: str, path: str) -> dict:
             times.append(time.perf_counter() - t0)
             del tensors
     elif mode == "native-all":
-        _, state = native.load_checkpoint(path)
+        _, state = checkpoints.load_checkpoint(path)
         for tensor in state.values():
             touch(tensor)
         del state
@@ -103,19 +103,19 @@ def main() -> None:
         print(json.dumps(child(*args.child)))
         return
     import torch
-    import native
+    import checkpoints
+    from checkpoints import hf_reader, hf_writer
     from native import layout
-    from converters import hf_io
 
     root = Path(args.dir)
     shutil.rmtree(root, ignore_errors=True)
     cfg = config(args.hidden, args.layers, args.vocab)
     state = {n: torch.randn(s) for n, s in layout.state_shapes(cfg).items()}
     t0 = time.perf_counter()
-    native.save_checkpoint(root / "native", cfg, state, pipeline_stages=2)
+    checkpoints.save_checkpoint(root / "native", cfg, state, pipeline_stages=2)
     save_native = time.perf_counter() - t0
     t0 = time.perf_counter()
-    hf_io.write_hf_checkpoint(root / "hf", {"model_type": "bench"}, state.items(), max_shard_size=200 * 10**6)
+    hf_writer.write_hf_checkpoint(root / "hf", {"model_type": "bench"}, state.items(), max_shard_size=200 * 10**6)
     save_hf = time.perf_counter() - t0
     del state
     print(json.dumps({"save_native_s": save_native, "save_hf_s": save_hf}))

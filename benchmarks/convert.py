@@ -65,7 +65,7 @@ def build(path: Path, cfg, shard: str) -> None:
     """Random bf16 weights streamed into a sharded HF checkpoint (one tensor in memory at a time)."""
     import torch
     import converters
-    from converters.hf_io import write_hf_checkpoint
+    from checkpoints.hf_writer import write_hf_checkpoint
 
     conv = converters.get("llama")
     hf_config = conv.export_config(cfg)
@@ -122,7 +122,7 @@ def largest_file(path: Path, pattern: str) -> int:
 
 
 def convert_cmd(src: Path, dst: Path, shard: str) -> list[str]:
-    return [sys.executable, "-m", "converters.cli", "convert", str(src), str(dst), "-q", "--max-shard-size", shard]
+    return [sys.executable, "-m", "checkpoints.cli", "convert", str(src), str(dst), "-q", "--max-shard-size", shard]
 
 
 def converter_seconds(out: str) -> float:
@@ -181,7 +181,7 @@ def main() -> None:
         if peak is not None:
             rss.setdefault(key, []).append(peak)
 
-    _, base_rss, _ = Child.run([sys.executable, "-c", "import converters.pipeline, converters.cli"])
+    _, base_rss, _ = Child.run([sys.executable, "-c", "import checkpoints.pipeline, checkpoints.cli"])
     for r in range(args.rounds):
         fresh(out)
         wall, _, _ = Child.run(["cp", "-r", str(hf), str(out)])
@@ -211,7 +211,7 @@ def main() -> None:
 
     med = {k: statistics.median(v) for k, v in times.items()}
     med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
-    _, _, _ = Child.run([sys.executable, "-c", "import converters.pipeline, converters.cli"])
+    _, _, _ = Child.run([sys.executable, "-c", "import checkpoints.pipeline, checkpoints.cli"])
     startup_cpu = Child.cpu["last"]
     peak = {k: max(v) for k, v in rss.items()}
     shard_hf = largest_file(hf, "*.safetensors")

@@ -48,8 +48,8 @@ def build(path: Path, experts: int, fp8: bool) -> dict:
     import torch
 
     import converters
-    from converters import fp8 as fp8_module
-    from converters.hf_io import write_hf_checkpoint
+    from checkpoints import fp8 as fp8_module
+    from checkpoints.hf_writer import write_hf_checkpoint
 
     config = hf_config(experts)
     conv = converters.get("deepseek_v3")

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CONVCHECK = [sys.executable, "-c", "import sys; from converters.cli import main; sys.exit(main())"]
+CONVCHECK = [sys.executable, "-c", "import sys; from checkpoints.cli import main; sys.exit(main())"]
 PROPERTIES = ("config_roundtrip", "weight_roundtrip")
 REDIS_COMMANDS_PER_SECOND = 50_000  # a conservative single-core redis-server figure, not measured here
 FETCHES_PER_BATCH = 3  # primary, secondary and pareto keys of one test

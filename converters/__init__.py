@@ -17,7 +17,6 @@ from .qwen2_moe import Qwen2MoeConverter
 from .qwen3 import Qwen3Converter
 from .qwen3_moe import Qwen3MoeConverter
 from .registry import all_converters, detect, get, names, register
-from .streaming import stream_hf_weights
 from .starcoder2 import Starcoder2Converter
 
 for _cls in (LlamaConverter, MistralConverter, Qwen2Converter, Qwen3Converter,

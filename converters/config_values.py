@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from native.source_dir import MAX_LAYERS, nonfinite_path
+from native.schema import MAX_LAYERS, nonfinite_path
 
 from .errors import ConversionError
 

@@ -1,6 +1,7 @@
-"""The native reference model: config schema, a PyTorch model written from the maths, and the
-native checkpoint format. Never imports ``transformers``: its independence is what makes comparing
-its forward pass with HF's meaningful."""
+"""The native reference model: config schema and a PyTorch model written from the maths. Never
+imports ``transformers``: its independence is what makes comparing its forward pass with HF's
+meaningful. It does no file I/O and imports nothing else of this project: the native checkpoint
+format, its reader and writer live in :mod:`checkpoints`."""
 from .config import (
     FORMAT_VERSION,
     AttentionConfig,
@@ -25,6 +26,5 @@ from .config import (
 )
 from .schema import ConfigError, architecture_fields, get_path, replace_path
 from .layout import layer_shapes, state_shapes
-from .checkpoint import CheckpointError, NativeCheckpointReader, load_checkpoint, open_checkpoint, save_checkpoint
 from .model import NativeModel
 from .init import random_state

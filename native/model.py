@@ -89,11 +89,9 @@ class NativeModel(nn.Module):
                 nn.init.normal_(p, std=self.cfg.init_std)
 
     @classmethod
-    def from_checkpoint(cls, path, *, device=None, dtype: torch.dtype | None = None) -> "NativeModel":
-        """Build from a native checkpoint; tensors are adopted as loaded (dtype kept unless given)."""
-        from .checkpoint import load_checkpoint
-
-        cfg, state = load_checkpoint(path)
+    def from_state(cls, cfg: ModelConfig, state, *, device=None, dtype: torch.dtype | None = None) -> "NativeModel":
+        """Build from a config and its state dict; tensors are adopted as given (dtype kept unless
+        given). Reading a checkpoint is :func:`checkpoints.load_model` (``native`` does no I/O)."""
         with torch.device("meta"):
             model = cls(cfg)
         model.load_state_dict(dict(state), strict=True, assign=True)

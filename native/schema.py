@@ -7,9 +7,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import types
 import typing
 from typing import Any, ClassVar, Iterator
+
+#: decoder layers a config may declare (the deepest public models have about 130): planning
+#: walks every layer, so an absurd count in an untrusted config must be refused before it starts.
+#: Here, not in the checkpoint readers, because the HF config check (``converters.config_values``)
+#: and the native reader both apply it, and ``converters`` does not depend on the I/O package.
+MAX_LAYERS = 4096
 
 
 class ConfigError(ValueError):
@@ -180,3 +187,17 @@ def _split(path: str) -> list:
         if piece:
             parts.append(piece)
     return parts
+
+
+def nonfinite_path(value: Any, where: str = "") -> str | None:
+    """The dotted path of the first NaN or infinity inside ``value`` (dicts and lists), or None."""
+    stack = [(value, where)]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return path or "the value"
+        if isinstance(item, dict):
+            stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in reversed(list(item.items())))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, f"{path}[{k}]") for k, v in reversed(list(enumerate(item))))
+    return None

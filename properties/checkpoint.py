@@ -1,5 +1,5 @@
 """``checkpoint_roundtrip``: the disk round trip through ``convcheck convert`` (the
-``converters.pipeline.convert`` function the command runs), both directions, at several shard sizes
+``checkpoints.pipeline.convert`` function the command runs), both directions, at several shard sizes
 and dtypes, with byte-deterministic output.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+import checkpoints
 import native
 from converters import ConversionError, registry
 
@@ -84,8 +85,8 @@ def checkpoint_roundtrip(converter, cfg: native.ModelConfig, seed: int = 0) -> N
     """
     from safetensors.torch import save_file
 
-    from converters.hf_io import open_hf_checkpoint
-    from converters.pipeline import convert
+    from checkpoints.hf_reader import open_hf_checkpoint
+    from checkpoints.pipeline import convert
 
     from .weights import random_hf_state
 
@@ -126,7 +127,7 @@ def checkpoint_roundtrip(converter, cfg: native.ModelConfig, seed: int = 0) -> N
     with (tempfile.TemporaryDirectory(prefix="convcheck-") as tmp, installed(converter), no_fsync(),
           common.quiet_transformers()):
         root = Path(tmp)
-        native.save_checkpoint(root / "native0", cfg, state)
+        checkpoints.save_checkpoint(root / "native0", cfg, state)
         hf_kwargs = dict(to="hf", max_shard_size=shard_size, model_type=converter.model_type)
         run(root / "native0", root / "hf1", dtype=dtype_option, **hf_kwargs)
         hf1 = read_hf(root / "hf1")
@@ -136,7 +137,7 @@ def checkpoint_roundtrip(converter, cfg: native.ModelConfig, seed: int = 0) -> N
         if seed % 4 == 0:  # (a quarter of the examples: the writer's determinism, not the converter's)
             run(root / "hf1", root / "native2b", to="native")
             same_bytes(report, root / "native2", root / "native2b", "HF -> native twice")
-        cfg2, native2 = native.load_checkpoint(root / "native2")
+        cfg2, native2 = checkpoints.load_checkpoint(root / "native2")
         report.expect(without_metadata(cfg2) == without_metadata(cfg), "native config.json",
                       "HF -> native changed the architecture: "
                       + "; ".join(config_difference(without_metadata(cfg), without_metadata(cfg2))[:4]))
@@ -156,7 +157,7 @@ def checkpoint_roundtrip(converter, cfg: native.ModelConfig, seed: int = 0) -> N
 
 @contextlib.contextmanager
 def no_fsync():
-    """``CONVCHECK_FSYNC=0`` for the duration (see native.atomic): throwaway directories need no
+    """``CONVCHECK_FSYNC=0`` for the duration (see checkpoints.atomic): throwaway directories need no
     durability, and fsync would dominate the property's time."""
     previous = os.environ.get("CONVCHECK_FSYNC")
     os.environ["CONVCHECK_FSYNC"] = "0"

@@ -82,7 +82,7 @@ def _real() -> dict | None:
         real = json.loads(REAL_CONFIG.read_text())
     except OSError:
         return None
-    real.pop("quantization_config")  # the pipeline's (converters.fp8), never the converter's
+    real.pop("quantization_config")  # the pipeline's (checkpoints.fp8), never the converter's
     return real
 
 

@@ -66,7 +66,7 @@ def convert_stream(rules: Iterable[WeightRule], source: Mapping[str, Tensor], di
     called while the rule's source tensors are alive. An import that only concatenates its
     inputs (:meth:`WeightRule.import_blocks`) gives its blocks; any other output is one part, a
     contiguous tensor that may be a view of a source (:meth:`WeightRule.run_views`: no clone).
-    E.g. ``native.checkpoint.Concatenation``, which the writers write part by part.
+    E.g. ``checkpoints.native_format.Concatenation``, which the writers write part by part.
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")

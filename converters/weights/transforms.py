@@ -67,7 +67,7 @@ class Transform:
 
         An output ``(blocks, shape)`` is ``torch.cat([b.reshape(-1) for b in blocks]).view(shape)``:
         a writer can write each block at its place instead of assembling the output in fresh
-        memory (see ``native.checkpoint.Concatenation``). Same refusals as :meth:`import_`."""
+        memory (see ``checkpoints.native_format.Concatenation``). Same refusals as :meth:`import_`."""
         return None
 
 

@@ -1,9 +1,9 @@
 """Tiny checkpoints for the conversion tests (streaming, FP8, hostile inputs, SIGKILL).
 
-HF directories are written with ``converters.hf_io`` from the Llama converter's own shapes, so no
+HF directories are written with ``checkpoints.hf_writer`` from the Llama converter's own shapes, so no
 transformers model is built (fast). FP8 checkpoints quantize their projection weights here, with
 the usual recipe (per 128 x 128 block: scale = amax / 448, weight = value / scale in float8),
-independently of ``converters.fp8``.
+independently of ``checkpoints.fp8``.
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 import native
+from checkpoints.hf_writer import write_hf_checkpoint
 from converters import get
-from converters.hf_io import write_hf_checkpoint
 
 FP8 = torch.float8_e4m3fn
 QUANT = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import torch
 
+import checkpoints
 import native
+from checkpoints.cli import main
+from checkpoints.hf_writer import write_hf_checkpoint
 from converters import get
-from converters.cli import main
-from converters.hf_io import write_hf_checkpoint
 from native.layout import MTP_KEY
 from strategies import deepseek_v2, deepseek_v3
 
@@ -65,7 +66,7 @@ def mtp_carried(tmp_path: Path, hf_config: dict, dtype: torch.dtype = torch.bflo
     mtp_names = [n for n in tensors if (m := re.match(r"model\.layers\.(\d+)\.", n)) and int(m.group(1)) >= L]
     assert mtp_names, f"the source checkpoint has no model.layers.{L}.* tensors"
     assert convert(src, tmp_path / "native") == 0, "HF -> native refused the MTP checkpoint"
-    back_cfg, state = native.load_checkpoint(tmp_path / "native")
+    back_cfg, state = checkpoints.load_checkpoint(tmp_path / "native")
     expected = [n for j in range(count) for n in native.layout.mtp_shapes(back_cfg, j)]
     absent = sorted(set(expected) - set(state))
     assert expected and not absent, f"the native checkpoint lacks MTP tensors: {absent[:4] or 'all of them'}"

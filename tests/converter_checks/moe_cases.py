@@ -15,7 +15,8 @@ from typing import Any, Mapping
 import torch
 
 import native
-from converters.hf_io import open_hf_checkpoint, write_hf_checkpoint
+from checkpoints.hf_reader import open_hf_checkpoint
+from checkpoints.hf_writer import write_hf_checkpoint
 from properties import normalize
 
 #: float64 native vs float64 HF (which keeps rotary tables, norms and the router softmax in float32)

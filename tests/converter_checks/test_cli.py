@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
-import native
-from converters.cli import main
+import checkpoints
+from checkpoints.cli import main
 
 TINY = dict(hidden_size=24, intermediate_size=40, num_hidden_layers=2, num_attention_heads=6,
             num_key_value_heads=2, vocab_size=37, tie_word_embeddings=True)
@@ -40,7 +40,7 @@ def hf_tensors(path):
 def test_round_trip_is_bit_exact_and_deterministic(hf_dir, tmp_path, capsys):
     assert main(["convert", str(hf_dir), str(tmp_path / "native"), "-q"]) == 0
     assert "converted qwen2 hf -> native" in capsys.readouterr().out
-    assert native.NativeModel.from_checkpoint(tmp_path / "native") is not None
+    assert checkpoints.load_model(tmp_path / "native") is not None
     for name in ("a", "b"):
         assert main(["convert", str(tmp_path / "native"), str(tmp_path / name), "-q", "--max-shard-size", "20KB"]) == 0
     original, back = hf_tensors(hf_dir), hf_tensors(tmp_path / "a")
@@ -91,5 +91,5 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, hf_dir, tmp_pa
 
 
 def test_console_script_help():
-    result = subprocess.run([sys.executable, "-m", "converters.cli", "convert", "--help"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "checkpoints.cli", "convert", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--max-shard-size" in result.stdout

@@ -11,9 +11,12 @@ import math
 import pytest
 import torch
 
+import checkpoints
 import native
-from converters import ConversionError, fp8, get, stream_hf_weights
-from converters.hf_io import open_hf_checkpoint
+from checkpoints import fp8
+from checkpoints.hf_reader import open_hf_checkpoint
+from checkpoints.plan import stream_hf_weights
+from converters import ConversionError, get
 from native.layout import MTP_KEY
 from properties.config import normalize
 from strategies import deepseek_v2, deepseek_v3
@@ -103,7 +106,7 @@ def test_real_config_scaled_down_round_trips_through_the_cli(version, dtype, tmp
     assert all(torch.equal(bits(before[n]), bits(after[n])) and before[n].dtype == after[n].dtype for n in before)
     assert normalize(read_config(tmp_path / "back")) == normalize(read_config(src))
 
-    model = native.NativeModel.from_checkpoint(tmp_path / "native", dtype=torch.float64).eval()
+    model = checkpoints.load_model(tmp_path / "native", dtype=torch.float64).eval()
     ids = torch.randint(0, cfg.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
     mask[1, 18:] = 0
@@ -147,7 +150,7 @@ def test_checkpoint_without_its_declared_mtp_layers_converts(tmp_path):
     cfg = V3.import_config(hf)
     src = write_hf_from_native(tmp_path / "hf", hf, cfg, native_state(cfg, torch.float32))
     assert convert(src, tmp_path / "native") == 0
-    back, _ = native.load_checkpoint(tmp_path / "native")
+    back, _ = checkpoints.load_checkpoint(tmp_path / "native")
     assert MTP_KEY not in back.metadata
 
 
@@ -199,7 +202,7 @@ def test_fp8_import_dequantizes_and_plain_export_drops_every_scale(fp8_model, tm
     src, tensors, cfg = fp8_model
     torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[weight_dtype]
     assert convert(src, tmp_path / "native", "--weight-dtype", weight_dtype) == 0
-    back_cfg, state = native.load_checkpoint(tmp_path / "native")
+    back_cfg, state = checkpoints.load_checkpoint(tmp_path / "native")
     assert back_cfg.metadata[MTP_KEY] == 1 and fp8.METADATA_KEY in back_cfg.metadata
     assert state["layers.0.attn.kv_up.weight"].dtype == torch_dtype
     expected = dequantize_blocks(tensors["model.layers.0.self_attn.kv_b_proj.weight"],

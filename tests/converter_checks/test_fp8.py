@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from converters import fp8
-from converters.cli import main
+from checkpoints import fp8
+from checkpoints.cli import main
+from checkpoints.hf_reader import open_hf_checkpoint
 from converters.errors import ConversionError
-from converters.hf_io import open_hf_checkpoint
 
 from convert_cases import (
     FP8, FP8_SHAPES, QUANT, bits, dequantize_blocks, fp8_tensors, is_quantized_name, llama_config, quantize_blocks,
@@ -130,7 +130,7 @@ def test_weight_dtype_writes_plain_weights(model, tmp_path):
 
 
 def test_stream_api_gives_the_disk_tensors_with_requantize(model, tmp_path):
-    from converters import stream_hf_weights
+    from checkpoints.plan import stream_hf_weights
     src, _ = model
     assert convert(src, tmp_path / "native") == 0
     assert convert(tmp_path / "native", tmp_path / "hf", "--requantize") == 0

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import native
-from converters.hf_io import open_hf_checkpoint
-from converters.pipeline import convert
+import checkpoints
+from checkpoints.hf_reader import open_hf_checkpoint
+from checkpoints.pipeline import convert
 from fixtures import tolerances
 from properties.common import bits_equal, quiet_transformers
 
@@ -51,8 +51,8 @@ def test_gemma_checkpoints_round_trip_byte_exact(model_type, dtype, tmp_path):
     source, back = read_hf(tmp_path / "hf0"), read_hf(tmp_path / "hf2")
     assert sorted(back) == sorted(source)
     assert [n for n, t in source.items() if not bits_equal(t, back[n])] == []
-    cfg1, state1 = native.load_checkpoint(tmp_path / "native1")
-    _, state3 = native.load_checkpoint(tmp_path / "native3")
+    cfg1, state1 = checkpoints.load_checkpoint(tmp_path / "native1")
+    _, state3 = checkpoints.load_checkpoint(tmp_path / "native3")
     assert cfg1.decoder.layer(0).norm.zero_centered and cfg1.final_norm.zero_centered
     assert [n for n, t in state1.items() if not bits_equal(t, state3[n])] == []
 
@@ -67,5 +67,5 @@ def test_native_logits_of_a_bf16_gemma_match_transformers(model_type, tmp_path):
     with quiet_transformers(), torch.no_grad():
         hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf0", dtype=torch.float64, attn_implementation="eager")
         theirs = hf(tokens).logits
-        ours = native.NativeModel.from_checkpoint(tmp_path / "native1", dtype=torch.float64)(tokens)
+        ours = checkpoints.load_model(tmp_path / "native1", dtype=torch.float64)(tokens)
     tolerances.check_close(ours, theirs, torch.float64, f"{model_type} logits from the bf16 checkpoint")

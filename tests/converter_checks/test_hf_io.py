@@ -10,16 +10,18 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from converters import hf_io
+from checkpoints import hf_reader, hf_writer
+from checkpoints.hf_reader import open_hf_checkpoint
+from checkpoints.hf_writer import parse_size, write_hf_checkpoint
+from checkpoints.source import FileNamed, LazyReader, Located, TensorSource
 from converters.errors import ConversionError
-from converters.hf_io import open_hf_checkpoint, parse_size, write_hf_checkpoint
 
 CONFIG = {"model_type": "llama", "vocab_size": 11, "architectures": ["LlamaForCausalLM"], "hidden_size": 8}
 
 
 @pytest.fixture(autouse=True)
 def _no_fsync(monkeypatch):
-    """Durability is native.atomic's own test; here fsync would only cost time."""
+    """Durability is checkpoints.atomic's own test; here fsync would only cost time."""
     monkeypatch.setenv("CONVCHECK_FSYNC", "0")
 
 
@@ -151,8 +153,8 @@ def test_reader_loads_one_tensor_without_touching_others(tmp_path, monkeypatch):
     write_hf_checkpoint(tmp_path / "hf", CONFIG, sample_tensors().items(), max_shard_size=200)
     reader = open_hf_checkpoint(tmp_path / "hf")
     opened = []
-    real = hf_io.map_tensor
-    monkeypatch.setattr(hf_io, "map_tensor", lambda path, *a, **k: opened.append(Path(path).name) or real(path, *a, **k))
+    real = hf_reader.map_tensor
+    monkeypatch.setattr(hf_reader, "map_tensor", lambda path, *a, **k: opened.append(Path(path).name) or real(path, *a, **k))
     for name in reader:
         reader.shape_of(name), reader.dtype_of(name)
     assert opened == []  # metadata from the validated headers only
@@ -420,7 +422,7 @@ def test_exception_from_tensor_stream_leaves_nothing(tmp_path, error, overwrite)
     if overwrite:
         write_hf_checkpoint(tmp_path / "hf", CONFIG, sample_tensors(1).items())
     flushed = []
-    real_shard = hf_io._ShardFile
+    real_shard = hf_writer._ShardFile
 
     def stream():
         for i, item in enumerate(sample_tensors().items()):
@@ -434,7 +436,7 @@ def test_exception_from_tensor_stream_leaves_nothing(tmp_path, error, overwrite)
         return real_shard(path, entries)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(hf_io, "_ShardFile", spy)
+        mp.setattr(hf_writer, "_ShardFile", spy)
         with pytest.raises(type(error)):
             write_hf_checkpoint(tmp_path / "hf", CONFIG, stream(), max_shard_size=100, overwrite=overwrite)
     assert flushed and not any(f.exists() for f in flushed)
@@ -461,8 +463,8 @@ def test_parse_size_refuses(text):
 
 def test_is_hf_checkpoint(tmp_path, sharded):
     root, _, _, _ = sharded
-    assert hf_io.is_hf_checkpoint(root)
-    assert not hf_io.is_hf_checkpoint(tmp_path / "absent")
+    assert hf_reader.is_hf_checkpoint(root)
+    assert not hf_reader.is_hf_checkpoint(tmp_path / "absent")
 
 
 # ------------------------------------------------------------------------------ planned writing
@@ -528,3 +530,9 @@ def test_mapped_tensors_own_exactly_their_bytes(tmp_path):
     for name in reader:
         t = reader[name]
         assert t.storage_offset() == 0 and t.untyped_storage().nbytes() == nbytes(t), name
+
+
+def test_the_reader_is_a_declared_tensor_source(tmp_path):
+    write_hf_checkpoint(tmp_path / "hf", CONFIG, sample_tensors().items(), max_shard_size=200)
+    with open_hf_checkpoint(tmp_path / "hf") as reader:
+        assert isinstance(reader, LazyReader) and all(isinstance(reader, p) for p in (TensorSource, Located, FileNamed))

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from converters.cli import main
-from converters.pipeline import convert
+from checkpoints.cli import main
+from checkpoints.pipeline import convert
 
 from convert_cases import hf_tensors, llama_config, snapshot, write_hf
 

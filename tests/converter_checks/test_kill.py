@@ -20,10 +20,10 @@ import pytest
 import torch
 
 import native
+from checkpoints.cli import main
+from checkpoints.hf_writer import write_hf_checkpoint
+from checkpoints.pipeline import convert
 from converters import get
-from converters.cli import main
-from converters.hf_io import write_hf_checkpoint
-from converters.pipeline import convert
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
@@ -117,7 +117,7 @@ def test_sigkill_at_random_moments(source, tmp_path, direction):
 
 
 def native_atomic_recover(dst: Path) -> None:
-    from native.atomic import recover
+    from checkpoints.atomic import recover
     recover(dst)
 
 
@@ -164,7 +164,7 @@ def run_cli_child(src: Path, dst: Path, delay: float | None, signum: int, err: P
 
 def _pause_between_tensors(ready_fd: int) -> None:
     """In the child: after each written tensor, report the first through ``ready_fd`` and pause."""
-    from converters import pipeline
+    from checkpoints import pipeline
 
     counted = pipeline._Counter.__call__
 

@@ -88,7 +88,7 @@ def test_tiny_hf_model_round_trips_and_matches_native_logits(model_type, tmp_pat
     conv = converters.get(model_type)
     hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
     cfg = conv.import_config(hf_config)
-    from converters.hf_io import open_hf_checkpoint
+    from checkpoints.hf_reader import open_hf_checkpoint
 
     with open_hf_checkpoint(tmp_path / "hf") as reader:
         on_disk = {k: reader[k].clone() for k in reader}

@@ -16,8 +16,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
+import checkpoints
 import native
-from converters import cli
+from checkpoints import cli
 from fixtures import realistic, tolerances
 from properties.common import HF_IMPLEMENTATION, causal_lm_class, hf_config, jsonable, quiet_transformers
 
@@ -70,7 +71,7 @@ def hf_logits(path: Path, ids: torch.Tensor) -> torch.Tensor:
 
 
 def native_logits(path: Path, ids: torch.Tensor) -> torch.Tensor:
-    cfg, state = native.load_checkpoint(path)
+    cfg, state = checkpoints.load_checkpoint(path)
     model = native.NativeModel(cfg)
     model.load_state_dict({k: v.to(torch.float64) for k, v in state.items()}, strict=True, assign=True)
     with torch.no_grad():

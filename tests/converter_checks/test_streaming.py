@@ -8,13 +8,14 @@ import threading
 import pytest
 import torch
 
+import checkpoints.plan
 import native
-from converters import stream_hf_weights, streaming
-from converters.cli import main
+from checkpoints import native_writer
+from checkpoints.cli import main
+from checkpoints.hf_reader import open_hf_checkpoint
+from checkpoints.pipeline import convert
+from checkpoints.plan import stream_hf_weights
 from converters.errors import ConversionError
-from converters.hf_io import open_hf_checkpoint
-from converters.pipeline import convert
-from native import checkpoint
 
 from convert_cases import bits, hf_tensors, llama_config, read_config, read_hf, snapshot, write_hf
 
@@ -48,7 +49,7 @@ def test_stream_hf_weights_equals_the_disk_writer(hf_model, tmp_path, dtype):
     convert(nat, tmp_path / "hf", dtype=dtype, max_shard_size="30KB")
     disk = read_hf(tmp_path / "hf")
     streamed = list(stream_hf_weights(nat, dtype=dtype))
-    assert [n for n, _ in streamed] == [n for n, _, _ in streaming.hf_export(nat, dtype=dtype).plan]
+    assert [n for n, _ in streamed] == [n for n, _, _ in checkpoints.plan.hf_export(nat, dtype=dtype).plan]
     assert sorted(n for n, _ in streamed) == sorted(disk)
     for name, tensor in streamed:
         assert tensor.dtype == disk[name].dtype and torch.equal(bits(tensor), bits(disk[name])), name
@@ -57,8 +58,8 @@ def test_stream_hf_weights_equals_the_disk_writer(hf_model, tmp_path, dtype):
 def test_stream_touches_no_disk_and_is_reusable(hf_model, tmp_path, monkeypatch):
     _, nat, tensors = hf_model
     before = snapshot(nat.parent)
-    monkeypatch.setattr("native.atomic.atomic_directory", lambda *a, **k: pytest.fail("the stream must not write"))
-    export = streaming.hf_export(native.open_checkpoint(nat))
+    monkeypatch.setattr("checkpoints.atomic.atomic_directory", lambda *a, **k: pytest.fail("the stream must not write"))
+    export = checkpoints.plan.hf_export(checkpoints.open_checkpoint(nat))
     first, second = dict(export.tensors()), dict(export.tensors())
     assert first.keys() == second.keys() == tensors.keys()
     assert all(torch.equal(first[n], second[n]) and torch.equal(first[n], tensors[n]) for n in first)
@@ -78,7 +79,7 @@ def test_native_writer_pulls_one_tensor_at_a_time(hf_model, tmp_path, monkeypatc
     next rule runs, and nothing waits in the writer's pending buffer."""
     src, _, _ = hf_model
     live, peak, sources = [], [0], []
-    real = checkpoint._Source
+    real = native_writer._Source
 
     class Spy(real):
         def _take(self, name):
@@ -88,7 +89,7 @@ def test_native_writer_pulls_one_tensor_at_a_time(hf_model, tmp_path, monkeypatc
             sources.append(self)
             return tensor
 
-    monkeypatch.setattr(checkpoint, "_Source", Spy)
+    monkeypatch.setattr(native_writer, "_Source", Spy)
     for stages in (1, 3):
         live.clear()
         convert(src, tmp_path / f"n{stages}", pipeline_stages=stages)
@@ -99,14 +100,14 @@ def test_native_writer_pulls_one_tensor_at_a_time(hf_model, tmp_path, monkeypatc
 def test_hf_writer_lays_out_shards_before_data(hf_model, tmp_path, monkeypatch):
     """native -> HF writes each tensor as it arrives (planned mode): the stream is never ahead of
     the writer by more than the prefetch depth."""
-    from converters import hf_io
+    from checkpoints import hf_writer
     _, nat, _ = hf_model
     produced, written = [], []
-    real_tensors = streaming.HFExport.tensors
-    monkeypatch.setattr(streaming.HFExport, "tensors",
+    real_tensors = checkpoints.plan.HFExport.tensors
+    monkeypatch.setattr(checkpoints.plan.HFExport, "tensors",
                         lambda self, **kw: ((produced.append(n) or (n, t)) for n, t in real_tensors(self, **kw)))
-    real_write = hf_io._ShardFile.write
-    monkeypatch.setattr(hf_io._ShardFile, "write",
+    real_write = hf_writer._ShardFile.write
+    monkeypatch.setattr(hf_writer._ShardFile, "write",
                         lambda self, n, t: (written.append((n, len(produced))), real_write(self, n, t))[1])
     convert(nat, tmp_path / "hf", max_shard_size="20KB")
     assert [n for n, _ in written] == produced
@@ -118,7 +119,7 @@ def test_hf_writer_lays_out_shards_before_data(hf_model, tmp_path, monkeypatch):
 def test_kernel_copies_give_the_same_bytes_as_writing_from_memory(hf_model, tmp_path, monkeypatch, stages):
     """Renames and concatenated blocks are copied file to file (copy_file_range) both ways; the
     outputs are byte for byte those written from memory (where the kernel cannot copy)."""
-    from native import pages
+    from checkpoints import pages
     src, _, tensors = hf_model
     copied = []
     real = pages.os.copy_file_range
@@ -156,7 +157,7 @@ def test_keep_preserves_each_dtype_and_config_names_the_dominant_one(hf_model, t
 def test_dtype_casts_floats_both_ways(hf_model, tmp_path, dtype, expected):
     src, _, tensors = hf_model
     convert(src, tmp_path / "native", dtype=dtype)
-    reader = native.open_checkpoint(tmp_path / "native")
+    reader = checkpoints.open_checkpoint(tmp_path / "native")
     assert {reader.dtype_of(n) for n in reader} == {expected}
     convert(tmp_path / "native", tmp_path / "hf")
     assert read_config(tmp_path / "hf")["dtype"] == str(expected).removeprefix("torch.")
@@ -165,12 +166,12 @@ def test_dtype_casts_floats_both_ways(hf_model, tmp_path, dtype, expected):
 
 
 def test_cast_keeps_integer_and_bool_tensors():
-    check = streaming.NonfiniteCheck()
+    check = checkpoints.plan.NonfiniteCheck()
     for t in (torch.arange(5), torch.tensor([True, False])):
-        assert streaming._cast("x", t, t.dtype, check) is t
+        assert checkpoints.plan._cast("x", t, t.dtype, check) is t
     plan = [("w", torch.bfloat16, (2,)), ("ids", torch.int64, (3,))]
-    assert streaming.dominant(plan, torch.float32) == torch.bfloat16
-    assert streaming.dominant([("ids", torch.int64, (3,))], torch.float32) == torch.float32
+    assert checkpoints.plan.dominant(plan, torch.float32) == torch.bfloat16
+    assert checkpoints.plan.dominant([("ids", torch.int64, (3,))], torch.float32) == torch.float32
 
 
 # ------------------------------------------------------------------------------------ nonfinite
@@ -215,7 +216,7 @@ def test_overflow_on_a_narrowing_cast_is_refused(hf_model, tmp_path, capsys):
 
 def test_many_offenders_are_folded_compactly():
     found = [(f"model.layers.{i}.mlp.down_proj.weight", i, 0) for i in (0, 3, 7)] + [("lm_head.weight", 0, 2)]
-    text = streaming.describe_counts(found)
+    text = checkpoints.plan.describe_counts(found)
     assert text == "model.layers.{0,3,7}.mlp.down_proj.weight: NaN 0/3/7, Inf 0/0/0; lm_head.weight: 2 Inf"
 
 
@@ -224,8 +225,8 @@ def test_hf_to_native_in_pipeline_stages(hf_model, tmp_path):
     src, nat, _ = hf_model
     convert(src, tmp_path / "staged", pipeline_stages=3)
     assert sorted(p.name for p in (tmp_path / "staged").iterdir() if p.is_dir()) == ["pp0", "pp1", "pp2"]
-    flat_cfg, flat = native.load_checkpoint(nat)
-    staged_cfg, staged = native.load_checkpoint(tmp_path / "staged")
+    flat_cfg, flat = checkpoints.load_checkpoint(nat)
+    staged_cfg, staged = checkpoints.load_checkpoint(tmp_path / "staged")
     assert flat_cfg == staged_cfg and flat.keys() == staged.keys()
     assert all(torch.equal(flat[n], staged[n]) for n in flat)
     convert(tmp_path / "staged", tmp_path / "hf")  # merging the stages streams too
@@ -235,7 +236,7 @@ def test_hf_to_native_in_pipeline_stages(hf_model, tmp_path):
 
 # ------------------------------------------------------------------------------------- prefetch
 def test_prefetch_keeps_order_and_reraises_as_itself():
-    assert list(streaming.prefetch(iter(range(50)), depth=2)) == list(range(50))
+    assert list(checkpoints.plan.prefetch(iter(range(50)), depth=2)) == list(range(50))
 
     class Boom(RuntimeError):
         pass
@@ -246,24 +247,24 @@ def test_prefetch_keeps_order_and_reraises_as_itself():
 
     out = []
     with pytest.raises(Boom, match="vanished"):
-        for x in streaming.prefetch(failing()):
+        for x in checkpoints.plan.prefetch(failing()):
             out.append(x)
     assert out == [1]
 
 
 def test_prefetch_stops_its_thread_when_dropped():
     started = threading.active_count()
-    gen = streaming.prefetch(iter(range(10**6)))
+    gen = checkpoints.plan.prefetch(iter(range(10**6)))
     next(gen)
     gen.close()
     assert threading.active_count() == started
-    streaming.prefetch(iter(range(10)))  # never iterated: no thread was started
+    checkpoints.plan.prefetch(iter(range(10)))  # never iterated: no thread was started
     assert threading.active_count() == started
 
 
 # ------------------------------------------------------------------------------------- progress
 def test_progress_bar_shows_tensors_bytes_and_throughput_unless_quiet(hf_model, tmp_path, capsys):
-    from converters.progress import progress_bar
+    from checkpoints.progress import progress_bar
     with progress_bar(mininterval=0) as update:
         update.start(3, 3 * 2**20)
         for name in "abc":

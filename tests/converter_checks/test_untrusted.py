@@ -21,11 +21,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from converters.cli import main
-from converters.hf_io import open_hf_checkpoint, write_hf_checkpoint
-from converters.pipeline import convert
-from native.checkpoint import open_checkpoint
-from native.dcp_metadata import MetadataUnpickler
+from checkpoints import open_checkpoint
+from checkpoints.cli import main
+from checkpoints.dcp_metadata import MetadataUnpickler
+from checkpoints.hf_reader import open_hf_checkpoint
+from checkpoints.hf_writer import write_hf_checkpoint
+from checkpoints.pipeline import convert
 
 from convert_cases import hf_config, hf_tensors, llama_config, read_hf, snapshot, write_hf
 
@@ -259,7 +260,7 @@ def test_readers_keep_reading_the_version_they_opened(work):
 @pytest.mark.parametrize("direction", ["hf", "native"])
 def test_conversion_of_a_source_replaced_midway_is_the_version_opened(work, monkeypatch, direction):
     """``--overwrite`` of SRC by another run while it is converted (the online/RL pattern)."""
-    import converters.pipeline as pipeline
+    import checkpoints.pipeline as pipeline
     reference = work / "reference"
     assert convert(work / direction, reference).tensors > 0
     new = work / ("hf-new" if direction == "hf" else "native-new")
@@ -433,7 +434,7 @@ _NAMESPACE = """
 import json, os, subprocess, sys
 work = sys.argv[1]
 def run(*args):
-    r = subprocess.run([sys.executable, "-m", "converters.cli", "convert", *args, "-q"], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "checkpoints.cli", "convert", *args, "-q"], capture_output=True,
                        text=True, env={**os.environ, "CONVCHECK_FSYNC": "0"})
     return {"rc": r.returncode, "err": r.stderr.strip()}
 def mount(*args):

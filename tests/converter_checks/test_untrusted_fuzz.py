@@ -17,13 +17,13 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from checkpoints import CheckpointError, open_checkpoint
+from checkpoints.dcp_metadata import load_metadata
+from checkpoints.hf_reader import SAFETENSORS_DTYPES, open_hf_checkpoint, read_safetensors_header
+from checkpoints.pipeline import convert
+from checkpoints.plan import hf_import
 from converters.config_values import INTEGER_KEYS, NUMBER_KEYS, POSITIVE_KEYS
 from converters.errors import ConversionError
-from converters.hf_io import SAFETENSORS_DTYPES, open_hf_checkpoint, read_safetensors_header
-from converters.pipeline import convert
-from converters.streaming import hf_import
-from native.checkpoint import CheckpointError, open_checkpoint
-from native.dcp_metadata import load_metadata
 from native.schema import ConfigError
 
 from convert_cases import hf_config, hf_tensors, llama_config, write_hf

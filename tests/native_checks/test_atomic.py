@@ -1,12 +1,12 @@
-"""native.atomic: the one atomic-output-directory helper (used by native and HF writers)."""
+"""checkpoints.atomic: the one atomic-output-directory helper (used by native and HF writers)."""
 from __future__ import annotations
 
 import os
 
 import pytest
 
-from native import atomic
-from native.atomic import atomic_directory
+from checkpoints import atomic
+from checkpoints.atomic import atomic_directory
 
 
 def leftovers(parent):

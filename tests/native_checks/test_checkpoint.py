@@ -10,14 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
+import checkpoints
 import native
-from native import checkpoint, layout, pages
-from native.checkpoint import CheckpointError
+from checkpoints import CheckpointError, native_format, native_reader, native_writer, pages
+from checkpoints.source import LazyReader, TensorSource
+from native import layout
 
 
 @pytest.fixture(autouse=True)
 def _no_fsync(monkeypatch):
-    """Durability is native.atomic's own test; here fsync would only cost time."""
+    """Durability is checkpoints.atomic's own test; here fsync would only cost time."""
     monkeypatch.setenv("CONVCHECK_FSYNC", "0")
 
 
@@ -61,8 +63,8 @@ def test_roundtrip_exact(tmp_path, dtype, stages):
     cfg = tiny_config(num_layers=4)
     state = random_state(cfg, dtype)
     dst = tmp_path / "ckpt"
-    assert native.save_checkpoint(dst, cfg, state, pipeline_stages=stages) == dst
-    loaded_cfg, loaded = native.load_checkpoint(dst)
+    assert checkpoints.save_checkpoint(dst, cfg, state, pipeline_stages=stages) == dst
+    loaded_cfg, loaded = checkpoints.load_checkpoint(dst)
     assert loaded_cfg == cfg
     assert_same_state(state, loaded)
     if stages == 1:
@@ -74,10 +76,10 @@ def test_roundtrip_exact(tmp_path, dtype, stages):
 
 def test_stage_split_and_manifests(tmp_path):
     cfg = tiny_config(num_layers=5)
-    native.save_checkpoint(tmp_path / "c", cfg, random_state(cfg), pipeline_stages=3)
+    checkpoints.save_checkpoint(tmp_path / "c", cfg, random_state(cfg), pipeline_stages=3)
     manifests = [json.loads((tmp_path / "c" / f"pp{k}" / "stage.json").read_text()) for k in range(3)]
     assert [m["layers"] for m in manifests] == [[0, 2], [2, 4], [4, 5]]
-    reader = native.open_checkpoint(tmp_path / "c")
+    reader = checkpoints.open_checkpoint(tmp_path / "c")
     assert reader.stage_of("embedding.weight") == "pp0"
     assert reader.stage_of("layers.3.attn.qkv.weight") == "pp1"
     assert reader.stage_of("final_norm.weight") == reader.stage_of("output.weight") == "pp2"
@@ -87,8 +89,8 @@ def test_heterogeneous_tied_config_roundtrip(tmp_path):
     cfg = tiny_config(num_layers=3, tied=True, moe=True)
     state = random_state(cfg, torch.bfloat16)
     assert "output.weight" not in state and "layers.1.mlp.experts.fc1" in state
-    native.save_checkpoint(tmp_path / "c", cfg, state, pipeline_stages=2)
-    loaded_cfg, loaded = native.load_checkpoint(tmp_path / "c")
+    checkpoints.save_checkpoint(tmp_path / "c", cfg, state, pipeline_stages=2)
+    loaded_cfg, loaded = checkpoints.load_checkpoint(tmp_path / "c")
     assert loaded_cfg == cfg
     assert_same_state(state, loaded)
 
@@ -100,8 +102,8 @@ def test_views_saved_as_their_own_values_and_inputs_untouched(tmp_path):
     state["embedding.weight"] = big[2]  # a view into a 4x larger storage
     state["layers.0.attn.o.weight"] = state["layers.0.attn.o.weight"].t().contiguous().t()  # non-contiguous
     before = {n: t.clone() for n, t in state.items()}
-    native.save_checkpoint(tmp_path / "c", cfg, state)
-    _, loaded = native.load_checkpoint(tmp_path / "c")
+    checkpoints.save_checkpoint(tmp_path / "c", cfg, state)
+    _, loaded = checkpoints.load_checkpoint(tmp_path / "c")
     assert_same_state(before, loaded)
     assert_same_state(before, state)
     total = sum(t.numel() * t.element_size() for t in state.values())
@@ -112,7 +114,7 @@ def test_output_bytes_deterministic(tmp_path):
     cfg = tiny_config(num_layers=3)
     state = random_state(cfg)
     for name in ("a", "b"):
-        native.save_checkpoint(tmp_path / name, cfg, state, pipeline_stages=2)
+        checkpoints.save_checkpoint(tmp_path / name, cfg, state, pipeline_stages=2)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
     for rel in files:
@@ -124,9 +126,9 @@ def test_output_bytes_deterministic(tmp_path):
 def test_lazy_reader_mapping(tmp_path, monkeypatch):
     cfg = tiny_config(num_layers=3)
     state = random_state(cfg, torch.float16)
-    native.save_checkpoint(tmp_path / "c", cfg, state, pipeline_stages=3)
-    reader = native.open_checkpoint(tmp_path / "c")
-    assert isinstance(reader, native.NativeCheckpointReader)
+    checkpoints.save_checkpoint(tmp_path / "c", cfg, state, pipeline_stages=3)
+    reader = checkpoints.open_checkpoint(tmp_path / "c")
+    assert isinstance(reader, checkpoints.NativeCheckpointReader)
     assert reader.config == cfg
     assert list(reader) == list(reader.keys()) == list(layout.state_shapes(cfg))
     assert len(reader) == len(state) and "embedding.weight" in reader and "nope" not in reader
@@ -134,7 +136,7 @@ def test_lazy_reader_mapping(tmp_path, monkeypatch):
     def no_data(*args, **kwargs):
         raise AssertionError("metadata queries must not load tensor data")
 
-    monkeypatch.setattr(checkpoint.dcp, "load", no_data)
+    monkeypatch.setattr(native_reader.dcp, "load", no_data)
     for name, tensor in state.items():
         assert reader.shape_of(name) == tensor.shape and reader.dtype_of(name) == tensor.dtype
     monkeypatch.undo()
@@ -154,9 +156,9 @@ def test_lazy_reader_mapping(tmp_path, monkeypatch):
 def test_save_from_lazy_reader(tmp_path):
     cfg = tiny_config(num_layers=4)
     state = random_state(cfg, torch.bfloat16)
-    native.save_checkpoint(tmp_path / "a", cfg, state, pipeline_stages=4)
-    native.save_checkpoint(tmp_path / "b", cfg, native.open_checkpoint(tmp_path / "a"), pipeline_stages=2)
-    assert_same_state(state, native.load_checkpoint(tmp_path / "b")[1])
+    checkpoints.save_checkpoint(tmp_path / "a", cfg, state, pipeline_stages=4)
+    checkpoints.save_checkpoint(tmp_path / "b", cfg, checkpoints.open_checkpoint(tmp_path / "a"), pipeline_stages=2)
+    assert_same_state(state, checkpoints.load_checkpoint(tmp_path / "b")[1])
 
 
 # ------------------------------------------------------------------------------ save refusals
@@ -172,22 +174,22 @@ def test_save_refuses_state_not_matching_layout(tmp_path):
              (wrong, "layers.0.attn.o.weight"), (not_tensor, "final_norm.weight")]
     for bad, name in cases:
         with pytest.raises(CheckpointError, match=name.replace(".", r"\.")):
-            native.save_checkpoint(tmp_path / "c", cfg, bad, pipeline_stages=2)
+            checkpoints.save_checkpoint(tmp_path / "c", cfg, bad, pipeline_stages=2)
         assert not (tmp_path / "c").exists() and leftovers(tmp_path) == []
     for stages in (0, 3, True, 1.0):
         with pytest.raises(CheckpointError, match="pipeline_stages"):
-            native.save_checkpoint(tmp_path / "c", cfg, state, pipeline_stages=stages)
+            checkpoints.save_checkpoint(tmp_path / "c", cfg, state, pipeline_stages=stages)
 
 
 def test_overwrite(tmp_path):
     cfg = tiny_config(num_layers=2)
     first, second = random_state(cfg, seed=1), random_state(cfg, seed=2)
-    native.save_checkpoint(tmp_path / "c", cfg, first)
+    checkpoints.save_checkpoint(tmp_path / "c", cfg, first)
     with pytest.raises(CheckpointError, match="already exists"):
-        native.save_checkpoint(tmp_path / "c", cfg, second)
-    assert_same_state(first, native.load_checkpoint(tmp_path / "c")[1])
-    native.save_checkpoint(tmp_path / "c", cfg, second, pipeline_stages=2, overwrite=True)
-    assert_same_state(second, native.load_checkpoint(tmp_path / "c")[1])
+        checkpoints.save_checkpoint(tmp_path / "c", cfg, second)
+    assert_same_state(first, checkpoints.load_checkpoint(tmp_path / "c")[1])
+    checkpoints.save_checkpoint(tmp_path / "c", cfg, second, pipeline_stages=2, overwrite=True)
+    assert_same_state(second, checkpoints.load_checkpoint(tmp_path / "c")[1])
     assert not (tmp_path / "c" / ".metadata").exists()  # the old layout is gone, not merged
     assert leftovers(tmp_path) == []
 
@@ -202,9 +204,9 @@ def test_failure_mid_write_leaves_nothing(tmp_path, monkeypatch, overwrite):
     cfg = tiny_config(num_layers=3)
     old = random_state(cfg, seed=5)
     if overwrite:
-        native.save_checkpoint(tmp_path / "c", cfg, old)
+        checkpoints.save_checkpoint(tmp_path / "c", cfg, old)
     calls = []
-    real = checkpoint._save_dcp
+    real = native_writer._save_dcp
 
     def failing(directory, tensors):
         calls.append(directory)
@@ -212,13 +214,13 @@ def test_failure_mid_write_leaves_nothing(tmp_path, monkeypatch, overwrite):
             raise Boom("disk full")
         real(directory, tensors)
 
-    monkeypatch.setattr(checkpoint, "_save_dcp", failing)
+    monkeypatch.setattr(native_writer, "_save_dcp", failing)
     with pytest.raises(Boom):
-        native.save_checkpoint(tmp_path / "c", cfg, random_state(cfg), pipeline_stages=3, overwrite=overwrite)
+        checkpoints.save_checkpoint(tmp_path / "c", cfg, random_state(cfg), pipeline_stages=3, overwrite=overwrite)
     assert len(calls) == 2 and (calls[0] / ".metadata").exists() is False  # stage 0 was written, then removed
     assert leftovers(tmp_path) == []
     if overwrite:
-        assert_same_state(old, native.load_checkpoint(tmp_path / "c")[1])
+        assert_same_state(old, checkpoints.load_checkpoint(tmp_path / "c")[1])
     else:
         assert not (tmp_path / "c").exists()
 
@@ -239,7 +241,7 @@ def test_failure_from_lazy_state_and_interrupt(tmp_path):
 
     for error in (Boom("source vanished"), KeyboardInterrupt()):
         with pytest.raises(type(error)):
-            native.save_checkpoint(tmp_path / "c", cfg, Failing(error), pipeline_stages=2)
+            checkpoints.save_checkpoint(tmp_path / "c", cfg, Failing(error), pipeline_stages=2)
         assert not (tmp_path / "c").exists() and leftovers(tmp_path) == []
 
 
@@ -249,27 +251,27 @@ def staged(tmp_path):
     """A 4-layer checkpoint in 3 stages (layers [0,2), [2,3), [3,4)) and its state."""
     cfg = tiny_config(num_layers=4)
     state = random_state(cfg)
-    native.save_checkpoint(tmp_path / "c", cfg, state, pipeline_stages=3)
+    checkpoints.save_checkpoint(tmp_path / "c", cfg, state, pipeline_stages=3)
     return tmp_path / "c", cfg, state
 
 
 def rewrite_stage(root: Path, stage: str, tensors: dict) -> None:
     manifest = (root / stage / "stage.json").read_bytes()
     shutil.rmtree(root / stage)
-    checkpoint._save_dcp(root / stage, tensors)
+    native_writer._save_dcp(root / stage, tensors)
     (root / stage / "stage.json").write_bytes(manifest)
 
 
 def stage_tensors(state: dict, root: Path, stage: str) -> dict:
-    reader = native.open_checkpoint(root)
+    reader = checkpoints.open_checkpoint(root)
     return {n: state[n] for n in state if reader.stage_of(n) == stage}
 
 
 def refused(path, *fragments):
     with pytest.raises(CheckpointError) as info:
-        native.load_checkpoint(path)
+        checkpoints.load_checkpoint(path)
     with pytest.raises(CheckpointError):
-        native.open_checkpoint(path)
+        checkpoints.open_checkpoint(path)
     for fragment in fragments:
         assert fragment in str(info.value), (fragment, str(info.value))
     return str(info.value)
@@ -348,11 +350,11 @@ def test_missing_tensor(staged):
 def test_missing_tensor_single_stage(tmp_path):
     cfg = tiny_config(num_layers=2)
     state = random_state(cfg)
-    native.save_checkpoint(tmp_path / "c", cfg, state)
+    checkpoints.save_checkpoint(tmp_path / "c", cfg, state)
     (tmp_path / "c" / ".metadata").unlink()
     (tmp_path / "c" / "__0_0.distcp").unlink()
     del state["layers.1.attn.q_bias"]
-    checkpoint._save_dcp(tmp_path / "c", state)
+    native_writer._save_dcp(tmp_path / "c", state)
     refused(tmp_path / "c", "missing tensor", "layers.1.attn.q_bias")
 
 
@@ -420,10 +422,10 @@ def test_truncated_or_missing_data_file(staged, fraction):
 
 def test_corrupt_data_bytes_reported_at_load(tmp_path):
     cfg = tiny_config(num_layers=2)
-    native.save_checkpoint(tmp_path / "c", cfg, random_state(cfg))
+    checkpoints.save_checkpoint(tmp_path / "c", cfg, random_state(cfg))
     file = tmp_path / "c" / "__0_0.distcp"
     file.write_bytes(b"\0" * file.stat().st_size)  # same size, so only reading the data can tell
-    reader = native.open_checkpoint(tmp_path / "c")
+    reader = checkpoints.open_checkpoint(tmp_path / "c")
     with pytest.raises(CheckpointError, match="embedding.weight"):
         reader["embedding.weight"]
 
@@ -440,20 +442,20 @@ def test_not_a_checkpoint(tmp_path):
 def test_flat_and_staged_together_is_ambiguous(tmp_path):
     cfg = tiny_config(num_layers=2)
     state = random_state(cfg)
-    native.save_checkpoint(tmp_path / "c", cfg, state)
-    native.save_checkpoint(tmp_path / "s", cfg, state, pipeline_stages=2)
+    checkpoints.save_checkpoint(tmp_path / "c", cfg, state)
+    checkpoints.save_checkpoint(tmp_path / "s", cfg, state, pipeline_stages=2)
     shutil.copytree(tmp_path / "s" / "pp0", tmp_path / "c" / "pp0")
     refused(tmp_path / "c", "ambiguous")
 
 
 def test_is_native_checkpoint(tmp_path, staged):
     root, cfg, state = staged
-    assert checkpoint.is_native_checkpoint(root)
+    assert native_format.is_native_checkpoint(root)
     hf = tmp_path / "hf"
     hf.mkdir()
     (hf / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    assert not checkpoint.is_native_checkpoint(hf)
-    assert not checkpoint.is_native_checkpoint(tmp_path / "absent")
+    assert not native_format.is_native_checkpoint(hf)
+    assert not native_format.is_native_checkpoint(tmp_path / "absent")
 
 
 def test_extra_files_copied_inside_the_atomic_write(tmp_path):
@@ -461,17 +463,17 @@ def test_extra_files_copied_inside_the_atomic_write(tmp_path):
     state = random_state(cfg)
     src = tmp_path / "tok.json"
     src.write_text('{"tok": 1}')
-    native.save_checkpoint(tmp_path / "c", cfg, state, pipeline_stages=2,
+    checkpoints.save_checkpoint(tmp_path / "c", cfg, state, pipeline_stages=2,
                            extra_files={"hf/tokenizer.json": src, "notes.txt": src})
     assert (tmp_path / "c" / "hf" / "tokenizer.json").read_text() == '{"tok": 1}'
     assert (tmp_path / "c" / "notes.txt").is_file()
-    assert_same_state(state, native.load_checkpoint(tmp_path / "c")[1])  # the reader ignores them
+    assert_same_state(state, checkpoints.load_checkpoint(tmp_path / "c")[1])  # the reader ignores them
     for bad in ("config.json", ".metadata", "pp0/x", "__0_0.distcp", "../escape", "/abs/path", "a/../../b"):
         with pytest.raises(CheckpointError, match="extra file"):
-            native.save_checkpoint(tmp_path / "d", cfg, state, extra_files={bad: src})
+            checkpoints.save_checkpoint(tmp_path / "d", cfg, state, extra_files={bad: src})
         assert not (tmp_path / "d").exists() and leftovers(tmp_path) == []
     with pytest.raises(CheckpointError, match="cannot copy"):
-        native.save_checkpoint(tmp_path / "d", cfg, state, extra_files={"x.json": tmp_path / "absent"})
+        checkpoints.save_checkpoint(tmp_path / "d", cfg, state, extra_files={"x.json": tmp_path / "absent"})
     assert not (tmp_path / "d").exists() and leftovers(tmp_path) == []
 
 
@@ -490,22 +492,22 @@ def test_write_checkpoint_pulls_each_tensor_only_when_writing_it(tmp_path):
             yield name, tensor
 
     dtypes = {n: t.dtype for n, t in state.items()}
-    checkpoint.write_checkpoint(tmp_path / "c", cfg, stream(), dtypes, 2)
-    assert_same_state(state, native.load_checkpoint(tmp_path / "c")[1])
+    native_writer.write_checkpoint(tmp_path / "c", cfg, stream(), dtypes, 2)
+    assert_same_state(state, checkpoints.load_checkpoint(tmp_path / "c")[1])
 
 
 def test_write_checkpoint_holds_early_tensors_until_their_turn(tmp_path, monkeypatch):
     cfg = tiny_config(num_layers=2)
     state = random_state(cfg)
     sources = []
-    real = checkpoint._Source
-    monkeypatch.setattr(checkpoint, "_Source", lambda *a: sources.append(real(*a)) or sources[-1])
+    real = native_writer._Source
+    monkeypatch.setattr(native_writer, "_Source", lambda *a: sources.append(real(*a)) or sources[-1])
     dtypes = {n: t.dtype for n, t in state.items()}
-    checkpoint.write_checkpoint(tmp_path / "c", cfg, reversed(list(state.items())), dtypes)
-    assert_same_state(state, native.load_checkpoint(tmp_path / "c")[1])
+    native_writer.write_checkpoint(tmp_path / "c", cfg, reversed(list(state.items())), dtypes)
+    assert_same_state(state, checkpoints.load_checkpoint(tmp_path / "c")[1])
     assert sources[0].peak_pending_bytes > 0  # correct, at the cost of memory: callers stream in order
-    order = checkpoint.stage_order(cfg, reversed(list(state)), 2)
-    stage = checkpoint.stage_index(cfg, 2)
+    order = native_format.stage_order(cfg, reversed(list(state)), 2)
+    stage = native_format.stage_index(cfg, 2)
     assert sorted(order) == sorted(state) and [stage(n) for n in order] == sorted(stage(n) for n in order)
 
 
@@ -532,19 +534,19 @@ def test_write_checkpoint_refuses_a_stream_that_breaks_its_plan(tmp_path, case):
             raise CheckpointError("the producer's own last check failed")
 
     with pytest.raises(CheckpointError):
-        checkpoint.write_checkpoint(tmp_path / "c", cfg, stream(), dtypes, 2)
+        native_writer.write_checkpoint(tmp_path / "c", cfg, stream(), dtypes, 2)
     assert not (tmp_path / "c").exists() and leftovers(tmp_path) == []
 
 
 def test_data_files_hold_one_tensor_each_and_load_memory_mapped(tmp_path, monkeypatch):
     cfg = tiny_config(num_layers=2)
     state = random_state(cfg)
-    native.save_checkpoint(tmp_path / "c", cfg, state)
+    checkpoints.save_checkpoint(tmp_path / "c", cfg, state)
     files = sorted((tmp_path / "c").glob("*.distcp"))
     assert len(files) == len(state)
     before = {f.name: f.read_bytes() for f in files}
-    reader = native.open_checkpoint(tmp_path / "c")
-    monkeypatch.setattr(checkpoint.dcp, "load", lambda *a, **k: pytest.fail("tensors stored alone are mapped"))
+    reader = checkpoints.open_checkpoint(tmp_path / "c")
+    monkeypatch.setattr(native_reader.dcp, "load", lambda *a, **k: pytest.fail("tensors stored alone are mapped"))
     tensor = reader["layers.1.mlp.fc1.weight"]
     assert torch.equal(tensor, state["layers.1.mlp.fc1.weight"])
     tensor.add_(1)  # a private mapping: the file never changes
@@ -559,15 +561,15 @@ def test_a_single_file_dcp_save_is_read_through_dcp(tmp_path):
     root = tmp_path / "c"
     root.mkdir()
     (root / "config.json").write_text(cfg.to_json())
-    with checkpoint._quiet_dcp():
+    with native_format.quiet_dcp():
         torch.distributed.checkpoint.save(state, storage_writer=torch.distributed.checkpoint.FileSystemWriter(root),
                                           no_dist=True)
     assert len(list(root.glob("*.distcp"))) == 1
-    reader = native.open_checkpoint(root)
+    reader = checkpoints.open_checkpoint(root)
     assert reader._file_of == {}
     assert_same_state(state, reader.load_all())
-    native.save_checkpoint(tmp_path / "d", cfg, reader, pipeline_stages=2)  # re-staging streams from a reader
-    assert_same_state(state, native.load_checkpoint(tmp_path / "d")[1])
+    checkpoints.save_checkpoint(tmp_path / "d", cfg, reader, pipeline_stages=2)  # re-staging streams from a reader
+    assert_same_state(state, checkpoints.load_checkpoint(tmp_path / "d")[1])
 
 
 # ------------------------------------------------------------------- data files written block by block
@@ -581,9 +583,9 @@ def test_data_files_are_the_bytes_dcp_itself_writes(tmp_path, monkeypatch, dtype
     against DCP's stock write path (torch.save per file): every file byte for byte."""
     cfg = tiny_config(num_layers=3, tied=True, moe=True)
     state = {n: (t * 100).to(dtype) for n, t in random_state(cfg).items()}
-    native.save_checkpoint(tmp_path / "ours", cfg, state, pipeline_stages=2)
-    monkeypatch.setattr(checkpoint._DeterministicWriter, "write_data", checkpoint.FileSystemWriter.write_data)
-    native.save_checkpoint(tmp_path / "dcp", cfg, state, pipeline_stages=2)
+    checkpoints.save_checkpoint(tmp_path / "ours", cfg, state, pipeline_stages=2)
+    monkeypatch.setattr(native_writer._DeterministicWriter, "write_data", native_writer.FileSystemWriter.write_data)
+    checkpoints.save_checkpoint(tmp_path / "dcp", cfg, state, pipeline_stages=2)
     assert tree_bytes(tmp_path / "ours") == tree_bytes(tmp_path / "dcp")
 
 
@@ -592,21 +594,21 @@ def test_concatenation_is_written_as_the_assembled_tensor(tmp_path):
     state = random_state(cfg, torch.bfloat16)
     big = torch.randn(3, *state["layers.0.mlp.fc1.weight"].shape).to(torch.bfloat16)
 
-    def blocks(tensor: torch.Tensor) -> checkpoint.Concatenation:
+    def blocks(tensor: torch.Tensor) -> native_format.Concatenation:
         cut = [0, 0, 1, tensor.shape[0] // 2, tensor.shape[0]]  # an empty block, one row, views
-        return checkpoint.Concatenation(tuple(tensor[a:b] for a, b in zip(cut, cut[1:])))
+        return native_format.Concatenation(tuple(tensor[a:b] for a, b in zip(cut, cut[1:])))
 
     state["layers.0.mlp.fc1.weight"] = big[1]  # a view with a storage offset, written as itself
     stream = [(n, blocks(t) if t.dim() == 2 else t) for n, t in state.items()]
-    stream[0] = (stream[0][0], checkpoint.Concatenation(state[stream[0][0]].unbind(0), state[stream[0][0]].shape))
+    stream[0] = (stream[0][0], native_format.Concatenation(state[stream[0][0]].unbind(0), state[stream[0][0]].shape))
     dtypes = {n: t.dtype for n, t in state.items()}
-    checkpoint.write_checkpoint(tmp_path / "blocks", cfg, stream, dtypes)
-    native.save_checkpoint(tmp_path / "plain", cfg, {n: t.clone() for n, t in state.items()})
+    native_writer.write_checkpoint(tmp_path / "blocks", cfg, stream, dtypes)
+    checkpoints.save_checkpoint(tmp_path / "plain", cfg, {n: t.clone() for n, t in state.items()})
     assert tree_bytes(tmp_path / "blocks") == tree_bytes(tmp_path / "plain")
-    loaded = native.load_checkpoint(tmp_path / "blocks")[1]
+    loaded = checkpoints.load_checkpoint(tmp_path / "blocks")[1]
     assert_same_state(state, loaded)
     stock = {n: torch.empty_like(t) for n, t in state.items()}
-    with checkpoint._quiet_dcp():
+    with native_format.quiet_dcp():
         torch.distributed.checkpoint.load(stock, checkpoint_id=tmp_path / "blocks", no_dist=True)
     assert_same_state(state, stock)
 
@@ -614,27 +616,27 @@ def test_concatenation_is_written_as_the_assembled_tensor(tmp_path):
 def test_concatenation_refusals(tmp_path):
     a = torch.zeros(2, 3)
     with pytest.raises(CheckpointError, match="one dtype"):
-        checkpoint.Concatenation((a, a.double()))
+        native_format.Concatenation((a, a.double()))
     with pytest.raises(CheckpointError, match="trailing"):
-        checkpoint.Concatenation((a, torch.zeros(2, 4)))
+        native_format.Concatenation((a, torch.zeros(2, 4)))
     with pytest.raises(CheckpointError, match="none"):
-        checkpoint.Concatenation(())
+        native_format.Concatenation(())
     with pytest.raises(CheckpointError, match="cannot have shape"):
-        checkpoint.Concatenation((a, a), (2, 2))
-    joined = checkpoint.Concatenation((a, a.t().contiguous().t()))  # a non-contiguous block is made contiguous
+        native_format.Concatenation((a, a), (2, 2))
+    joined = native_format.Concatenation((a, a.t().contiguous().t()))  # a non-contiguous block is made contiguous
     assert joined.shape == (4, 3) and joined.nbytes == 48 and torch.equal(joined.materialize(), torch.zeros(4, 3))
-    stacked = checkpoint.Concatenation((torch.ones(3), torch.zeros(3)), (2, 1, 3))  # another shape: a stack
+    stacked = native_format.Concatenation((torch.ones(3), torch.zeros(3)), (2, 1, 3))  # another shape: a stack
     assert torch.equal(stacked.materialize(), torch.stack([torch.ones(1, 3), torch.zeros(1, 3)]))
     cfg = tiny_config(num_layers=2)
     state = random_state(cfg)
     dtypes = {n: t.dtype for n, t in state.items()}
-    items = [(n, checkpoint.Concatenation((t, t)) if n == "embedding.weight" else t) for n, t in state.items()]
+    items = [(n, native_format.Concatenation((t, t)) if n == "embedding.weight" else t) for n, t in state.items()]
     with pytest.raises(CheckpointError, match="shape"):
-        checkpoint.write_checkpoint(tmp_path / "c", cfg, items, dtypes)
+        native_writer.write_checkpoint(tmp_path / "c", cfg, items, dtypes)
     assert not (tmp_path / "c").exists() and leftovers(tmp_path) == []
 
 
-# ----------------------------------------------------------------- kernel copies (native.pages)
+# ----------------------------------------------------------------- kernel copies (checkpoints.pages)
 def file_slice(tmp_path: Path, tensor: torch.Tensor, lead: int = 123, name: str = "source.bin") -> pages.FileSlice:
     """``tensor``'s bytes in a file after ``lead`` other bytes, as a file slice of that file."""
     source = tmp_path / name
@@ -722,13 +724,20 @@ def test_file_slices_in_a_checkpoint_give_the_same_files(tmp_path, monkeypatch):
     cfg = tiny_config(num_layers=2)
     state = random_state(cfg, torch.bfloat16)
     calls = kernel_copy(monkeypatch, lambda real, *a: real(*a))
-    items = [(n, checkpoint.Concatenation([file_slice(tmp_path, t, name=n)]) if t.dim() == 2 else t)
+    items = [(n, native_format.Concatenation([file_slice(tmp_path, t, name=n)]) if t.dim() == 2 else t)
              for n, t in state.items()]
-    checkpoint.write_checkpoint(tmp_path / "slices", cfg, items, {n: t.dtype for n, t in state.items()})
+    native_writer.write_checkpoint(tmp_path / "slices", cfg, items, {n: t.dtype for n, t in state.items()})
     assert len(calls) == sum(t.dim() == 2 for t in state.values())
-    native.save_checkpoint(tmp_path / "plain", cfg, state)
+    checkpoints.save_checkpoint(tmp_path / "plain", cfg, state)
     assert tree_bytes(tmp_path / "slices") == tree_bytes(tmp_path / "plain")
-    reader = native.open_checkpoint(tmp_path / "slices")
+    reader = checkpoints.open_checkpoint(tmp_path / "slices")
     for name, tensor in state.items():  # the reader knows where each tensor's bytes lie
         file, offset = reader.extent_of(name)
         assert file.read_bytes()[offset:offset + tensor.nbytes] == tensor.view(torch.uint8).numpy().tobytes()
+
+
+def test_the_reader_is_a_declared_tensor_source(tmp_path):
+    cfg = tiny_config(num_layers=2)
+    checkpoints.save_checkpoint(tmp_path / "c", cfg, random_state(cfg))
+    with checkpoints.open_checkpoint(tmp_path / "c") as reader:
+        assert isinstance(reader, LazyReader) and isinstance(reader, TensorSource)

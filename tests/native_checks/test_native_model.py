@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from native import NativeModel, RMSNormConfig, random_state, save_checkpoint
+from checkpoints import load_model, save_checkpoint
+from native import NativeModel, RMSNormConfig, random_state
 
 from native_cases import CONFIGS, HIDDEN, ROTARIES, block, built, model, rel, tokens
 
@@ -151,13 +152,13 @@ def test_from_checkpoint_round_trips(tmp_path):
     cfg = CONFIGS["moe_shared_gate"]
     state = random_state(cfg, 3)
     save_checkpoint(tmp_path / "ckpt", cfg, state)
-    loaded = NativeModel.from_checkpoint(tmp_path / "ckpt")
+    loaded = load_model(tmp_path / "ckpt")
     assert loaded.cfg == cfg
     reference = NativeModel(cfg)
     reference.load_state_dict(state)
     ids = tokens(2, 11)
     assert torch.equal(loaded(ids), reference(ids))
-    assert NativeModel.from_checkpoint(tmp_path / "ckpt", dtype=torch.float64)(ids).dtype == torch.float64
+    assert load_model(tmp_path / "ckpt", dtype=torch.float64)(ids).dtype == torch.float64
 
 
 def test_default_init_is_finite_with_unit_norms_and_zero_biases():

@@ -49,7 +49,9 @@ from typing import Any
 
 import torch
 
-from .errors import ConversionError
+from converters.errors import ConversionError
+
+from .source import FileNamed, Located, TensorSource
 
 QUANT_KEY = "quantization_config"
 METADATA_KEY = "hf_quantization"  # native metadata: {"quantization_config": ..., "quantized": {...}}
@@ -130,7 +132,7 @@ def _is_fp8(dtype: torch.dtype) -> bool:
     return dtype in (torch.float8_e4m3fn, torch.float8_e5m2) or "float8" in str(dtype)
 
 
-def inspect(reader, config: dict) -> Scheme | None:
+def inspect(reader: TensorSource, config: dict) -> Scheme | None:
     """Check an HF checkpoint's FP8 weights and scales against its ``quantization_config``.
 
     Returns the scheme (None for an unquantized checkpoint). Refuses, naming the tensor: a float8
@@ -144,10 +146,8 @@ def inspect(reader, config: dict) -> Scheme | None:
     scales = [n for n in names if n.endswith(SCALE_SUFFIX)]
     if scheme is None and not fp8 and not scales:
         return None
-    where = getattr(reader, "file_of", None)
-
     def file(name: str) -> str:
-        return f"{where(name)}: " if callable(where) else ""
+        return f"{reader.file_of(name)}: " if isinstance(reader, FileNamed) else ""
 
     if scheme is None:
         name = (fp8 or scales)[0]
@@ -198,7 +198,7 @@ class DequantizedSource(Mapping):
     ``shape_of``/``dtype_of`` answer without reading data; ``quantized`` lists the weights that
     were FP8 on disk."""
 
-    def __init__(self, reader, scheme: Scheme, dtype: torch.dtype):
+    def __init__(self, reader: TensorSource, scheme: Scheme, dtype: torch.dtype):
         self.reader, self.scheme, self.dtype = reader, scheme, dtype
         self.quantized = sorted(n for n in reader.keys() if _is_fp8(reader.dtype_of(n)))
         self._quantized = set(self.quantized)
@@ -225,8 +225,7 @@ class DequantizedSource(Mapping):
 
     def extent_of(self, name: str):
         """Where a weight kept as it is lies on disk (the reader's answer); None for a dequantized one."""
-        extent_of = getattr(self.reader, "extent_of", None)
-        return None if name in self._quantized or not callable(extent_of) else extent_of(name)
+        return None if name in self._quantized or not isinstance(self.reader, Located) else self.reader.extent_of(name)
 
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self:

@@ -109,11 +109,11 @@ def _terminate(signum, frame):
 def _guarded(command, args) -> int:
     """Bad input is one line on stderr and exit 2, never a traceback; SIGINT and SIGTERM are one
     line and 130 or 143, after the atomic writer has removed its temporary directory."""
-    from native.checkpoint import CheckpointError
+    from .native_format import CheckpointError
     from native.schema import ConfigError
 
-    from .errors import ConversionError
-    from .streaming import stop_producers
+    from converters.errors import ConversionError
+    from .plan import stop_producers
 
     previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
     try:

@@ -20,7 +20,6 @@ otherwise. :class:`SourceDir` is the one way the readers touch it:
 from __future__ import annotations
 
 import json
-import math
 import os
 import resource
 import stat
@@ -28,13 +27,12 @@ import weakref
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
+from native.schema import nonfinite_path
+
 #: bytes read from a JSON file at most (configs and indexes are kilobytes; a 1M-tensor index ~100 MB)
 MAX_JSON_BYTES = 256 * 2**20
 #: nesting depth of a JSON document at most (real configs nest 3 or 4 levels)
 MAX_JSON_DEPTH = 64
-#: decoder layers a checkpoint may declare (the deepest public models have about 130): planning
-#: walks every layer, so an absurd count must be refused before it starts
-MAX_LAYERS = 4096
 
 _PROC_FD = Path("/proc/self/fd")
 _KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
@@ -234,20 +232,6 @@ def _room_for_descriptors(needed: int) -> None:
 
 
 # ------------------------------------------------------------------------------------ JSON
-def nonfinite_path(value: Any, where: str = "") -> str | None:
-    """The dotted path of the first NaN or infinity inside ``value`` (dicts and lists), or None."""
-    stack = [(value, where)]
-    while stack:
-        item, path = stack.pop()
-        if isinstance(item, float) and not math.isfinite(item):
-            return path or "the value"
-        if isinstance(item, dict):
-            stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in reversed(list(item.items())))
-        elif isinstance(item, (list, tuple)):
-            stack.extend((v, f"{path}[{k}]") for k, v in reversed(list(enumerate(item))))
-    return None
-
-
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
     out: dict = {}
     for key, value in pairs:

@@ -1,10 +1,10 @@
 """``convcheck convert``: one checkpoint directory in, the other format out.
 
-The source format is detected from its contents. Both directions stream (``converters.streaming``
+The source format is detected from its contents. Both directions stream (``checkpoints.plan``
 plans them before reading any tensor; see the README's "Converting real checkpoints"):
 
 - HF → native: safetensors tensors are memory-mapped one at a time, run through the converter's
-  weight rules and pulled by the native writer as DCP writes them (``native.checkpoint.
+  weight rules and pulled by the native writer as DCP writes them (``checkpoints.native_writer.
   write_checkpoint``): memory holds one rule's tensors, never the model.
 - native → HF: the native reader maps one tensor at a time; the HF writer lays out every shard
   and header from the plan and writes each tensor at its offset as it arrives.
@@ -28,14 +28,16 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
-from native.checkpoint import is_native_checkpoint, write_checkpoint
-from native.source_dir import SourceDir
+from converters.errors import ConversionError
 
-from .errors import ConversionError
-from .hf_io import CONFIG_FILE, is_hf_checkpoint, open_hf_checkpoint, parse_size, write_hf_checkpoint
-from .streaming import (  # noqa: F401  (re-exported: the pipeline's names before streaming.py existed)
+from .hf_reader import CONFIG_FILE, is_hf_checkpoint, open_hf_checkpoint
+from .hf_writer import parse_size, write_hf_checkpoint
+from .native_format import is_native_checkpoint
+from .native_writer import write_checkpoint
+from .plan import (  # noqa: F401  (re-exported: the pipeline's names before plan.py existed)
     DTYPE_NAMES, DTYPES, GENERATION_KEY, HF_FILES_DIR, MODEL_TYPE_KEY, hf_export, hf_import, parse_dtype, prefetch,
 )
+from .source_dir import SourceDir
 
 
 @dataclass
@@ -136,13 +138,13 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = 
     """Convert the checkpoint at ``src`` into the other format at ``dst`` (atomically, streaming).
 
     ``dtype`` (keep, bf16, fp16, fp32, fp64) casts floating tensors; ``weight_dtype`` and
-    ``requantize`` concern FP8 checkpoints (see :func:`converters.streaming.hf_export` and
-    :func:`~converters.streaming.hf_import`); nonfinite weights are refused unless
+    ``requantize`` concern FP8 checkpoints (see :func:`checkpoints.plan.hf_export` and
+    :func:`~checkpoints.plan.hf_import`); nonfinite weights are refused unless
     ``allow_nonfinite``; ``pipeline_stages`` splits a native output into stage folders.
     ``progress(name, nbytes)`` is called per tensor written; if it has a ``start(tensors, nbytes)``
     attribute, that is called first with the totals.
 
-    ``src`` is untrusted input (:class:`native.source_dir.SourceDir`): a symbolic link leading
+    ``src`` is untrusted input (:class:`checkpoints.source_dir.SourceDir`): a symbolic link leading
     outside it, a storage record or index entry naming a file elsewhere, or a special file is
     refused unless ``follow_symlinks``; every file is opened once, so a checkpoint replaced while
     it is read is read wholly as the version opened. ``overwrite`` replaces an existing ``dst``
@@ -206,7 +208,7 @@ PREFETCH_DEPTH = 2
 yields several tensors at once (the qkv split, gate/up) or costs more than the tensor before it
 takes to write: on the benchmark model the writer waited 0.25 s (HF -> native) and 0.65 s
 (native -> HF) for it; with 2, 0.09 s and 0.23 s. Memory: one more tensor in flight, mostly
-memory-mapped source bytes (see ``parts=True`` in ``converters.streaming``)."""
+memory-mapped source bytes (see ``parts=True`` in ``checkpoints.plan``)."""
 
 
 class _Counter:

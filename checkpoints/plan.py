@@ -1,4 +1,7 @@
-"""Streaming conversion between a checkpoint on disk and the other format, tensor by tensor.
+"""Conversion plans: a checkpoint on disk streamed as the other format's tensors, one at a time.
+
+(Named ``plan`` rather than ``streaming``: ``converters.weights.stream`` is the rule driver these
+plans run, and "stream" would otherwise name both.)
 
 The two directions as reusable plans, both built before any tensor is read (so every refusal
 that needs no data comes first, and writers can lay out their files up front):
@@ -7,10 +10,10 @@ that needs no data comes first, and writers can lay out their files up front):
   pairs, never touching the disk beyond reading the source: the online path for pushing weights
   into an inference engine (RL), and what the HF writer of ``convcheck convert`` consumes.
 - :func:`hf_import`: an HF checkpoint as native ``(name, tensor)`` pairs, with the native config
-  and the dtype of every tensor, for :func:`native.checkpoint.write_checkpoint`.
+  and the dtype of every tensor, for :func:`checkpoints.native_writer.write_checkpoint`.
 
 Along the way: the dtype policy (``--dtype``, ``--weight-dtype``), FP8 block-scaled weights
-(:mod:`converters.fp8`), and the nonfinite check (:class:`NonfiniteCheck`), all applied one tensor
+(:mod:`checkpoints.fp8`), and the nonfinite check (:class:`NonfiniteCheck`), all applied one tensor
 at a time. Peak memory is one weight rule's inputs and outputs (about one layer's largest
 matrices), whatever the model size.
 """
@@ -32,15 +35,18 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 import native
-from native.checkpoint import Concatenation, NativeCheckpointReader, open_checkpoint, stage_index
-from native.pages import FileSlice
+from converters import registry
+from converters.base import Converter
+from converters.config_values import check_config_values
+from converters.errors import ConversionError
+from converters.weights import convert_stream, export_shapes
 
-from . import fp8, registry
-from .base import Converter
-from .config_values import check_config_values
-from .errors import ConversionError
-from .hf_io import tokenizer_names
-from .weights import convert_stream, export_shapes
+from . import fp8
+from .hf_reader import tokenizer_names
+from .native_format import Concatenation, stage_index
+from .native_reader import NativeCheckpointReader, open_checkpoint
+from .pages import FileSlice
+from .source import FileNamed, Located, TensorSource
 
 DTYPES: dict[str, torch.dtype | None] = {"keep": None, "bf16": torch.bfloat16, "fp16": torch.float16,
                                          "fp32": torch.float32, "fp64": torch.float64}
@@ -220,7 +226,7 @@ def _fold(members) -> str | None:
 class FileOrigins:
     """Which source tensors are, unchanged, bytes of a file (what a reader's ``extent_of`` says
     of the tensors it maps), so that the writers can have the kernel copy them file to file
-    (:class:`native.pages.FileSlice`) instead of writing them from memory.
+    (:class:`checkpoints.pages.FileSlice`) instead of writing them from memory.
 
     Valid because the pipeline never writes to a source tensor (transforms are pure functions).
     Records are keyed by storage and live as long as their tensor (a weak reference): a view of a
@@ -264,7 +270,8 @@ class CheckedSource(Mapping):
     names in the source, i.e. as the user's files call them), and are recorded in ``origins``
     where the source knows their place on disk (``extent_of``)."""
 
-    def __init__(self, source: Mapping, check: NonfiniteCheck, origins: FileOrigins | None = None):
+    def __init__(self, source: TensorSource | Mapping[str, torch.Tensor], check: NonfiniteCheck,
+                 origins: FileOrigins | None = None):
         self.source, self.check, self.origins = source, check, origins
 
     def __iter__(self):
@@ -279,9 +286,8 @@ class CheckedSource(Mapping):
     def __getitem__(self, name: str) -> torch.Tensor:
         tensor = self.source[name]
         self.check.check(name, tensor)
-        extent_of = getattr(self.source, "extent_of", None)
-        if self.origins is not None and callable(extent_of):
-            extent = extent_of(name)
+        if self.origins is not None and isinstance(self.source, Located):
+            extent = self.source.extent_of(name)
             if extent is not None:
                 self.origins.record(tensor, *extent)
         return tensor
@@ -387,7 +393,7 @@ class HFExport:
     def tensors(self, parts: bool = False) -> Iterator[tuple[str, torch.Tensor | Concatenation]]:
         """The HF tensors in stream order. ``parts=True`` (for the HF writer): as
         :meth:`HFImport.tensors` — views uncloned, bytes kept as they are in a native data file
-        as file slices (:class:`native.checkpoint.Concatenation`)."""
+        as file slices (:class:`checkpoints.native_format.Concatenation`)."""
         check = NonfiniteCheck(self.allow_nonfinite)
         origins = FileOrigins() if parts else None
         rules = self.converter.weight_rules(self.cfg)
@@ -423,7 +429,7 @@ def hf_export(native_ckpt: str | os.PathLike | NativeCheckpointReader, *, dtype:
     dtype, and ``requantize=True`` writes them as FP8 blocks with ``_scale_inv`` companions and
     restores ``quantization_config``. ``model_type`` is needed only when the checkpoint does not
     record one. ``follow_symlinks`` reads links leading outside the checkpoint (refused by
-    default: :class:`native.source_dir.SourceDir`). Raises :class:`ConversionError` for everything
+    default: :class:`checkpoints.source_dir.SourceDir`). Raises :class:`ConversionError` for everything
     checkable without data."""
     cast_to = parse_dtype(dtype)
     weight_to = parse_dtype(weight_dtype, "--weight-dtype", allow_keep=False)
@@ -525,12 +531,11 @@ def import_hf_config(converter: Converter, config: Mapping[str, Any]) -> native.
                               f"({type(exc).__name__}: {exc})") from None
 
 
-def _in_file(reader, message: str) -> str:
+def _in_file(reader: TensorSource, message: str) -> str:
     """Prefix a refusal that starts with a tensor name by the file holding that tensor."""
     name = message.split(":", 1)[0]
-    file_of = getattr(reader, "file_of", None)
-    if callable(file_of) and name in reader:
-        return f"{reader.path / file_of(name)}: {message}"
+    if isinstance(reader, FileNamed) and name in reader:
+        return f"{reader.path / reader.file_of(name)}: {message}"
     return message
 
 
@@ -556,7 +561,7 @@ class HFImport:
     def tensors(self, parts: bool = False) -> Iterator[tuple[str, torch.Tensor | Concatenation]]:
         """The native tensors in stream order. ``parts=True`` (for the native writer): a tensor
         that only concatenates source tensors (``fc1 = [gate; up]``, a grouped ``qkv``, stacked
-        experts) comes as a :class:`native.checkpoint.Concatenation` of them, unassembled; views
+        experts) comes as a :class:`checkpoints.native_format.Concatenation` of them, unassembled; views
         are not cloned; bytes kept as they are in a source file come as file slices, which the
         writer has the kernel copy (renames, those blocks)."""
         check = NonfiniteCheck(self.allow_nonfinite)
@@ -575,10 +580,10 @@ class HFImport:
 
 def hf_import(reader, *, dtype: str = "keep", weight_dtype: str | None = None, allow_nonfinite: bool = False,
               pipeline_stages: int = 1) -> HFImport:
-    """Plan the native form of an open HF checkpoint (``converters.hf_io`` reader). Reads headers
+    """Plan the native form of an open HF checkpoint (``checkpoints.hf_reader``). Reads headers
     only. ``quantization_config`` is handled here, not by the converters: FP8 weights are
     dequantized to ``weight_dtype`` (else ``dtype``, else the checkpoint's dominant floating
-    dtype) and what was quantized is recorded in the native metadata (:mod:`converters.fp8`).
+    dtype) and what was quantized is recorded in the native metadata (:mod:`checkpoints.fp8`).
     With ``pipeline_stages > 1`` the rules run stage by stage (the order the native writer needs)."""
     cast_to = parse_dtype(dtype)
     weight_to = parse_dtype(weight_dtype, "--weight-dtype", allow_keep=False)

@@ -1,6 +1,6 @@
 """Atomic output directories: a checkpoint appears at its destination complete, or not at all.
 
-One helper for every writer (native checkpoints here, HF directories in ``converters.hf_io``):
+One helper for every writer (native checkpoints here, HF directories in ``checkpoints.hf_writer``):
 the body writes into a temporary sibling ``.{name}.tmp-{host}-{pid}-{random}`` (same parent, hence
 same file system, so the final ``rename`` is atomic); on success every file is fsynced and the
 directory is renamed into place; on any exception (KeyboardInterrupt included) the temporary
