@@ -90,12 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in SUITE_COMMANDS:
         module, function, _ = SUITE_COMMANDS[argv[0]]
         return getattr(importlib.import_module(module), function)(argv[1:])
+    return _guarded(_parse_and_convert, argv)
+
+
+def _parse_and_convert(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return EXIT_BAD_INPUT
-    return _guarded(run_convert, args)
+    return run_convert(args)
 
 
 class Terminated(BaseException):
@@ -108,24 +112,29 @@ def _terminate(signum, frame):
 
 def _guarded(command, args) -> int:
     """Bad input is one line on stderr and exit 2, never a traceback; SIGINT and SIGTERM are one
-    line and 130 or 143, after the atomic writer has removed its temporary directory."""
-    from .native_format import CheckpointError
-    from native.schema import ConfigError
-
-    from converters.errors import ConversionError
-    from .plan import stop_producers
-
+    line and 130 or 143, after the atomic writer has removed its temporary directory. The guard
+    covers everything from the first instruction (argument parsing and the lazy imports too), so
+    a signal that arrives early is the same one line."""
     previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
+    stop_producers = None
     try:
-        return command(args)
-    except (ConversionError, CheckpointError, ConfigError) as exc:
-        return _fail(" ".join(str(exc).split()), EXIT_BAD_INPUT)
+        from converters.errors import ConversionError
+        from native.schema import ConfigError
+
+        from .native_format import CheckpointError
+        from .plan import stop_producers
+
+        try:
+            return command(args)
+        except (ConversionError, CheckpointError, ConfigError) as exc:
+            return _fail(" ".join(str(exc).split()), EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         return _fail("interrupted (SIGINT); no partial output was left", EXIT_SIGINT)
     except Terminated:
         return _fail("terminated (SIGTERM); no partial output was left", EXIT_SIGTERM)
     finally:
-        stop_producers()
+        if stop_producers is not None:
+            stop_producers()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 

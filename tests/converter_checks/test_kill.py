@@ -140,6 +140,7 @@ def run_cli_child(src: Path, dst: Path, delay: float | None, signum: int, err: P
             sys.stderr = open(err, "w")
             if delay is None:
                 _pause_between_tensors(ready_w)
+            os.write(ready_w, b"r")  # the delay counts from here, however late the child was scheduled
             code = main(["convert", str(src), str(dst), "-q", "--overwrite"])
             alive = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
             if alive:
@@ -150,6 +151,7 @@ def run_cli_child(src: Path, dst: Path, delay: float | None, signum: int, err: P
             os._exit(code)
     os.close(ready_w)
     with os.fdopen(ready_r, "rb") as ready:
+        assert ready.read(1) == b"r", "the child ended before starting the conversion"
         if delay is None:
             assert ready.read(1) == b"!", "the conversion ended before writing its first tensor"
         else:
@@ -172,7 +174,6 @@ def _pause_between_tensors(ready_fd: int) -> None:
         counted(self, name, nbytes)
         if self.tensors == 1:
             os.write(ready_fd, b"!")
-            os.close(ready_fd)
         time.sleep(0.2)
 
     pipeline._Counter.__call__ = slow
