@@ -90,7 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in SUITE_COMMANDS:
         module, function, _ = SUITE_COMMANDS[argv[0]]
         return getattr(importlib.import_module(module), function)(argv[1:])
-    return _guarded(_parse_and_convert, argv)
+    try:
+        return _guarded(_parse_and_convert, argv)
+    except KeyboardInterrupt:  # landed in the guard's own cleanup, after the output was complete or removed
+        return _fail("interrupted (SIGINT); no partial output was left", EXIT_SIGINT)
+    except Terminated:
+        return _fail("terminated (SIGTERM); no partial output was left", EXIT_SIGTERM)
 
 
 def _parse_and_convert(argv: list[str]) -> int:
@@ -115,9 +120,10 @@ def _guarded(command, args) -> int:
     line and 130 or 143, after the atomic writer has removed its temporary directory. The guard
     covers everything from the first instruction (argument parsing and the lazy imports too), so
     a signal that arrives early is the same one line."""
-    previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
-    stop_producers = None
-    try:
+    previous = stop_producers = None
+    try:  # the handler is installed inside the try: a SIGTERM pending as it is installed lands here
+        if _main_thread():
+            previous = signal.signal(signal.SIGTERM, _terminate)
         from converters.errors import ConversionError
         from native.schema import ConfigError
 

@@ -140,7 +140,7 @@ def run_cli_child(src: Path, dst: Path, delay: float | None, signum: int, err: P
             sys.stderr = open(err, "w")
             if delay is None:
                 _pause_between_tensors(ready_w)
-            os.write(ready_w, b"r")  # the delay counts from here, however late the child was scheduled
+            _report_start(ready_w)
             code = main(["convert", str(src), str(dst), "-q", "--overwrite"])
             alive = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
             if alive:
@@ -162,6 +162,21 @@ def run_cli_child(src: Path, dst: Path, delay: float | None, signum: int, err: P
         pass
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
+
+
+def _report_start(ready_fd: int) -> None:
+    """In the child: report through ``ready_fd`` once the CLI's signal guard is in place (the delay
+    counts from there, however late the child was scheduled; a signal before a program installs
+    its handlers takes the default action, which is not the CLI's to change)."""
+    from checkpoints import cli
+
+    parse_and_convert = cli._parse_and_convert
+
+    def started(argv):
+        os.write(ready_fd, b"r")
+        return parse_and_convert(argv)
+
+    cli._parse_and_convert = started
 
 
 def _pause_between_tensors(ready_fd: int) -> None:
