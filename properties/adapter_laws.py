@@ -44,7 +44,12 @@ class AdapterReporter(Reporter):
 
 
 class Covered(Exception):
-    """Raised inside a law when the adapter declined the config: the law holds vacuously."""
+    """Raised inside a law when the config has nothing to check (the adapter declined it, or
+    transformers cannot run it): the law holds vacuously; :func:`check` counts ``field``."""
+
+    def __init__(self, field: str, reason: str = ""):
+        self.field = field
+        super().__init__(f"{field}: {reason}" if reason else field)
 
 
 def foreign_config(report: Reporter, adapter: Any, hf: Mapping[str, Any]) -> Any:
@@ -52,7 +57,7 @@ def foreign_config(report: Reporter, adapter: Any, hf: Mapping[str, Any]) -> Any
     try:
         return adapter.import_config(dict(hf))
     except NotRepresentable as exc:
-        _declined(hf, exc.field, exc.reason, adapter)
+        raise Covered(exc.field, exc.reason) from None
     except Exception as exc:  # noqa: BLE001  (a crash of the code under test is the finding)
         detail = (f"raised {type(exc).__name__} instead of importing or declining (NotRepresentable): {exc} "
                   f"(at {_where(exc)})")
@@ -100,7 +105,7 @@ def buildable(hf: Mapping[str, Any]) -> dict[str, Any]:
 NO_REFERENCE = "(transformers cannot run its own model of this config)"
 
 
-def reference_runs(hf: Mapping[str, Any], build: Callable[[], Any]) -> Any:
+def reference_runs(build: Callable[[], Any]) -> Any:
     """``build()``, a step of transformers' own model of the *source* config; when transformers
     itself fails, the config has no reference: counted under :data:`NO_REFERENCE`, law vacuous."""
     try:
@@ -108,17 +113,7 @@ def reference_runs(hf: Mapping[str, Any], build: Callable[[], Any]) -> Any:
     except (PropertyViolation, Covered):
         raise
     except Exception as exc:  # noqa: BLE001
-        _declined(hf, NO_REFERENCE, f"{type(exc).__name__}: {exc}")
-
-
-def _declined(hf: Mapping[str, Any], field: str, why: str, adapter: Any = None):
-    name = adapter_name(adapter) if adapter is not None else _CURRENT.get("adapter", "?")
-    COVERAGE[(name, str(hf.get("model_type")))][field] += 1
-    _hypothesis_event(f"not representable: {field}")
-    raise Covered(f"{field}: {why}")
-
-
-_CURRENT: dict[str, str] = {}
+        raise Covered(NO_REFERENCE, f"{type(exc).__name__}: {exc}") from None
 
 
 def hf_source(hf: Mapping[str, Any], seed: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -126,7 +121,7 @@ def hf_source(hf: Mapping[str, Any], seed: int, dtype: torch.dtype) -> dict[str,
     norm gains 1 + 0.1 N, other vectors (biases) 0.1 N, drawn in float64 and cast to ``dtype``."""
     generator = torch.Generator().manual_seed(seed)
     out = {}
-    shapes = reference_runs(hf, lambda: common.hf_disk_shapes(buildable(hf), dtype))
+    shapes = reference_runs(lambda: common.hf_disk_shapes(buildable(hf), dtype))
     for name, (shape, _) in sorted(shapes.items()):
         x = torch.randn(shape, generator=generator, dtype=torch.float64)
         if len(shape) >= 2:
@@ -356,8 +351,8 @@ def _compare_reduced(report, adapter, hf, foreign, seed, dtype) -> None:
     ids = torch.randint(0, common.hf_config(hf).vocab_size, (BATCH, sequence_length(hf)),
                         generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        reference = reference_runs(hf, lambda: common.hf_model(report, buildable(hf), source, torch.float64)(input_ids=ids).logits)
-        hf_low = reference_runs(hf, lambda: common.hf_model(report, buildable(hf), source, dtype)(input_ids=ids).logits)
+        reference = reference_runs(lambda: common.hf_model(report, buildable(hf), source, torch.float64)(input_ids=ids).logits)
+        hf_low = reference_runs(lambda: common.hf_model(report, buildable(hf), source, dtype)(input_ids=ids).logits)
         ours = _call(report, "forward", adapter.forward, foreign, _import_weights(report, adapter, foreign, source),
                      ids, dtype)
     hf_error = tolerances.relative_error(hf_low, reference)
@@ -384,7 +379,7 @@ def _compare_logits(report, adapter, hf, foreign, source, seed, dtype, attention
     ids = torch.randint(0, vocab, (BATCH, tokens), generator=torch.Generator().manual_seed(seed))
     state = _import_weights(report, adapter, foreign, source)
     with torch.no_grad():  # the reference first: a config transformers cannot run checks nothing
-        theirs = reference_runs(hf, lambda: common.hf_model(report, buildable(hf), source, dtype,
+        theirs = reference_runs(lambda: common.hf_model(report, buildable(hf), source, dtype,
                                                             attention=attention)(input_ids=ids).logits)
         ours = _call(report, "forward", adapter.forward, foreign, state, ids, dtype)
     what = f"logits ({tolerances.dtype_name(dtype)}, HF {attention}{', ' + label if label else ''}, {tokens} tokens)"
@@ -403,9 +398,10 @@ ADAPTER_LAWS: dict[str, Callable[..., None]] = {law.__name__: law for law in (
 def check(name: str, adapter, hf: Mapping[str, Any], seed: int = 0) -> bool:
     """Run law ``name``; ``False`` when the adapter declined the config (coverage), ``True`` when
     the law held; a broken law raises :class:`PropertyViolation`."""
-    _CURRENT["adapter"] = adapter_name(adapter)
     try:
         ADAPTER_LAWS[name](adapter, hf, seed)
-    except Covered:
+    except Covered as covered:
+        COVERAGE[(adapter_name(adapter), str(hf.get("model_type")))][covered.field] += 1
+        _hypothesis_event(f"not representable: {covered.field}")
         return False
     return True

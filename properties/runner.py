@@ -132,25 +132,36 @@ def hypothesis_test(name: str, converter, *, settings: Settings | None = None, e
     configs = config_strategy(prop, module)
     record = failure if failure is not None else Failure()
 
+    def run_case(config, seed):
+        call(prop, converter, config, seed, **(kwargs or {}))
+
+    cases = explicit_examples(prop, converter, module) if examples else []
+    return _given(f"{name}__{converter.model_type}", run_case, configs, cases, record,
+                  settings or profiles.settings_for(name))
+
+
+def _given(test_name: str, run_case: Callable[[Any, int], None], configs: st.SearchStrategy, cases: list,
+           record: Failure, settings: Settings) -> Callable[[], None]:
+    """The Hypothesis test of ``run_case(config, seed)`` over ``configs`` (explicit ``cases`` first),
+    recording the last failing case in ``record``."""
     def check(config, seed):
         try:
-            call(prop, converter, config, seed, **(kwargs or {}))
+            run_case(config, seed)
         except UnsatisfiedAssumption:
-            raise  # a rejected example (e.g. forward_equivalence's routing near-ties) is no failure
+            raise  # a rejected example (routing near-ties, a declined config) is no failure
         except BaseException:
             record.case, record.seed = config, seed
             raise
 
     # Derandomized runs seed from the test's name: one name per (property, architecture).
-    check.__name__ = check.__qualname__ = f"{name}__{converter.model_type}"
+    check.__name__ = check.__qualname__ = re.sub(r"\W", "_", test_name)
     # The example database's key hashes the test's source, the same for every cell: the name makes
     # it one key per (property, architecture), so a saved failure is replayed where it belongs.
     check._hypothesis_internal_add_digest = check.__name__.encode()
     test = given(config=configs, seed=rng.seeds())(check)
-    if examples:
-        for case in reversed(explicit_examples(prop, converter, module)):
-            test = example(config=case, seed=0)(test)
-    return (settings or profiles.settings_for(name))(test)
+    for case in reversed(cases):
+        test = example(config=case, seed=0)(test)
+    return settings(test)
 
 
 def run(name: str, converter, *, settings: Settings | None = None, save_failures: bool = False,
@@ -199,33 +210,21 @@ def adapter_hypothesis_test(name: str, adapter, model_type: str, *, settings: Se
     if name not in adapter_laws.ADAPTER_LAWS:
         raise KeyError(f"unknown adapter law {name!r} (known: {', '.join(adapter_laws.ADAPTER_LAWS)})")
     module = strategy_module(model_type)
-    record = failure if failure is not None else Failure()
 
-    def check(config, seed):
-        try:
-            held = adapter_laws.check(name, adapter, config, seed)
-        except UnsatisfiedAssumption:
-            raise
-        except BaseException:
-            record.case, record.seed = config, seed
-            raise
-        if not held:  # declined (counted in COVERAGE): draw another, so the budget is spent on checked configs
-            reject()
+    def run_case(config, seed):
+        if not adapter_laws.check(name, adapter, config, seed):
+            reject()  # declined (counted in COVERAGE): draw another, so the budget goes to checked configs
 
-    check.__name__ = check.__qualname__ = re.sub(r"\W", "_", f"{name}__{adapter_name(adapter)}__{model_type}")
-    check._hypothesis_internal_add_digest = check.__name__.encode()
-    test = given(config=config_strategy(PROPERTIES["hf_config_roundtrip"], module), seed=rng.seeds())(check)
-    if examples:
-        cases = list(getattr(module, "hf_examples", lambda: [])())
-        if name != "hf_config_roundtrip":  # the tensor laws build models: real sizes only as configs
-            cases = [c for c in cases if _hf_parameters(c) <= MAX_EXAMPLE_PARAMETERS]
-        for case in reversed(cases):
-            test = example(config=case, seed=0)(test)
+    cases = list(getattr(module, "hf_examples", lambda: [])()) if examples else []
+    if name != "hf_config_roundtrip":  # the tensor laws build models: real sizes only as configs
+        cases = [c for c in cases if _hf_parameters(c) <= MAX_EXAMPLE_PARAMETERS]
     chosen = settings or profiles.settings_for(name)
     # an adapter may decline most drawn configs (its format's subset): that filtering is expected
     chosen = Settings(chosen, suppress_health_check=[*chosen.suppress_health_check, HealthCheck.filter_too_much,
                                                      HealthCheck.too_slow])
-    return chosen(test)
+    return _given(f"{name}__{adapter_name(adapter)}__{model_type}", run_case,
+                  config_strategy(PROPERTIES["hf_config_roundtrip"], module), cases,
+                  failure if failure is not None else Failure(), chosen)
 
 
 def _hf_parameters(hf: dict) -> int:
@@ -244,9 +243,9 @@ def _hf_parameters(hf: dict) -> int:
 
 
 def run_adapter(name: str, adapter, model_type: str, *, settings: Settings | None = None,
-                save_failures: bool = False, note: str = "", directory=None) -> None:
-    """:func:`run` for an adapter law: on failure optionally save the minimal case (with its
-    ``adapter``) for ``convcheck replay``."""
+                save_failures: bool = False, note: str = "", directory=None, spec: str | None = None) -> None:
+    """:func:`run` for an adapter law: on failure optionally save the minimal case for ``convcheck
+    replay``, naming ``spec`` (the ``--adapter`` value that loads the adapter again)."""
     from converters.adapters import adapter_name
 
     failure = Failure()
@@ -256,14 +255,10 @@ def run_adapter(name: str, adapter, model_type: str, *, settings: Settings | Non
     except BaseException as exc:
         if save_failures and failure.case is not None:
             path = save_regression(model_type, name, hf_config=failure.case, seed=failure.seed, note=note,
-                                   directory=directory, adapter=ADAPTER_SPECS.get(id(adapter), adapter_name(adapter)))
+                                   directory=directory, adapter=spec or adapter_name(adapter))
             if hasattr(exc, "add_note"):
                 exc.add_note(f"saved as {path}; replay with: convcheck replay {path}")
         raise
-
-
-#: ``id(adapter) -> the --adapter spec it was loaded from`` (a saved case names the spec to reload it)
-ADAPTER_SPECS: dict[int, str] = {}
 
 
 def load_adapters(spec: str) -> dict[str, Any]:
@@ -273,7 +268,6 @@ def load_adapters(spec: str) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for adapter in adapters.load(spec):
-        ADAPTER_SPECS[id(adapter)] = spec
         for model_type in adapter.model_types:
             if model_type in out:
                 raise ValueError(f"--adapter {spec!r}: model_type {model_type!r} is claimed twice")

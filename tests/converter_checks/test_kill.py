@@ -147,6 +147,11 @@ def run_cli_child(src: Path, dst: Path, delay: float | None, signum: int, err: P
                 print(f"threads left running: {alive}", file=sys.stderr)
                 code = 99
             sys.stderr.flush()
+        except BaseException:  # escaped the CLI: shown in the message the test checks
+            import traceback
+
+            traceback.print_exc()
+            sys.stderr.flush()
         finally:
             os._exit(code)
     os.close(ready_w)

@@ -5,6 +5,7 @@ tests/adapters/test_readme_adapter.py.)"""
 from __future__ import annotations
 
 import pytest
+import torch
 from hypothesis import Phase, settings
 
 import converters
@@ -32,6 +33,17 @@ CASES = [
     ("tie_flag_lost", broken.TieFlagLost, "tied_embeddings"),
     ("bias_dropped", broken.BiasDropped, "bias_handling"),
 ]
+
+
+class ForwardIgnoresBiases(type(converters.get("llama"))):
+    """Converts biases faithfully, but its model never adds them: only a forward can tell."""
+
+    def forward(self, cfg, state, input_ids, dtype):
+        zeroed = {n: (torch.zeros_like(t) if n.endswith("bias") else t) for n, t in state.items()}
+        return super().forward(cfg, zeroed, input_ids, dtype)
+
+
+CASES.append(("forward_ignores_biases", ForwardIgnoresBiases, "bias_handling"))
 
 
 @pytest.mark.parametrize("bug,make,law", [pytest.param(*c, id=f"{c[0]}-{c[2]}") for c in CASES])
