@@ -140,7 +140,8 @@ def stop_producers() -> None:
     for thread, stop in list(_PRODUCERS.items()):
         stop.set()
     for thread in list(_PRODUCERS):
-        thread.join()
+        if thread.ident is not None:  # an interrupt between registering and start() leaves one never started
+            thread.join()
         _PRODUCERS.pop(thread, None)
 
 
