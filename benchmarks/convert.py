@@ -26,8 +26,6 @@ transformers time likewise excludes imports. Prints figures, asserts nothing. Li
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import re
 import shutil

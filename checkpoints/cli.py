@@ -128,7 +128,7 @@ def _guarded(command, args) -> int:
         from native.schema import ConfigError
 
         from .native_format import CheckpointError
-        from .plan import stop_producers
+        from .prefetch import stop_producers
 
         try:
             return command(args)

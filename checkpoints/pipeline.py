@@ -34,9 +34,9 @@ from .hf_reader import CONFIG_FILE, is_hf_checkpoint, open_hf_checkpoint
 from .hf_writer import parse_size, write_hf_checkpoint
 from .native_format import is_native_checkpoint
 from .native_writer import write_checkpoint
-from .plan import (  # noqa: F401  (re-exported: the pipeline's names before plan.py existed)
-    DTYPE_NAMES, DTYPES, GENERATION_KEY, HF_FILES_DIR, MODEL_TYPE_KEY, hf_export, hf_import, parse_dtype, prefetch,
-)
+from .dtypes import parse_dtype
+from .plan import HF_FILES_DIR, hf_export, hf_import
+from .prefetch import prefetch
 from .source_dir import SourceDir
 
 
@@ -196,7 +196,7 @@ _process_settings_note = """What convert() changes while it runs (and restores):
   and gain nothing from more threads, while OpenMP's barriers on a machine whose cores are busy
   cost a lot: on the 2-core dev box under load the same stream took 2-5 s with two threads and
   0.6-1 s with one. The parallelism that pays is overlapping the computing of tensors (a producer
-  thread, ``streaming.prefetch``) with writing them.
+  thread, :func:`checkpoints.prefetch.prefetch`) with writing them.
 - The GIL switch interval drops to 0.5 ms, so the writing thread gets the GIL back quickly after
   each ``write(2)`` instead of waiting up to 5 ms for the producer.
 - The cyclic garbage collector is off: the conversion makes no cycles worth collecting, and full

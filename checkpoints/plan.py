@@ -13,7 +13,7 @@ that needs no data comes first, and writers can lay out their files up front):
   and the dtype of every tensor, for :func:`checkpoints.native_writer.write_checkpoint`.
 
 Along the way: the dtype policy (``--dtype``, ``--weight-dtype``), FP8 block-scaled weights
-(:mod:`checkpoints.fp8`), and the nonfinite check (:class:`NonfiniteCheck`), all applied one tensor
+(:mod:`checkpoints.fp8`), and the nonfinite check (:mod:`checkpoints.nonfinite`), all applied one tensor
 at a time. Peak memory is one weight rule's inputs and outputs (about one layer's largest
 matrices), whatever the model size.
 """
@@ -22,14 +22,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import queue
-import re
-import threading
-import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -42,262 +37,19 @@ from converters.errors import ConversionError
 from converters.weights import convert_stream, export_shapes
 
 from . import fp8
+from .dtypes import dtype_name, parse_dtype
 from .hf_reader import tokenizer_names
 from .native_format import Concatenation, stage_index
 from .native_reader import NativeCheckpointReader, open_checkpoint
-from .pages import FileSlice
-from .source import FileNamed, Located, TensorSource
+from .nonfinite import CheckedSource, NonfiniteCheck
+from .origins import FileOrigins
+from .source import FileNamed, TensorSource
 
-DTYPES: dict[str, torch.dtype | None] = {"keep": None, "bf16": torch.bfloat16, "fp16": torch.float16,
-                                         "fp32": torch.float32, "fp64": torch.float64}
-DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32", torch.float64: "float64"}
 MODEL_TYPE_KEY = "hf_model_type"  # native metadata: the HF model_type this checkpoint came from
 GENERATION_KEY = "hf_generation_config"  # native metadata: the HF generation_config.json
 HF_FILES_DIR = "hf_files"  # native checkpoint folder keeping tokenizer files for the way back
 
 Entry = tuple[str, torch.dtype, tuple[int, ...]]
-
-
-def parse_dtype(value: str | None, option: str = "--dtype", allow_keep: bool = True) -> torch.dtype | None:
-    choices = [k for k in DTYPES if allow_keep or k != "keep"]
-    if value is None or (allow_keep and value == "keep"):
-        return None
-    if value not in choices:
-        raise ConversionError(f"{option}={value!r} must be one of {', '.join(choices)}")
-    return DTYPES[value]
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return DTYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
-
-
-# ------------------------------------------------------------------------------ overlapping
-def prefetch(items: Iterable, depth: int = 1) -> Iterator:
-    """Iterate ``items`` in a background thread, computing at most ``depth`` items ahead.
-
-    A conversion is two kinds of work: computing tensors (transforms, casts, the nonfinite check:
-    torch kernels) and writing them (``write(2)``: a kernel copy). Both release the GIL, so a
-    producer thread and the writing thread overlap them on two cores. The producer starts an item
-    only when the consumer has taken the previous one, so at most ``depth + 1`` items are alive
-    (with ``depth=1``: the one being written and the one being computed). An exception in the
-    producer is re-raised, as itself, to the consumer where it would have occurred; closing the
-    returned generator (or dropping it) stops the producer."""
-    channel: queue.Queue = queue.Queue()
-    slots = threading.Semaphore(max(1, depth))
-    stop = threading.Event()
-
-    def acquire() -> bool:
-        while not stop.is_set():
-            if slots.acquire(timeout=0.05):
-                return True
-        return False
-
-    def produce() -> None:
-        iterator = iter(items)
-        try:
-            while acquire():
-                try:
-                    item = next(iterator)
-                except StopIteration:
-                    channel.put((False, None))
-                    return
-                channel.put((True, item))
-                del item
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
-            channel.put((False, exc))
-
-    def consume() -> Iterator:
-        thread = threading.Thread(target=produce, name="convcheck-prefetch", daemon=True)
-        _PRODUCERS[thread] = stop
-        thread.start()  # on the first next(): a generator never started never needs stopping
-        try:
-            while True:
-                ok, value = channel.get()
-                slots.release()  # the producer may start the next item now
-                if ok:
-                    yield value
-                    del value
-                elif value is None:
-                    return
-                else:
-                    raise value
-        finally:
-            stop.set()
-            slots.release()
-            thread.join()
-            _PRODUCERS.pop(thread, None)
-
-    return consume()
-
-
-_PRODUCERS: dict[threading.Thread, threading.Event] = {}  # prefetch threads alive, and their stop signal
-
-
-def stop_producers() -> None:
-    """Stop and join every prefetch thread still running (the CLI calls it on its way out, after an
-    interrupt or an error: a producer thread left inside a torch kernel while the interpreter
-    exits aborts the process, ``terminate called without an active exception``)."""
-    for thread, stop in list(_PRODUCERS.items()):
-        stop.set()
-    for thread in list(_PRODUCERS):
-        if thread.ident is not None:  # an interrupt between registering and start() leaves one never started
-            thread.join()
-        _PRODUCERS.pop(thread, None)
-
-
-# --------------------------------------------------------------------------- nonfinite values
-def _finite(tensor: torch.Tensor) -> bool:
-    """One read-only pass: NaN propagates through min/max, Inf shows as an extreme (``aminmax`` is
-    ~20x faster than ``isfinite().all()`` on bf16 here)."""
-    if not tensor.is_floating_point() or tensor.numel() == 0:
-        return True
-    low, high = torch.aminmax(tensor)
-    return bool(torch.isfinite(low) and torch.isfinite(high))
-
-
-class NonfiniteCheck:
-    """Counts NaN and Inf per tensor as tensors pass; :meth:`finish` refuses them all at once.
-
-    ``allow=True`` checks nothing (``--allow-nonfinite``)."""
-
-    def __init__(self, allow: bool = False):
-        self.allow = allow
-        self.found: list[tuple[str, int, int]] = []
-
-    def check(self, name: str, tensor: torch.Tensor) -> bool:
-        if self.allow or _finite(tensor):
-            return True
-        self.found.append((name, int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())))
-        return False
-
-    def check_cast(self, name: str, before: torch.Tensor, after: torch.Tensor) -> None:
-        """A narrowing cast that turned finite values into Inf (overflow)."""
-        if self.allow or _finite(after) or not _finite(before):
-            return
-        self.found.append((f"{name} (overflow casting to {dtype_name(after.dtype)})", 0, int(torch.isinf(after).sum())))
-
-    def finish(self) -> None:
-        if self.found:
-            raise ConversionError(f"nonfinite weights in {len(self.found)} tensor(s), refused (--allow-nonfinite "
-                                  f"converts anyway): {describe_counts(self.found)}")
-
-
-_DIGIT_RUN = re.compile(r"[0-9]+")
-
-
-def describe_counts(found: list[tuple[str, int, int]]) -> str:
-    """``name: 2 NaN, 1 Inf; ...`` with names differing in one number folded together:
-    ``model.layers.{0,3,7}.mlp.down_proj.weight: NaN 1/0/4, Inf 0/2/0``."""
-    groups: dict[tuple[str, int], list[tuple[str, int, int, str]]] = {}
-    for name, nan, inf in found:
-        runs = list(_DIGIT_RUN.finditer(name))
-        key = (_DIGIT_RUN.sub("#", name), len(runs))
-        groups.setdefault(key, []).append((name, nan, inf, ""))
-    parts = []
-    for (pattern, _), members in groups.items():
-        folded = _fold(members) if len(members) >= 3 else None
-        if folded:
-            parts.append(folded)
-        else:
-            parts.extend(f"{name}: {_counts(nan, inf)}" for name, nan, inf, _ in members)
-    return "; ".join(parts)
-
-
-def _counts(nan: int, inf: int) -> str:
-    return ", ".join(p for p in (f"{nan} NaN" if nan else "", f"{inf} Inf" if inf else "") if p) or "nonfinite"
-
-
-def _fold(members) -> str | None:
-    """Members differing in exactly one digit run: ``prefix{a,b,c}suffix: NaN x/y/z, Inf ...``."""
-    split = [_DIGIT_RUN.split(m[0]) for m in members]
-    numbers = [_DIGIT_RUN.findall(m[0]) for m in members]
-    varying = [k for k in range(len(numbers[0])) if len({n[k] for n in numbers}) > 1]
-    if len(varying) != 1:
-        return None
-    k = varying[0]
-    first = numbers[0]
-    head = "".join(split[0][i] + first[i] for i in range(k)) + split[0][k]
-    tail = split[0][k + 1] + "".join(first[i] + split[0][i + 1] for i in range(k + 1, len(first)))
-    index = ",".join(n[k] for n in numbers)
-    nans = "/".join(str(m[1]) for m in members)
-    infs = "/".join(str(m[2]) for m in members)
-    return f"{head}{{{index}}}{tail}: NaN {nans}, Inf {infs}"
-
-
-class FileOrigins:
-    """Which source tensors are, unchanged, bytes of a file (what a reader's ``extent_of`` says
-    of the tensors it maps), so that the writers can have the kernel copy them file to file
-    (:class:`checkpoints.pages.FileSlice`) instead of writing them from memory.
-
-    Valid because the pipeline never writes to a source tensor (transforms are pure functions).
-    Records are keyed by storage and live as long as their tensor (a weak reference): a view of a
-    live source tensor is found too, and a later tensor at a freed address is never mistaken for
-    a recorded one."""
-
-    def __init__(self):
-        self._records: dict[int, tuple[weakref.ref, Path, int, int]] = {}
-
-    def record(self, tensor: torch.Tensor, file: str | os.PathLike, offset: int) -> None:
-        key = tensor.untyped_storage().data_ptr()
-
-        def forget(ref, key=key):
-            if self._records.get(key, (None,))[0] is ref:
-                del self._records[key]
-
-        self._records[key] = (weakref.ref(tensor, forget), Path(file), offset, tensor.data_ptr())
-
-    def slice_of(self, tensor: torch.Tensor) -> torch.Tensor | FileSlice:
-        """``tensor`` as a file slice when it is (a contiguous view of) a recorded, live tensor."""
-        if not isinstance(tensor, torch.Tensor) or tensor.numel() == 0 or not tensor.is_contiguous():
-            return tensor
-        record = self._records.get(tensor.untyped_storage().data_ptr())
-        if record is None or record[0]() is None:
-            return tensor
-        _, file, offset, base = record
-        return FileSlice(tensor, file, offset + tensor.data_ptr() - base)
-
-    def concatenation(self, parts: list[torch.Tensor], shape: tuple[int, ...]) -> torch.Tensor | Concatenation:
-        """An output's parts as the writers take them (``convert_stream``'s ``blocks`` hook, called
-        while the sources are alive): a :class:`Concatenation`, with file slices where a recorded
-        tensor holds a part; a lone part that is no file slice stays a plain tensor."""
-        found = [self.slice_of(p) for p in parts]
-        if len(found) == 1 and not isinstance(found[0], FileSlice) and tuple(found[0].shape) == tuple(shape):
-            return found[0]
-        return Concatenation(found, shape)
-
-
-class CheckedSource(Mapping):
-    """A lazy source whose tensors go through a :class:`NonfiniteCheck` as they are read (by their
-    names in the source, i.e. as the user's files call them), and are recorded in ``origins``
-    where the source knows their place on disk (``extent_of``)."""
-
-    def __init__(self, source: TensorSource | Mapping[str, torch.Tensor], check: NonfiniteCheck,
-                 origins: FileOrigins | None = None):
-        self.source, self.check, self.origins = source, check, origins
-
-    def __iter__(self):
-        return iter(self.source)
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.source
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        tensor = self.source[name]
-        self.check.check(name, tensor)
-        if self.origins is not None and isinstance(self.source, Located):
-            extent = self.source.extent_of(name)
-            if extent is not None:
-                self.origins.record(tensor, *extent)
-        return tensor
-
-    def shape_of(self, name: str) -> torch.Size:
-        return self.source.shape_of(name)
-
-    def dtype_of(self, name: str) -> torch.dtype:
-        return self.source.dtype_of(name)
 
 
 # ------------------------------------------------------------------------------- planning

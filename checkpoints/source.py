@@ -6,7 +6,7 @@ writer then copies them file to file instead of from memory). Both readers
 (:class:`checkpoints.hf_reader.HFCheckpointReader`, :class:`checkpoints.native_reader.NativeCheckpointReader`)
 derive from :class:`LazyReader`, which declares that interface and writes its ``Mapping`` half
 once; the wrappers the plans put around them (:class:`checkpoints.fp8.DequantizedSource`,
-:class:`checkpoints.plan.CheckedSource`) forward as much of it as their source has.
+:class:`checkpoints.nonfinite.CheckedSource`) forward as much of it as their source has.
 
 A plain ``dict`` of tensors is also accepted wherever a source is (tests, in-memory conversion):
 the optional capabilities below are therefore checked with ``isinstance`` against these

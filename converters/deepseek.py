@@ -33,7 +33,7 @@ import native
 from native.layout import MTP_KEY, mtp_layers
 from native.schema import to_plain
 
-from .activations import ACTIVATIONS, activation_to_hf, activation_to_native
+from .activations import activation_to_hf, activation_to_native
 from .config_primitives import ConstantImport, Custom, Dispatch, HFView, Optional, Rename, Variant
 from .declaration import LayerwisePrimitive
 from .errors import ConversionError

@@ -242,9 +242,9 @@ def test_sigint_and_sigterm_exit_cleanly(source, tmp_path, signum, code, directi
 def test_stopping_producers_skips_one_never_started():
     """An interrupt between a prefetch thread's registration and its start() leaves it registered
     but never started (seen in CI: ``cannot join thread before it is started`` escaped the CLI)."""
-    from checkpoints import plan
+    from checkpoints import prefetch
 
     never_started = threading.Thread(target=lambda: None)
-    plan._PRODUCERS[never_started] = threading.Event()
-    plan.stop_producers()
-    assert never_started not in plan._PRODUCERS
+    prefetch._PRODUCERS[never_started] = threading.Event()
+    prefetch.stop_producers()
+    assert never_started not in prefetch._PRODUCERS

@@ -8,7 +8,8 @@ import threading
 import pytest
 import torch
 
-import checkpoints.plan
+import checkpoints.nonfinite
+import checkpoints.prefetch
 import native
 from checkpoints import native_writer
 from checkpoints.cli import main
@@ -166,7 +167,7 @@ def test_dtype_casts_floats_both_ways(hf_model, tmp_path, dtype, expected):
 
 
 def test_cast_keeps_integer_and_bool_tensors():
-    check = checkpoints.plan.NonfiniteCheck()
+    check = checkpoints.nonfinite.NonfiniteCheck()
     for t in (torch.arange(5), torch.tensor([True, False])):
         assert checkpoints.plan._cast("x", t, t.dtype, check) is t
     plan = [("w", torch.bfloat16, (2,)), ("ids", torch.int64, (3,))]
@@ -216,7 +217,7 @@ def test_overflow_on_a_narrowing_cast_is_refused(hf_model, tmp_path, capsys):
 
 def test_many_offenders_are_folded_compactly():
     found = [(f"model.layers.{i}.mlp.down_proj.weight", i, 0) for i in (0, 3, 7)] + [("lm_head.weight", 0, 2)]
-    text = checkpoints.plan.describe_counts(found)
+    text = checkpoints.nonfinite.describe_counts(found)
     assert text == "model.layers.{0,3,7}.mlp.down_proj.weight: NaN 0/3/7, Inf 0/0/0; lm_head.weight: 2 Inf"
 
 
@@ -236,7 +237,7 @@ def test_hf_to_native_in_pipeline_stages(hf_model, tmp_path):
 
 # ------------------------------------------------------------------------------------- prefetch
 def test_prefetch_keeps_order_and_reraises_as_itself():
-    assert list(checkpoints.plan.prefetch(iter(range(50)), depth=2)) == list(range(50))
+    assert list(checkpoints.prefetch.prefetch(iter(range(50)), depth=2)) == list(range(50))
 
     class Boom(RuntimeError):
         pass
@@ -247,18 +248,18 @@ def test_prefetch_keeps_order_and_reraises_as_itself():
 
     out = []
     with pytest.raises(Boom, match="vanished"):
-        for x in checkpoints.plan.prefetch(failing()):
+        for x in checkpoints.prefetch.prefetch(failing()):
             out.append(x)
     assert out == [1]
 
 
 def test_prefetch_stops_its_thread_when_dropped():
     started = threading.active_count()
-    gen = checkpoints.plan.prefetch(iter(range(10**6)))
+    gen = checkpoints.prefetch.prefetch(iter(range(10**6)))
     next(gen)
     gen.close()
     assert threading.active_count() == started
-    checkpoints.plan.prefetch(iter(range(10)))  # never iterated: no thread was started
+    checkpoints.prefetch.prefetch(iter(range(10)))  # never iterated: no thread was started
     assert threading.active_count() == started
 
 
