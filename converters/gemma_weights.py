@@ -4,7 +4,7 @@ norms) is HF's zero-centred ``w``, kept as it is: the native norms say so (``zer
 from __future__ import annotations
 
 import native
-from native.config import BlockConfig
+from native import BlockConfig
 
 from .llama_weights import attention_rules, gated_mlp_rules
 from .weights.rules import WeightRule, embedding_and_head, norm, walk_layers

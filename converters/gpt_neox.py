@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-from native.config import BlockConfig
+from native import BlockConfig
 
 from .activations import ACTIVATIONS
 from .config_primitives import ConstantImport, Mapped, Rename

@@ -7,7 +7,7 @@ missing tensor, and one the config does not enable is an extra tensor.
 from __future__ import annotations
 
 import native
-from native.config import BlockConfig
+from native import BlockConfig
 
 from .weights.rules import WeightRule, embedding_and_head, norm, rename, rotary_rows, split_gate_up, split_qkv, walk_layers
 

@@ -22,7 +22,7 @@ from .attention import HeadDim
 
 import copy
 
-from native.config import LongRopeRotary
+from native import LongRopeRotary
 
 from .config_primitives import ConstantImport, Optional, Rename
 from .declaration import LayerwisePrimitive

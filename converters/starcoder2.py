@@ -15,7 +15,7 @@ The LayerNorm helpers here are shared with GPT-NeoX.
 """
 from __future__ import annotations
 
-from native.config import BlockConfig, LayerNormConfig
+from native import BlockConfig, LayerNormConfig
 
 from .activations import ACTIVATIONS
 from .attention import HeadDim

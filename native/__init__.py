@@ -7,21 +7,21 @@ from .config import (
     AttentionConfig,
     BlockConfig,
     DecoderConfig,
-    DeepSeekMoEConfig,
-    DefaultRotary,
-    DynamicRotary,
     EmbeddingConfig,
     HeadConfig,
     LayerNormConfig,
+    MLAConfig,
+    ModelConfig,
+    RMSNormConfig,
+)
+from .feedforward_config import DeepSeekMoEConfig, MLPConfig, MoEConfig
+from .rotary_config import (
+    DefaultRotary,
+    DynamicRotary,
     LinearRotary,
     Llama3Rotary,
     LongRopeRotary,
-    MLAConfig,
-    MLPConfig,
-    ModelConfig,
-    MoEConfig,
     NoRotary,
-    RMSNormConfig,
     YarnRotary,
 )
 from .schema import ConfigError, architecture_fields, get_path, replace_path

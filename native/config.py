@@ -7,6 +7,9 @@ converter coverage checks are built on that list.
 Per-layer heterogeneity is expressed by ``decoder.blocks`` (the distinct block kinds) and
 ``decoder.pattern`` (one block index per layer). The pair is canonicalised on construction, so two
 configs describing the same model compare equal.
+
+The sections with many variants have modules of their own: the rope kinds
+(:mod:`native.rotary_config`) and the feed-forward kinds (:mod:`native.feedforward_config`).
 """
 from __future__ import annotations
 
@@ -15,32 +18,15 @@ import math
 from dataclasses import dataclass
 from typing import Any, Union
 
+from .feedforward_config import FeedForwardConfig, MLPConfig
+from .rotary_config import DefaultRotary, LongRopeRotary, NoRotary, RotaryConfig, YarnRotary
 from .schema import ConfigError, Section, architecture, from_plain, setting, to_plain
+from .schema import check as _check, positive as _positive, positive_int as _positive_int
 
 FORMAT_VERSION = 1
 
-ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
 PLACEMENTS = ("pre", "post", "sandwich", "parallel")
 QK_NORM_SCOPES = ("head", "full")
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
-
-
-def _positive(section: str, name: str, value: Any, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    _check(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
-           f"{section}.{name}={value!r} must be positive")
-
-
-def _positive_int(section: str, name: str, value: Any, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    _check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
-           f"{section}.{name}={value!r} must be a positive integer")
 
 
 # ----------------------------------------------------------------------------------------- norms
@@ -75,125 +61,6 @@ class LayerNormConfig(Section):
 NormConfig = Union[RMSNormConfig, LayerNormConfig]
 
 
-# --------------------------------------------------------------------------------------- rotary
-@dataclass(frozen=True)
-class NoRotary(Section):
-    """No positional rotation at all."""
-
-    kind = "none"
-
-    def rotary_dim(self, head_dim: int) -> int:
-        return 0
-
-
-@dataclass(frozen=True)
-class DefaultRotary(Section):
-    """Plain RoPE. ``fraction`` < 1 rotates only the first ``int(head_dim * fraction)`` dims."""
-
-    kind = "default"
-    theta: float = architecture(10000.0)
-    fraction: float = architecture(1.0)
-
-    def __post_init__(self):
-        _positive("rotary", "theta", self.theta)
-        _check(isinstance(self.fraction, (int, float)) and 0 < self.fraction <= 1,
-               f"rotary.fraction={self.fraction!r} must be in (0, 1]")
-
-    def rotary_dim(self, head_dim: int) -> int:
-        return int(head_dim * self.fraction)
-
-
-@dataclass(frozen=True)
-class LinearRotary(DefaultRotary):
-    """Position interpolation: positions divided by ``factor``."""
-
-    kind = "linear"
-    factor: float = architecture(1.0)
-
-    def __post_init__(self):
-        super().__post_init__()
-        _positive("rotary", "factor", self.factor)
-
-
-@dataclass(frozen=True)
-class DynamicRotary(LinearRotary):
-    """Dynamic NTK: theta grows once the sequence passes the model's ``max_position_embeddings``."""
-
-    kind = "dynamic"
-
-
-@dataclass(frozen=True)
-class Llama3Rotary(LinearRotary):
-    """Llama 3.1 wavelength-banded frequency scaling."""
-
-    kind = "llama3"
-    low_freq_factor: float = architecture(1.0)
-    high_freq_factor: float = architecture(4.0)
-    original_max_position_embeddings: int = architecture(8192)
-
-    def __post_init__(self):
-        super().__post_init__()
-        _positive("rotary", "low_freq_factor", self.low_freq_factor)
-        _positive("rotary", "high_freq_factor", self.high_freq_factor)
-        _check(self.high_freq_factor > self.low_freq_factor,
-               f"rotary.high_freq_factor={self.high_freq_factor} must exceed low_freq_factor={self.low_freq_factor}")
-        _positive_int("rotary", "original_max_position_embeddings", self.original_max_position_embeddings)
-
-
-@dataclass(frozen=True)
-class YarnRotary(DefaultRotary):
-    """YaRN. ``factor=None`` means ``max_position_embeddings / original_max_position_embeddings``;
-    ``attention_factor=None`` means the paper's mscale formula."""
-
-    kind = "yarn"
-    factor: float | None = architecture(None)
-    original_max_position_embeddings: int = architecture(4096)
-    beta_fast: float = architecture(32.0)
-    beta_slow: float = architecture(1.0)
-    mscale: float | None = architecture(None)
-    mscale_all_dim: float | None = architecture(None)
-    attention_factor: float | None = architecture(None)
-    truncate: bool = architecture(True)
-
-    def __post_init__(self):
-        super().__post_init__()
-        _positive("rotary", "factor", self.factor, allow_none=True)
-        _positive_int("rotary", "original_max_position_embeddings", self.original_max_position_embeddings)
-        _positive("rotary", "beta_fast", self.beta_fast)
-        _positive("rotary", "beta_slow", self.beta_slow)
-        _check(self.beta_fast > self.beta_slow,
-               f"rotary.beta_fast={self.beta_fast} must exceed beta_slow={self.beta_slow}")
-        _positive("rotary", "mscale", self.mscale, allow_none=True)
-        _positive("rotary", "mscale_all_dim", self.mscale_all_dim, allow_none=True)
-        _positive("rotary", "attention_factor", self.attention_factor, allow_none=True)
-
-
-@dataclass(frozen=True)
-class LongRopeRotary(DefaultRotary):
-    """Phi-3 LongRoPE: per-frequency ``short_factor`` up to ``original_max_position_embeddings``
-    tokens, ``long_factor`` beyond. ``factor``/``attention_factor`` as for YaRN."""
-
-    kind = "longrope"
-    short_factor: tuple[float, ...] = architecture(())
-    long_factor: tuple[float, ...] = architecture(())
-    original_max_position_embeddings: int = architecture(4096)
-    factor: float | None = architecture(None)
-    attention_factor: float | None = architecture(None)
-
-    def __post_init__(self):
-        super().__post_init__()
-        self._tuple("short_factor", float)
-        self._tuple("long_factor", float)
-        _check(len(self.short_factor) == len(self.long_factor),
-               f"rotary.short_factor has {len(self.short_factor)} entries but long_factor has {len(self.long_factor)}")
-        _check(all(v > 0 for v in self.short_factor + self.long_factor), "rotary.short_factor/long_factor must be positive")
-        _positive_int("rotary", "original_max_position_embeddings", self.original_max_position_embeddings)
-        _positive("rotary", "factor", self.factor, allow_none=True)
-        _positive("rotary", "attention_factor", self.attention_factor, allow_none=True)
-
-
-RotaryConfig = Union[NoRotary, DefaultRotary, LinearRotary, DynamicRotary, Llama3Rotary, YarnRotary, LongRopeRotary]
-ROTARY_KINDS = {cls.kind: cls for cls in (NoRotary, DefaultRotary, LinearRotary, DynamicRotary, Llama3Rotary, YarnRotary, LongRopeRotary)}
 
 
 # ------------------------------------------------------------------------------------ attention
@@ -237,108 +104,6 @@ class AttentionConfig(Section):
         return self.heads // self.kv_heads
 
 
-# ------------------------------------------------------------------------------------ MLP / MoE
-@dataclass(frozen=True)
-class MLPConfig(Section):
-    """Dense feed-forward. Gated: ``fc2(act(gate) * up)`` with ``fc1 = [gate; up]``."""
-
-    kind = "mlp"
-    intermediate: int = architecture(256)
-    gated: bool = architecture(True)
-    activation: str = architecture("silu")
-    bias: bool = architecture(False)
-
-    def __post_init__(self):
-        _positive_int("mlp", "intermediate", self.intermediate)
-        _check(self.activation in ACTIVATIONS, f"mlp.activation={self.activation!r} must be one of {ACTIVATIONS}")
-
-
-@dataclass(frozen=True)
-class MoEConfig(Section):
-    """Softmax router, top-k, optional renormalisation, gated experts; optional shared expert."""
-
-    kind = "moe"
-    experts: int = architecture(4)
-    top_k: int = architecture(2)
-    intermediate: int = architecture(128)
-    activation: str = architecture("silu")
-    normalize_top_k: bool = architecture(True)
-    shared_intermediate: int | None = architecture(None)
-    shared_gate: bool = architecture(False)  # sigmoid(Linear(hidden, 1)) scaling the shared expert
-
-    def __post_init__(self):
-        _positive_int("moe", "experts", self.experts)
-        _positive_int("moe", "top_k", self.top_k)
-        _check(self.top_k <= self.experts, f"moe.top_k={self.top_k} must not exceed experts={self.experts}")
-        _positive_int("moe", "intermediate", self.intermediate)
-        _check(self.activation in ACTIVATIONS, f"moe.activation={self.activation!r} must be one of {ACTIVATIONS}")
-        _positive_int("moe", "shared_intermediate", self.shared_intermediate, allow_none=True)
-        _check(not (self.shared_gate and self.shared_intermediate is None),
-               "moe.shared_gate=True requires shared_intermediate")
-
-
-SCORINGS = ("softmax", "sigmoid")
-GROUP_SCORES = ("max", "top2_sum")
-
-
-@dataclass(frozen=True)
-class DeepSeekMoEConfig(Section):
-    """DeepSeekMoE: routed experts chosen per token, plus always-on shared experts.
-
-    Routing (computed in at least float32): ``scores = softmax(logits)`` (V2) or ``sigmoid(logits)``
-    (V3); the choice is made on ``scores + score_bias`` when ``score_bias`` (V3's
-    ``e_score_correction_bias``, a per-expert tensor that shifts the choice but not the weights).
-    With ``groups > 1`` the experts are split into equal groups, each group is scored (``max``: its
-    best choice score, V2's ``group_limited_greedy``; ``top2_sum``: the sum of its two best, V3) and
-    only the experts of the ``top_groups`` best groups can be chosen. The ``top_k`` chosen experts
-    are weighted by their (unbiased) scores, renormalised to sum to 1 when ``normalize_top_k``, then
-    multiplied by ``scaling_factor`` (``routed_scaling_factor``).
-
-    ``shared_experts`` gated MLPs of width ``intermediate`` run on every token; they are stored
-    fused as one MLP of width ``shared_experts * intermediate`` (what a sum of MLPs is; HF does the
-    same). 0 means none."""
-
-    kind = "deepseek_moe"
-    experts: int = architecture(8)
-    top_k: int = architecture(2)
-    intermediate: int = architecture(128)
-    activation: str = architecture("silu")
-    shared_experts: int = architecture(1)
-    scoring: str = architecture("sigmoid")
-    score_bias: bool = architecture(True)
-    groups: int = architecture(1)
-    top_groups: int = architecture(1)
-    group_score: str = architecture("top2_sum")
-    normalize_top_k: bool = architecture(True)
-    scaling_factor: float = architecture(1.0)
-
-    def __post_init__(self):
-        _positive_int("moe", "experts", self.experts)
-        _positive_int("moe", "top_k", self.top_k)
-        _positive_int("moe", "intermediate", self.intermediate)
-        _check(self.activation in ACTIVATIONS, f"moe.activation={self.activation!r} must be one of {ACTIVATIONS}")
-        _check(isinstance(self.shared_experts, int) and not isinstance(self.shared_experts, bool)
-               and self.shared_experts >= 0, f"moe.shared_experts={self.shared_experts!r} must be an integer >= 0")
-        _check(self.scoring in SCORINGS, f"moe.scoring={self.scoring!r} must be one of {SCORINGS}")
-        _check(self.group_score in GROUP_SCORES, f"moe.group_score={self.group_score!r} must be one of {GROUP_SCORES}")
-        _positive_int("moe", "groups", self.groups)
-        _positive_int("moe", "top_groups", self.top_groups)
-        _positive("moe", "scaling_factor", self.scaling_factor)
-        _check(self.experts % self.groups == 0, f"moe.groups={self.groups} must divide experts={self.experts}")
-        _check(self.top_groups <= self.groups, f"moe.top_groups={self.top_groups} must not exceed groups={self.groups}")
-        per_group = self.experts // self.groups
-        _check(self.top_k <= self.top_groups * per_group,
-               f"moe.top_k={self.top_k} exceeds the {self.top_groups * per_group} experts of the top_groups")
-        _check(self.groups == 1 or self.group_score != "top2_sum" or per_group >= 2,
-               f"moe.group_score='top2_sum' needs at least 2 experts per group (experts={self.experts}, groups={self.groups})")
-
-    @property
-    def shared_intermediate(self) -> int | None:
-        """Width of the fused shared MLP, None without shared experts."""
-        return self.shared_experts * self.intermediate if self.shared_experts else None
-
-
-FeedForwardConfig = Union[MLPConfig, MoEConfig, DeepSeekMoEConfig]
 
 
 @dataclass(frozen=True)

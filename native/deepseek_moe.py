@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import DeepSeekMoEConfig, MLPConfig
+from .feedforward_config import DeepSeekMoEConfig, MLPConfig
 from .feedforward import MLP, Experts
 
 

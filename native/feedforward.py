@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import DeepSeekMoEConfig, FeedForwardConfig, MLPConfig, MoEConfig
+from .feedforward_config import DeepSeekMoEConfig, FeedForwardConfig, MLPConfig, MoEConfig
 
 ACTIVATIONS = {
     "silu": F.silu,

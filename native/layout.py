@@ -18,8 +18,8 @@ Layout rules (DESIGN §2):
 """
 from __future__ import annotations
 
-from .config import (BlockConfig, DeepSeekMoEConfig, LayerNormConfig, MLAConfig, MLPConfig, ModelConfig, MoEConfig,
-                     RMSNormConfig)
+from .config import BlockConfig, LayerNormConfig, MLAConfig, ModelConfig, RMSNormConfig
+from .feedforward_config import DeepSeekMoEConfig, MLPConfig, MoEConfig
 
 Shape = tuple[int, ...]
 

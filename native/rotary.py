@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from .config import (
+from .rotary_config import (
     DynamicRotary,
     Llama3Rotary,
     LinearRotary,

@@ -201,3 +201,24 @@ def nonfinite_path(value: Any, where: str = "") -> str | None:
         elif isinstance(item, (list, tuple)):
             stack.extend((v, f"{path}[{k}]") for k, v in reversed(list(enumerate(item))))
     return None
+
+
+# ------------------------------------------------------------------ field checks, named by path
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def positive(section: str, name: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    check(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
+           f"{section}.{name}={value!r} must be positive")
+
+
+def positive_int(section: str, name: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+           f"{section}.{name}={value!r} must be a positive integer")
+

@@ -12,7 +12,7 @@ import torch
 
 import native
 from fixtures import tolerances
-from native.config import DynamicRotary, Llama3Rotary, LongRopeRotary, YarnRotary
+from native import DynamicRotary, Llama3Rotary, LongRopeRotary, YarnRotary
 
 from . import common, routing
 from .common import export_config, export_weights

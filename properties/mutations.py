@@ -16,10 +16,12 @@ import random
 from typing import Any, Iterator
 
 import native
-from native.config import (
-    ACTIVATIONS, GROUP_SCORES, PLACEMENTS, QK_NORM_SCOPES, SCORINGS, AttentionConfig, DeepSeekMoEConfig, MLAConfig, DefaultRotary, DynamicRotary, LayerNormConfig, LinearRotary,
-    Llama3Rotary, LongRopeRotary, MLPConfig, MoEConfig, NoRotary, RMSNormConfig, YarnRotary,
+from native import (
+    AttentionConfig, DeepSeekMoEConfig, DefaultRotary, DynamicRotary, LayerNormConfig, LinearRotary, Llama3Rotary,
+    LongRopeRotary, MLAConfig, MLPConfig, MoEConfig, NoRotary, RMSNormConfig, YarnRotary,
 )
+from native.config import PLACEMENTS, QK_NORM_SCOPES
+from native.feedforward_config import ACTIVATIONS, GROUP_SCORES, SCORINGS
 from native.schema import ConfigError
 
 #: The strings each string field may take.

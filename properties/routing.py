@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 
 import native
-from native.config import DeepSeekMoEConfig, MoEConfig
+from native import DeepSeekMoEConfig, MoEConfig
 from native.deepseek_moe import DeepSeekMoE
 from native.feedforward import MoE
 

@@ -29,7 +29,7 @@ from typing import Sequence
 from hypothesis import strategies as st
 
 import native
-from native.config import ACTIVATIONS
+from native.feedforward_config import ACTIVATIONS
 
 # ------------------------------------------------------------------------------------ constants
 MIN_HIDDEN, MAX_HIDDEN = 8, 48

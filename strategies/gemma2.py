@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 import native
 from converters.sliding import FULL, SLIDING
-from native.config import ACTIVATIONS
+from native.feedforward_config import ACTIVATIONS
 
 from . import building_blocks as bb
 from .gemma import (BREAKS as _GEMMA_BREAKS, CONSTRAINTS as _GEMMA, ROTARY_KINDS, _attention, _broken,

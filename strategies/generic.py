@@ -18,7 +18,8 @@ from typing import Sequence
 from hypothesis import strategies as st
 
 import native
-from native.config import ACTIVATIONS, PLACEMENTS
+from native.config import PLACEMENTS
+from native.feedforward_config import ACTIVATIONS
 
 from . import building_blocks as bb
 

@@ -12,7 +12,7 @@ import moe_cases as mc
 import native
 from converters import ConversionError
 from converters.mixtral import MixtralConverter
-from native.config import (
+from native import (
     AttentionConfig, BlockConfig, DecoderConfig, DefaultRotary, EmbeddingConfig, HeadConfig, MLPConfig,
     ModelConfig, MoEConfig, RMSNormConfig, YarnRotary,
 )

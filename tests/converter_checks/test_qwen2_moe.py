@@ -11,7 +11,7 @@ import pytest
 import moe_cases as mc
 from converters import ConversionError
 from converters.qwen2_moe import Qwen2MoeConverter
-from native.config import (
+from native import (
     AttentionConfig, BlockConfig, DecoderConfig, DefaultRotary, EmbeddingConfig, HeadConfig, Llama3Rotary,
     MLPConfig, ModelConfig, MoEConfig, RMSNormConfig,
 )

@@ -11,7 +11,7 @@ import pytest
 import moe_cases as mc
 from converters import ConversionError
 from converters.qwen3_moe import Qwen3MoeConverter
-from native.config import (
+from native import (
     AttentionConfig, BlockConfig, DecoderConfig, DefaultRotary, EmbeddingConfig, HeadConfig, LinearRotary,
     MLPConfig, ModelConfig, MoEConfig, RMSNormConfig,
 )

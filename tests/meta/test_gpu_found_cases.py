@@ -16,7 +16,7 @@ import torch
 
 import converters
 import native
-from native.config import (AttentionConfig, BlockConfig, DecoderConfig, DefaultRotary, EmbeddingConfig,
+from native import (AttentionConfig, BlockConfig, DecoderConfig, DefaultRotary, EmbeddingConfig,
                            HeadConfig, MLPConfig, ModelConfig, MoEConfig, RMSNormConfig)
 from properties import PropertyViolation, forward, forward_equivalence, routing
 from properties.common import export_config

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import native
-from native.config import ConfigError, DeepSeekMoEConfig, MLAConfig, YarnRotary
+from native import ConfigError, DeepSeekMoEConfig, MLAConfig, YarnRotary
 from native.deepseek_moe import Router
 from native.layout import MTP_KEY
 from native.mla import MLA

@@ -98,7 +98,7 @@ def test_llama_constraints():
     kinds = Counter(cfg.decoder.blocks[0].attention.rotary.kind for cfg in configs)
     assert set(kinds) == {"default", "linear", "dynamic", "llama3", "yarn", "longrope"}, kinds
     assert {cfg.decoder.blocks[0].mlp.bias for cfg in configs} == {False, True}
-    assert {cfg.decoder.blocks[0].mlp.activation for cfg in configs} == set(native.config.ACTIVATIONS)
+    assert {cfg.decoder.blocks[0].mlp.activation for cfg in configs} == set(native.feedforward_config.ACTIVATIONS)
     assert {cfg.head.tied for cfg in configs} == {False, True}
     assert {_biases(cfg.decoder.blocks[0].attention) for cfg in configs} == {(False,) * 4, (True,) * 4}
     assert any(cfg.hidden_size != a.heads * a.head_dim for cfg in configs for a in [cfg.decoder.blocks[0].attention])

@@ -51,7 +51,7 @@ def test_sizes_stay_small(configs):
 # ------------------------------------------------------------------------------------- coverage
 def test_every_rotary_kind_and_fraction(configs):
     kinds = Counter(b.attention.rotary.kind for cfg in configs for b in blocks(cfg))
-    assert set(kinds) == set(native.config.ROTARY_KINDS), kinds
+    assert set(kinds) == set(native.rotary_config.ROTARY_KINDS), kinds
     fractions = {b.attention.rotary.fraction < 1 for cfg in configs for b in blocks(cfg)
                  if b.attention.rotary.kind != "none"}
     assert fractions == {True, False}
@@ -81,7 +81,7 @@ def test_dense_moe_shared_experts_and_activations(configs):
     assert {m.experts for m in moes} >= {1, 2, 3}
     assert any(m.top_k == m.experts for m in moes) and any(m.top_k < m.experts for m in moes)
     assert {m.gated for m in mlps} == {True, False} and {m.bias for m in mlps} == {True, False}
-    assert {m.activation for m in mlps} == set(native.config.ACTIVATIONS)
+    assert {m.activation for m in mlps} == set(native.feedforward_config.ACTIVATIONS)
     assert any(cfg for cfg in configs if {type(b.mlp) for b in blocks(cfg)} == {native.MLPConfig, native.MoEConfig})
 
 
