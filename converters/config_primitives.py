@@ -82,6 +82,12 @@ class ConfigPrimitive:
         return set(self.native_paths)
 
 
+#: What a primitive pairing one native path (its ``native`` field) with one HF key (its ``hf``
+#: field) claims: the class attributes ``native_paths = CLAIMS_NATIVE_FIELD``, ``hf_keys = CLAIMS_HF_FIELD``.
+CLAIMS_NATIVE_FIELD = property(lambda self: (self.native,))
+CLAIMS_HF_FIELD = property(lambda self: (self.hf,))
+
+
 def _read(hf: HFView, key: str, default: Any) -> Any:
     return hf.get(key, default)
 
@@ -96,13 +102,7 @@ class Rename(ConfigPrimitive):
     to_hf: Callable[[Any], Any] | None = None  # representation only (tuple → list), never semantics
     to_native: Callable[[Any], Any] | None = None
 
-    @property
-    def native_paths(self):
-        return (self.native,)
-
-    @property
-    def hf_keys(self):
-        return (self.hf,)
+    native_paths, hf_keys = CLAIMS_NATIVE_FIELD, CLAIMS_HF_FIELD
 
     def export(self, get):
         value = get(self.native)
@@ -122,13 +122,7 @@ class Mapped(ConfigPrimitive):
     table: tuple[tuple[Any, Any], ...]  # (native value, hf value) pairs; first pair wins on export
     default: Any = REQUIRED
 
-    @property
-    def native_paths(self):
-        return (self.native,)
-
-    @property
-    def hf_keys(self):
-        return (self.hf,)
+    native_paths, hf_keys = CLAIMS_NATIVE_FIELD, CLAIMS_HF_FIELD
 
     def export(self, get):
         value = get(self.native)
@@ -154,9 +148,7 @@ class ConstantExport(ConfigPrimitive):
     hf: str
     value: Any
 
-    @property
-    def hf_keys(self):
-        return (self.hf,)
+    hf_keys = CLAIMS_HF_FIELD
 
     def export(self, get):
         return {self.hf: self.value}
@@ -178,9 +170,7 @@ class ConstantImport(ConfigPrimitive):
     value: Any
     reason: str = ""
 
-    @property
-    def native_paths(self):
-        return (self.native,)
+    native_paths = CLAIMS_NATIVE_FIELD
 
     def export(self, get):
         actual = get(self.native)
@@ -202,13 +192,7 @@ class Default(ConfigPrimitive):
     hf: str
     compute: Callable[[HFView], Any]
 
-    @property
-    def native_paths(self):
-        return (self.native,)
-
-    @property
-    def hf_keys(self):
-        return (self.hf,)
+    native_paths, hf_keys = CLAIMS_NATIVE_FIELD, CLAIMS_HF_FIELD
 
     def export(self, get):
         return {self.hf: get(self.native)}
@@ -228,13 +212,7 @@ class Optional(ConfigPrimitive):
     sentinel: Any = None
     write_sentinel: bool = False  # True: write the sentinel explicitly (e.g. ``"sliding_window": null``)
 
-    @property
-    def native_paths(self):
-        return (self.native,)
-
-    @property
-    def hf_keys(self):
-        return (self.hf,)
+    native_paths, hf_keys = CLAIMS_NATIVE_FIELD, CLAIMS_HF_FIELD
 
     def export(self, get):
         value = get(self.native)

@@ -50,6 +50,10 @@ def embedding_scale() -> Custom:
     return Custom(("embeddings.multiplier",), (), export, import_)
 
 
+#: What a primitive carrying one HF key (its ``key`` field) in the native ``metadata`` claims.
+CARRIES_KEY_IN_METADATA = (property(lambda self: (self.key,)), ("metadata",))
+
+
 @dataclass(frozen=True)
 class CarriedUnless(ConfigPrimitive):
     """An HF key that does not change the forward pass for the ``allowed`` values: carried in
@@ -59,13 +63,7 @@ class CarriedUnless(ConfigPrimitive):
     allowed: tuple[Any, ...]
     reason: str
 
-    @property
-    def hf_keys(self):
-        return (self.key,)
-
-    @property
-    def native_paths(self):
-        return ("metadata",)
+    hf_keys, native_paths = CARRIES_KEY_IN_METADATA
 
     def _check(self, value, where: str) -> None:
         if not any(value is a or (type(value) is type(a) and value == a) for a in self.allowed):
@@ -103,13 +101,7 @@ class InertAlias(ConfigPrimitive):
     table: tuple[tuple[str, str], ...]
     live_default: str  # the live key's class default, when it is absent
 
-    @property
-    def hf_keys(self):
-        return (self.key,)
-
-    @property
-    def native_paths(self):
-        return ("metadata",)
+    hf_keys, native_paths = CARRIES_KEY_IN_METADATA
 
     def _native(self, value):
         return {hf: native for native, hf in reversed(self.table)}.get(value)
