@@ -31,7 +31,8 @@ from .activations import ACTIVATIONS
 from .config_primitives import ConstantImport, Mapped, Rename
 from .declaration import LayerwisePrimitive
 from .errors import ConversionError
-from .llama import ALL_ROPE_KINDS, LlamaConverter, all_or_nothing_bias
+from .attention import bias_flag
+from .llama import ALL_ROPE_KINDS, LlamaConverter
 from .rope import canonical_rope, rotary_dispatch
 from .starcoder2 import layer_norm, layer_norm_rules
 from .weights.rules import WeightRule, embedding_and_head, neox_qkv, neox_qkv_bias, rename, walk_layers
@@ -114,7 +115,7 @@ class GPTNeoXConverter(LlamaConverter):
             "placement": Mapped("placement", "use_parallel_residual", (("parallel", True), ("pre", False)), default=True),
             "norm": layer_norm("norm", "layer_norm_eps", 1e-5),
             "kv_heads": NeoXHeads(),  # and head_dim
-            "bias": all_or_nothing_bias("attention_bias", default=True),
+            "bias": bias_flag("attention_bias", default=True),
             "rotary": rotary_dispatch(self.rope_kinds, fraction=Rename(
                 "fraction", "rope_parameters.partial_rotary_factor", default=DEFAULT_ROTARY_PCT, to_native=float)),
         }

@@ -6,17 +6,15 @@ from .base import Converter
 from .config_primitives import (
     Carried,
     ConstantImport,
-    Custom,
     Default,
     Dispatch,
     Mapped,
     Rename,
     Variant,
 )
-from .errors import ConversionError
+from .attention import bias_flag, default_head_dim, kv_heads
 from .rope import buildable_rotary, rotary_dispatch
 
-#: native activation ↔ HF ``hidden_act``
 #: HF keys that do not change the forward pass, carried through native metadata
 CARRIED = ("bos_token_id", "eos_token_id", "pad_token_id", "initializer_range", "attention_dropout",
            "use_cache", "pretraining_tp")
@@ -32,61 +30,6 @@ def rms_norm(native_path: str, eps_key: str, default, zero_centered: bool = Fals
                              else "this format stores norm weights as the gain itself")
     return Dispatch(native_path, "", (Variant("rms_norm", None, {"eps": Rename("eps", eps_key, default=default),
                                                                  "zero_centered": centred}),))
-
-
-def fixed_biases(q: bool, k: bool, v: bool, o: bool, reason: str) -> Custom:
-    """A bias pattern the HF class hard-codes: set on import, any other pattern refused on export."""
-    expected = {"attention.q_bias": q, "attention.k_bias": k, "attention.v_bias": v, "attention.o_bias": o}
-
-    def export(get):
-        for path, value in expected.items():
-            if get(path) != value:
-                raise ConversionError(f"{path}={get(path)} cannot be expressed: {reason}")
-        return {}
-
-    return Custom(tuple(expected), (), export, lambda hf: dict(expected))
-
-
-def kv_heads(class_default: int | None, null_is_heads: bool = True) -> Default:
-    """``num_key_value_heads`` as the HF class reads it: absent → ``class_default`` (``None``: the
-    head count, as LlamaConfig), ``null`` → the head count where the class's ``__post_init__`` does
-    that, else refused (MistralConfig rejects it)."""
-
-    def compute(hf):
-        if hf.has("num_key_value_heads"):  # explicitly null
-            if null_is_heads:
-                return hf.get("num_attention_heads")
-            raise ConversionError("config.json: num_key_value_heads=null is not supported (give the number)")
-        return hf.get("num_attention_heads") if class_default is None else class_default
-
-    return Default("attention.kv_heads", "num_key_value_heads", compute)
-
-
-def _head_dim_default(hf):
-    hidden, heads = hf.get("hidden_size"), hf.get("num_attention_heads")
-    for key, value in (("hidden_size", hidden), ("num_attention_heads", heads)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConversionError(f"config.json: {key}={value!r} must be a positive integer")
-    return hidden // heads
-
-
-def all_or_nothing_bias(hf_key: str, names=("q_bias", "k_bias", "v_bias", "o_bias"), default=False) -> Custom:
-    """One HF flag for several native bias switches: they must agree on export."""
-    paths = tuple(f"attention.{n}" for n in names)
-
-    def export(get):
-        values = {p: get(p) for p in paths}
-        if len(set(values.values())) != 1:
-            raise ConversionError(f"attention biases {values} must be all on or all off for '{hf_key}'")
-        return {hf_key: values[paths[0]]}
-
-    def import_(hf):
-        value = hf.get(hf_key, default)
-        if not isinstance(value, bool):
-            raise ConversionError(f"config.json: {hf_key}={value!r} must be a boolean")
-        return {p: value for p in paths}
-
-    return Custom(paths, (hf_key,), export, import_)
 
 
 class LlamaConverter(Converter):
@@ -120,8 +63,8 @@ class LlamaConverter(Converter):
             "norm": rms_norm("norm", "rms_norm_eps", self.norm_eps_default, self.norm_zero_centered),
             "heads": Rename("attention.heads", "num_attention_heads"),
             "kv_heads": kv_heads(self.kv_heads_default, self.kv_null_is_heads),
-            "head_dim": Default("attention.head_dim", "head_dim", _head_dim_default),
-            "bias": all_or_nothing_bias("attention_bias"),
+            "head_dim": Default("attention.head_dim", "head_dim", default_head_dim),
+            "bias": bias_flag("attention_bias"),
             "qk_norm": ConstantImport("attention.qk_norm", None, "no q/k norm"),
             "qk_norm_scope": ConstantImport("attention.qk_norm_scope", "head"),
             "softmax_scale": ConstantImport("attention.softmax_scale", None, "softmax scale is head_dim**-0.5"),

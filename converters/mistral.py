@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from .config_primitives import ConstantImport, Rename
-from .llama import CARRIED, LlamaConverter, fixed_biases
+from .attention import fixed_biases
+from .llama import CARRIED, LlamaConverter
 
 _NO_BIAS = "MistralForCausalLM has no bias switches"
 

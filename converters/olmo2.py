@@ -13,10 +13,10 @@ Checked against transformers 5 ``Olmo2Config``/``modeling_olmo2``:
 """
 from __future__ import annotations
 
-from .attention import HeadDim
+from .attention import HeadDim, bias_flag
 
 from .config_primitives import ConstantImport
-from .llama import ALL_ROPE_KINDS, CARRIED, LlamaConverter, all_or_nothing_bias, rms_norm
+from .llama import ALL_ROPE_KINDS, CARRIED, LlamaConverter, rms_norm
 from .llama_weights import attention_rules, gated_mlp_rules
 from .weights.rules import embedding_and_head, norm, walk_layers
 
@@ -33,7 +33,7 @@ class Olmo2Converter(LlamaConverter):
         return {
             **super().layer_section(),
             "placement": ConstantImport("placement", "post", "OLMo2 normalises the sublayer outputs (post-norm)"),
-            "bias": all_or_nothing_bias("attention_bias"),
+            "bias": bias_flag("attention_bias"),
             "qk_norm": rms_norm("attention.qk_norm", "rms_norm_eps", self.norm_eps_default),
             "qk_norm_scope": ConstantImport("attention.qk_norm_scope", "full",
                                             "OLMo2 normalises q/k over the whole projection, not per head"),

@@ -18,7 +18,7 @@ Checked against transformers 5 ``Phi3Config``/``modeling_phi3``/``modeling_rope_
 """
 from __future__ import annotations
 
-from .attention import HeadDim
+from .attention import HeadDim, fixed_biases
 
 import copy
 
@@ -27,7 +27,7 @@ from native import LongRopeRotary
 from .config_primitives import ConstantImport, Optional, Rename
 from .declaration import LayerwisePrimitive
 from .errors import ConversionError
-from .llama import CARRIED, LlamaConverter, fixed_biases
+from .llama import CARRIED, LlamaConverter
 from .rope import canonical_rope, rotary_dispatch
 from .weights.rules import embedding_and_head, fused_qkv, norm, rename, walk_layers
 

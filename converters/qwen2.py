@@ -1,9 +1,9 @@
 """Qwen2: q/k/v biases on and o off (hard-coded by HF), per-layer sliding windows."""
 from __future__ import annotations
 
-from .attention import HeadDim
+from .attention import HeadDim, fixed_biases
 from .config_primitives import ConstantImport
-from .llama import CARRIED, LlamaConverter, fixed_biases
+from .llama import CARRIED, LlamaConverter
 from .sliding import QwenSlidingWindows
 
 

@@ -12,11 +12,11 @@ unless ``use_sliding_window``; absent ``layer_types`` are derived as sliding for
 """
 from __future__ import annotations
 
-from .attention import HeadDim, kv_heads
+from .attention import ATTENTION_BIASES, HeadDim, bias_flag, kv_heads
 from .config_primitives import ConstantImport
 from .declaration import LayerwisePrimitive
 from .errors import ConversionError
-from .llama import CARRIED, LlamaConverter, all_or_nothing_bias
+from .llama import CARRIED, LlamaConverter
 from .llama_weights import attention_rules, gated_mlp_rules, llama_rules
 from .moe import QwenMoeLayers, moe_rules
 from .qwen2 import Qwen2Converter
@@ -132,7 +132,7 @@ class Qwen2MoeConverter(Qwen2Converter):
             "kv_heads": kv_heads(16),
             "buildable_rotary": buildable_rotary(),
             "head_dim": HeadDim(),
-            "bias": all_or_nothing_bias("qkv_bias", ("q_bias", "k_bias", "v_bias"), default=True),
+            "bias": bias_flag("qkv_bias", ATTENTION_BIASES[:3], default=True),
             "o_bias": ConstantImport("attention.o_bias", False, "Qwen2-MoE has no o_proj bias"),
             "window": Qwen2MoeSlidingWindows(),
             "mlp": QwenMoeLayers(experts_key="num_experts", defaults=QWEN2_MOE_DEFAULTS, shared=True),

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from .config_primitives import ConstantImport, Rename
-from .llama import LlamaConverter, all_or_nothing_bias, rms_norm
+from .attention import bias_flag
+from .llama import LlamaConverter, rms_norm
 from .qwen2 import Qwen2Converter
 
 
@@ -16,7 +17,7 @@ class Qwen3Converter(Qwen2Converter):
     def layer_section(self):
         return {
             **super().layer_section(),
-            "bias": all_or_nothing_bias("attention_bias"),
+            "bias": bias_flag("attention_bias"),
             "head_dim": Rename("attention.head_dim", "head_dim", default=128),
             "qk_norm": rms_norm("attention.qk_norm", "rms_norm_eps", self.norm_eps_default),
             "qk_norm_scope": ConstantImport("attention.qk_norm_scope", "head", "Qwen3 normalises q/k per head"),

@@ -18,9 +18,8 @@ from __future__ import annotations
 from native import BlockConfig, LayerNormConfig
 
 from .activations import ACTIVATIONS
-from .attention import HeadDim
-from .config_primitives import ConstantImport, Custom, Dispatch, Mapped, Optional, Rename, Variant
-from .errors import ConversionError
+from .attention import HeadDim, bias_flag
+from .config_primitives import ConstantImport, Dispatch, Mapped, Optional, Rename, Variant
 from .llama import ALL_ROPE_KINDS, LlamaConverter
 from .llama_weights import attention_rules
 from .weights.rules import WeightRule, embedding_and_head, rename, walk_layers
@@ -47,32 +46,6 @@ def layer_norm_rules(native: str, hf: str, norm) -> list[WeightRule]:
     return rules
 
 
-def one_bias_flag(hf_key: str, paths: tuple[str, ...], default: bool) -> Custom:
-    """One HF flag for several native bias switches (block-relative paths): they must agree."""
-
-    def read(get, path):
-        try:
-            return get(path)
-        except AttributeError:  # e.g. mlp.bias of an MoE feed-forward
-            section = path.rsplit(".", 1)[0]
-            raise ConversionError(f"{section}.kind={get(section).kind!r} cannot be expressed "
-                                  f"(this format needs '{path}', set by '{hf_key}')") from None
-
-    def export(get):
-        values = {p: read(get, p) for p in paths}
-        if len(set(values.values())) != 1:
-            raise ConversionError(f"biases {values} must be all on or all off: this format has one '{hf_key}'")
-        return {hf_key: values[paths[0]]}
-
-    def import_(hf):
-        value = hf.get(hf_key, default)
-        if not isinstance(value, bool):
-            raise ConversionError(f"config.json: {hf_key}={value!r} must be a boolean")
-        return {p: value for p in paths}
-
-    return Custom(paths, (hf_key,), export, import_)
-
-
 class Starcoder2Converter(LlamaConverter):
     model_type = "starcoder2"
     architecture = "Starcoder2ForCausalLM"
@@ -93,7 +66,7 @@ class Starcoder2Converter(LlamaConverter):
             **super().layer_section(),
             "norm": layer_norm("norm", "norm_epsilon", self.norm_eps_default),
             "kv_heads": Rename("attention.kv_heads", "num_key_value_heads", default=2),
-            "bias": one_bias_flag("use_bias", BIAS_PATHS, default=True),
+            "bias": bias_flag("use_bias", BIAS_PATHS, default=True),
             "window": Optional("attention.window", "sliding_window", write_sentinel=True),
             # Starcoder2Config has no head_dim field (the model reads it with getattr, defaulting to
             # hidden // heads): written where it differs from that, where the heads do not divide
