@@ -109,3 +109,28 @@ def _lookup(value: Any, path: str) -> Any:
         elif part:
             value = value[part]
     return value
+
+
+# ------------------------------------------------------------- typed reads of one key, class default
+def read_int(hf, key: str, default: Any, minimum: int, allow_none: bool = False) -> Any:
+    """An integer HF key (absent: the class default), refused below ``minimum``."""
+    value = hf.get(key, default)
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConversionError(f"config.json: {key}={value!r} must be an integer >= {minimum}")
+    return value
+
+
+def read_bool(hf, key: str, default: bool) -> bool:
+    value = hf.get(key, default)
+    if not isinstance(value, bool):
+        raise ConversionError(f"config.json: {key}={value!r} must be a boolean")
+    return value
+
+
+def read_float(hf, key: str, default: Any) -> float:
+    value = hf.get(key, default)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise ConversionError(f"config.json: {key}={value!r} must be a positive number")
+    return float(value)

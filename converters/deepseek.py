@@ -31,14 +31,14 @@ import torch
 
 import native
 from native.layout import MTP_KEY, mtp_layers
-from native.schema import to_plain
 
-from .activations import activation_to_hf, activation_to_native
+from .activations import activation_to_native
 from .config_primitives import ConstantImport, Custom, Dispatch, HFView, Optional, Rename, Variant
-from .declaration import LayerwisePrimitive
+from .config_values import read_int
 from .errors import ConversionError
 from .llama import CARRIED, LlamaConverter, rms_norm
 from .llama_weights import gated_mlp_rules
+from .moe import DenseAndSparseLayers
 from .rope import buildable_rotary, rotary_dispatch
 from .weights.rules import WeightRule, embedding_and_head, experts, norm, rename, walk_layers
 from .weights.transforms import RotaryPermute, Transform, _count, _rows
@@ -101,30 +101,7 @@ def deepseek_rotary(kinds) -> Dispatch:
 
 
 # ------------------------------------------------------------------------------ layer interleave
-def _int(hf: HFView, key: str, default: Any, minimum: int, allow_none: bool = False) -> Any:
-    value = hf.get(key, default)
-    if value is None and allow_none:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConversionError(f"config.json: {key}={value!r} must be an integer >= {minimum}")
-    return value
-
-
-def _float(hf: HFView, key: str, default: Any) -> float:
-    value = hf.get(key, default)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-        raise ConversionError(f"config.json: {key}={value!r} must be a positive number")
-    return float(value)
-
-
-def _bool(hf: HFView, key: str, default: Any) -> bool:
-    value = hf.get(key, default)
-    if not isinstance(value, bool):
-        raise ConversionError(f"config.json: {key}={value!r} must be a boolean")
-    return value
-
-
-class DeepSeekLayers(LayerwisePrimitive):
+class DeepSeekLayers(DenseAndSparseLayers):
     """Dense layers first, then DeepSeekMoE layers (``first_k_dense_replace``), with the MoE and
     dense sizes, ``hidden_act`` and the routing keys of the version. Subclasses give the routing:
     :meth:`routing_export` (native routing fields → HF keys, refusing what the version cannot
@@ -154,17 +131,6 @@ class DeepSeekLayers(LayerwisePrimitive):
         raise NotImplementedError
 
     # -- export --------------------------------------------------------------------------------
-    @staticmethod
-    def _one(sections: list, what: str):
-        distinct = []
-        for section in sections:
-            if section not in distinct:
-                distinct.append(section)
-        if len(distinct) > 1:
-            a, b = (to_plain(s) for s in distinct[:2])
-            raise ConversionError(f"mlp: the {what} layers differ ({a} vs {b}); this format has one set of {what} keys")
-        return distinct[0] if distinct else None
-
     def export(self, layers, get_model):
         metadata = get_model("metadata")
         mlps = [block.mlp for block in layers]
@@ -176,15 +142,11 @@ class DeepSeekLayers(LayerwisePrimitive):
         if any(not s for s in sparse[k:]):
             raise ConversionError(f"mlp: the dense/MoE layer pattern {['moe' if s else 'dense' for s in sparse]} "
                                   "cannot be expressed: dense layers must come first (first_k_dense_replace)")
-        activations = sorted({m.activation for m in mlps})
-        if len(activations) > 1:
-            raise ConversionError(f"mlp.activation differs between layers ({activations}); "
-                                  "this format has one hidden_act for dense and expert MLPs")
-        moe = self._one([m for m in mlps if isinstance(m, native.DeepSeekMoEConfig)], "MoE")
-        dense = self._one([m for m in mlps if isinstance(m, native.MLPConfig)], "dense")
+        moe = self.one_section([m for m in mlps if isinstance(m, native.DeepSeekMoEConfig)], "MoE")
+        dense = self.one_section([m for m in mlps if isinstance(m, native.MLPConfig)], "dense")
         if k == len(layers) and metadata.get("first_k_dense_replace", -1) > k:
             k = metadata["first_k_dense_replace"]  # all dense: any k past the last layer says so
-        out: dict[str, Any] = {"hidden_act": activation_to_hf(activations[0]), "first_k_dense_replace": k,
+        out: dict[str, Any] = {"hidden_act": self.hidden_act(mlps), "first_k_dense_replace": k,
                                "moe_layer_freq": metadata.get("moe_layer_freq")}
         if out["moe_layer_freq"] is None:
             del out["moe_layer_freq"]
@@ -196,15 +158,8 @@ class DeepSeekLayers(LayerwisePrimitive):
                        moe_intermediate_size=moe.intermediate, n_shared_experts=moe.shared_experts)
             out.update(self.routing_export(moe, metadata))
         else:
-            out.update({key: metadata[key] for key in self.moe_keys if key in metadata})
-        if dense is not None:
-            if not dense.gated:
-                raise ConversionError("mlp.gated=False cannot be expressed (this format requires True): gated MLP only")
-            if dense.bias:
-                raise ConversionError("mlp.bias=True cannot be expressed (this format requires False): no MLP biases")
-            out["intermediate_size"] = dense.intermediate
-        elif "intermediate_size" in metadata:
-            out["intermediate_size"] = metadata["intermediate_size"]
+            out.update(self.inert_moe_keys(metadata))
+        out.update(self.dense_export(dense, metadata))
         return out
 
     # -- import --------------------------------------------------------------------------------
@@ -217,7 +172,7 @@ class DeepSeekLayers(LayerwisePrimitive):
                 raise ConversionError(f"config.json: moe_layer_freq={freq!r} is not supported: transformers never "
                                       "reads it and makes every layer from first_k_dense_replace on MoE (only 1 agrees)")
             metadata["metadata.moe_layer_freq"] = freq
-        k = _int(hf, "first_k_dense_replace", d["first_k_dense_replace"], 0)
+        k = read_int(hf, "first_k_dense_replace", d["first_k_dense_replace"], 0)
         if k > num_layers:
             metadata["metadata.first_k_dense_replace"] = k
         activation = activation_to_native(hf.get("hidden_act", d["hidden_act"]))
@@ -225,23 +180,17 @@ class DeepSeekLayers(LayerwisePrimitive):
         if any(pattern):
             routing, routing_metadata = self.routing_import(hf)
             moe = {"kind": "deepseek_moe",
-                   "experts": _int(hf, "n_routed_experts", d["n_routed_experts"], 1),
-                   "top_k": _int(hf, "num_experts_per_tok", d["num_experts_per_tok"], 1),
-                   "intermediate": _int(hf, "moe_intermediate_size", d["moe_intermediate_size"], 1),
+                   "experts": read_int(hf, "n_routed_experts", d["n_routed_experts"], 1),
+                   "top_k": read_int(hf, "num_experts_per_tok", d["num_experts_per_tok"], 1),
+                   "intermediate": read_int(hf, "moe_intermediate_size", d["moe_intermediate_size"], 1),
                    "activation": activation,
-                   "shared_experts": _int(hf, "n_shared_experts", d["n_shared_experts"], 1),
+                   "shared_experts": read_int(hf, "n_shared_experts", d["n_shared_experts"], 1),
                    **routing}
             metadata.update(routing_metadata)
         else:
             moe = None
-            metadata.update({f"metadata.{key}": hf.get(key) for key in self.moe_keys if hf.has(key)})
-        if all(pattern):
-            dense = None
-            if hf.has("intermediate_size"):
-                metadata["metadata.intermediate_size"] = hf.get("intermediate_size")
-        else:
-            dense = {"kind": "mlp", "intermediate": _int(hf, "intermediate_size", d["intermediate_size"], 1),
-                     "gated": True, "activation": activation, "bias": False}
+            metadata.update(self.inert_moe_import(hf))
+        dense = self.dense_import(hf, d["intermediate_size"], activation, pattern, metadata)
         return [{"mlp": dict(moe if s else dense)} for s in pattern], metadata
 
 

@@ -14,7 +14,8 @@ converted (they run in bfloat16 and float64), and the strategies draw even ones.
 """
 from __future__ import annotations
 
-from .deepseek import DeepSeekConverter, DeepSeekLayers, _bool, _float, _int
+from .config_values import read_bool, read_float, read_int
+from .deepseek import DeepSeekConverter, DeepSeekLayers
 from .errors import ConversionError
 
 V2_DEFAULTS = {
@@ -49,7 +50,7 @@ class V2Layers(DeepSeekLayers):
 
     def routing_import(self, hf):
         metadata = {}
-        if _bool(hf, "norm_topk_prob", False):
+        if read_bool(hf, "norm_topk_prob", False):
             raise ConversionError("config.json: norm_topk_prob=true is not supported: transformers' DeepseekV2 "
                                   "ignores it (it never renormalises the top-k weights)")
         if hf.has("norm_topk_prob"):
@@ -59,14 +60,14 @@ class V2Layers(DeepSeekLayers):
             groups = top_groups = 1
             metadata.update({f"metadata.{key}": hf.get(key) for key in ("n_group", "topk_group") if hf.has(key)})
         elif method == GROUPED:
-            groups, top_groups = _int(hf, "n_group", None, 1), _int(hf, "topk_group", None, 1)
+            groups, top_groups = read_int(hf, "n_group", None, 1), read_int(hf, "topk_group", None, 1)
             if groups == 1:  # one group: the same routing as greedy, spelled this way
                 metadata.update({"metadata.topk_method": GROUPED, "metadata.n_group": 1, "metadata.topk_group": top_groups})
         else:
             raise ConversionError(f"config.json: topk_method={method!r} is not supported (supported: {GREEDY!r}, {GROUPED!r})")
         return {"scoring": "softmax", "score_bias": False, "group_score": "max", "groups": groups,
                 "top_groups": top_groups, "normalize_top_k": False,
-                "scaling_factor": _float(hf, "routed_scaling_factor", self.defaults["routed_scaling_factor"])}, metadata
+                "scaling_factor": read_float(hf, "routed_scaling_factor", self.defaults["routed_scaling_factor"])}, metadata
 
 
 class DeepseekV2Converter(DeepSeekConverter):

@@ -10,7 +10,8 @@ converted when the checkpoint has them (see ``converters.deepseek``).
 """
 from __future__ import annotations
 
-from .deepseek import DeepSeekConverter, DeepSeekLayers, _bool, _float, _int
+from .config_values import read_bool, read_float, read_int
+from .deepseek import DeepSeekConverter, DeepSeekLayers
 from .errors import ConversionError
 
 V3_DEFAULTS = {
@@ -40,10 +41,10 @@ class V3Layers(DeepSeekLayers):
     def routing_import(self, hf):
         d = self.defaults
         return {"scoring": "sigmoid", "score_bias": True, "group_score": "top2_sum",
-                "groups": _int(hf, "n_group", d["n_group"], 1),
-                "top_groups": _int(hf, "topk_group", d["topk_group"], 1),
-                "normalize_top_k": _bool(hf, "norm_topk_prob", d["norm_topk_prob"]),
-                "scaling_factor": _float(hf, "routed_scaling_factor", d["routed_scaling_factor"])}, {}
+                "groups": read_int(hf, "n_group", d["n_group"], 1),
+                "top_groups": read_int(hf, "topk_group", d["topk_group"], 1),
+                "normalize_top_k": read_bool(hf, "norm_topk_prob", d["norm_topk_prob"]),
+                "scaling_factor": read_float(hf, "routed_scaling_factor", d["routed_scaling_factor"])}, {}
 
 
 class DeepseekV3Converter(DeepSeekConverter):

@@ -1,5 +1,6 @@
 """Pieces shared by the MoE converters (Mixtral, Qwen2-MoE, Qwen3-MoE).
 
+- :class:`DenseAndSparseLayers`: what every dense-or-MoE-per-layer format shares (DeepSeek's too).
 - :class:`QwenMoeLayers`: the per-layer choice dense MLP vs sparse MoE as Qwen2-MoE/Qwen3-MoE
   express it (``num_experts``, ``decoder_sparse_step``, ``mlp_only_layers``) together with the
   MoE and dense sizes and ``hidden_act``, all of which live in one native ``mlp`` section per layer.
@@ -25,18 +26,71 @@ from native.schema import to_plain
 from .activations import activation_to_hf, activation_to_native
 from .config_primitives import HFView
 from .declaration import LayerwisePrimitive
+from .config_values import read_bool, read_int
 from .errors import ConversionError
 from .weights.rules import WeightRule, experts, rename
 
 
-def _int(hf: HFView, key: str, default: Any, minimum: int) -> int:
-    value = hf.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConversionError(f"config.json: {key}={value!r} must be an integer >= {minimum}")
-    return value
+class DenseAndSparseLayers(LayerwisePrimitive):
+    """What every dense-or-MoE-per-layer format shares: one set of keys for all sparse layers, one
+    ``intermediate_size`` for all dense ones (a gated, bias-free MLP), one ``hidden_act`` for both,
+    and the inert keys (the MoE keys when no layer is sparse, ``intermediate_size`` when none is
+    dense) carried in metadata. Subclasses decide which layer is which and write the MoE keys."""
+
+    moe_keys: tuple[str, ...] = ()
+
+    @staticmethod
+    def one_section(sections: list, what: str):
+        """The one section all layers of a kind share (None without such a layer)."""
+        distinct = []
+        for section in sections:
+            if section not in distinct:
+                distinct.append(section)
+        if len(distinct) > 1:
+            a, b = (to_plain(s) for s in distinct[:2])
+            raise ConversionError(f"mlp: the {what} layers differ ({a} vs {b}); this format has one set of {what} keys")
+        return distinct[0] if distinct else None
+
+    @staticmethod
+    def hidden_act(mlps: list) -> str:
+        activations = sorted({m.activation for m in mlps})
+        if len(activations) > 1:
+            raise ConversionError(f"mlp.activation differs between layers ({activations}); "
+                                  "this format has one hidden_act for dense and expert MLPs")
+        return activation_to_hf(activations[0])
+
+    def inert_moe_keys(self, metadata: dict) -> dict[str, Any]:
+        """Export without a sparse layer: the MoE keys config.json had."""
+        return {key: metadata[key] for key in self.moe_keys if key in metadata}
+
+    @staticmethod
+    def dense_export(dense: native.MLPConfig | None, metadata: dict) -> dict[str, Any]:
+        if dense is None:
+            return {"intermediate_size": metadata["intermediate_size"]} if "intermediate_size" in metadata else {}
+        if not dense.gated:
+            raise ConversionError("mlp.gated=False cannot be expressed (this format requires True): gated MLP only")
+        if dense.bias:
+            raise ConversionError("mlp.bias=True cannot be expressed (this format requires False): no MLP biases")
+        return {"intermediate_size": dense.intermediate}
+
+    def inert_moe_import(self, hf: HFView) -> dict[str, Any]:
+        """Import without a sparse layer: the MoE keys, kept in metadata."""
+        return {f"metadata.{key}": hf.get(key) for key in self.moe_keys if hf.has(key)}
+
+    @staticmethod
+    def dense_import(hf: HFView, default: int, activation: str, pattern: list[bool],
+                     metadata: dict[str, Any]) -> dict[str, Any] | None:
+        """The dense MLP of the layers that are not sparse (None when every layer is; an
+        ``intermediate_size`` is then kept in metadata)."""
+        if all(pattern):
+            if hf.has("intermediate_size"):
+                metadata["metadata.intermediate_size"] = hf.get("intermediate_size")
+            return None
+        return {"kind": "mlp", "intermediate": read_int(hf, "intermediate_size", default, 1),
+                "gated": True, "activation": activation, "bias": False}
 
 
-class QwenMoeLayers(LayerwisePrimitive):
+class QwenMoeLayers(DenseAndSparseLayers):
     """Dense vs sparse per layer, as Qwen2-MoE/Qwen3-MoE decide it:
     layer ``i`` is sparse iff ``i not in mlp_only_layers and num_experts > 0 and
     (i + 1) % decoder_sparse_step == 0``.
@@ -84,36 +138,13 @@ class QwenMoeLayers(LayerwisePrimitive):
             raise ConversionError(f"mlp.shared_intermediate={moe.shared_intermediate!r} cannot be expressed: "
                                   "this format has no shared expert")
 
-    @staticmethod
-    def _check_dense(mlp: native.MLPConfig) -> None:
-        if not mlp.gated:
-            raise ConversionError("mlp.gated=False cannot be expressed (this format requires True): gated MLP only")
-        if mlp.bias:
-            raise ConversionError("mlp.bias=True cannot be expressed (this format requires False): no MLP biases")
-
-    @staticmethod
-    def _one(sections: list, what: str):
-        distinct = []
-        for section in sections:
-            if section not in distinct:
-                distinct.append(section)
-        if len(distinct) > 1:
-            a, b = (to_plain(s) for s in distinct[:2])
-            raise ConversionError(f"the {what} layers differ in mlp ({a} vs {b}); this format has one set of "
-                                  f"{what} keys")
-        return distinct[0] if distinct else None
-
     def export(self, layers, get_model):
         metadata = get_model("metadata")
         mlps = [block.mlp for block in layers]
         pattern = [isinstance(m, native.MoEConfig) for m in mlps]
-        moe = self._one([m for m in mlps if isinstance(m, native.MoEConfig)], "sparse")
-        dense = self._one([m for m in mlps if not isinstance(m, native.MoEConfig)], "dense")
-        activations = sorted({m.activation for m in mlps})
-        if len(activations) > 1:
-            raise ConversionError(f"mlp.activation differs between layers ({activations}); "
-                                  "this format has one hidden_act for dense and expert MLPs")
-        out: dict[str, Any] = {"hidden_act": activation_to_hf(activations[0])}
+        moe = self.one_section([m for m in mlps if isinstance(m, native.MoEConfig)], "sparse")
+        dense = self.one_section([m for m in mlps if not isinstance(m, native.MoEConfig)], "dense")
+        out: dict[str, Any] = {"hidden_act": self.hidden_act(mlps)}
         if moe is not None:
             self._check_moe(moe)
             out[self.experts_key] = moe.experts
@@ -122,13 +153,9 @@ class QwenMoeLayers(LayerwisePrimitive):
             out["norm_topk_prob"] = moe.normalize_top_k
             if self.shared:
                 out["shared_expert_intermediate_size"] = moe.shared_intermediate
-        else:  # no sparse layer: the MoE keys are inert
-            out.update({k: metadata[k] for k in self.moe_keys if k in metadata})
-        if dense is not None:
-            self._check_dense(dense)
-            out["intermediate_size"] = dense.intermediate
-        elif "intermediate_size" in metadata:
-            out["intermediate_size"] = metadata["intermediate_size"]
+        else:
+            out.update(self.inert_moe_keys(metadata))
+        out.update(self.dense_export(dense, metadata))
 
         num_experts = out.get(self.experts_key, self.defaults[self.experts_key])
         step, mlp_only = self.canonical_encoding(pattern, num_experts)
@@ -145,8 +172,8 @@ class QwenMoeLayers(LayerwisePrimitive):
     # -- import ----------------------------------------------------------------------------------
     def import_(self, hf, num_layers):
         d = self.defaults
-        num_experts = _int(hf, self.experts_key, d[self.experts_key], 0)
-        step = _int(hf, "decoder_sparse_step", d["decoder_sparse_step"], 1)
+        num_experts = read_int(hf, self.experts_key, d[self.experts_key], 0)
+        step = read_int(hf, "decoder_sparse_step", d["decoder_sparse_step"], 1)
         mlp_only = hf.get("mlp_only_layers", None)
         mlp_only = [] if mlp_only is None else mlp_only
         if not isinstance(mlp_only, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in mlp_only):
@@ -159,27 +186,21 @@ class QwenMoeLayers(LayerwisePrimitive):
             moe = {
                 "kind": "moe",
                 "experts": num_experts,
-                "top_k": _int(hf, "num_experts_per_tok", d["num_experts_per_tok"], 1),
-                "intermediate": _int(hf, "moe_intermediate_size", d["moe_intermediate_size"], 1),
+                "top_k": read_int(hf, "num_experts_per_tok", d["num_experts_per_tok"], 1),
+                "intermediate": read_int(hf, "moe_intermediate_size", d["moe_intermediate_size"], 1),
                 "activation": activation,
-                "normalize_top_k": _bool(hf, "norm_topk_prob", d["norm_topk_prob"]),
+                "normalize_top_k": read_bool(hf, "norm_topk_prob", d["norm_topk_prob"]),
                 "shared_intermediate": None,
                 "shared_gate": False,
             }
             if self.shared:
-                moe["shared_intermediate"] = _int(hf, "shared_expert_intermediate_size",
+                moe["shared_intermediate"] = read_int(hf, "shared_expert_intermediate_size",
                                                   d["shared_expert_intermediate_size"], 1)
                 moe["shared_gate"] = True
         else:
             moe = None
-            metadata.update({f"metadata.{k}": hf.get(k) for k in self.moe_keys if hf.has(k)})
-        if all(pattern):
-            dense = None
-            if hf.has("intermediate_size"):
-                metadata["metadata.intermediate_size"] = hf.get("intermediate_size")
-        else:
-            dense = {"kind": "mlp", "intermediate": _int(hf, "intermediate_size", d["intermediate_size"], 1),
-                     "gated": True, "activation": activation, "bias": False}
+            metadata.update(self.inert_moe_import(hf))
+        dense = self.dense_import(hf, d["intermediate_size"], activation, pattern, metadata)
 
         canonical_step, canonical_mlp_only = self.canonical_encoding(pattern, num_experts)
         if step != canonical_step:
@@ -192,13 +213,6 @@ class QwenMoeLayers(LayerwisePrimitive):
 
 def _valid_step(step: Any) -> bool:
     return isinstance(step, int) and not isinstance(step, bool) and step >= 1
-
-
-def _bool(hf: HFView, key: str, default: bool) -> bool:
-    value = hf.get(key, default)
-    if not isinstance(value, bool):
-        raise ConversionError(f"config.json: {key}={value!r} must be a boolean")
-    return value
 
 
 # ---------------------------------------------------------------------------------------- weights
