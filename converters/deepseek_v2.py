@@ -14,6 +14,7 @@ converted (they run in bfloat16 and float64), and the strategies draw even ones.
 """
 from __future__ import annotations
 
+from .config_primitives import merge_alias
 from .config_values import read_bool, read_float, read_int
 from .deepseek import DeepSeekConverter, DeepSeekLayers
 from .errors import ConversionError
@@ -82,11 +83,7 @@ class DeepseekV2Converter(DeepSeekConverter):
 
     def canonical_hf(self, hf):
         out = super().canonical_hf(hf)
-        if "num_experts" in out:  # DeepseekV2Config's alias of n_routed_experts
-            value = out.pop("num_experts")
-            if out.setdefault("n_routed_experts", value) != value:
-                raise ConversionError(f"config.json: num_experts={value!r} and n_routed_experts="
-                                      f"{out['n_routed_experts']!r} are the same setting and disagree")
+        out = merge_alias(out, "num_experts", "n_routed_experts")
         if out.get("scoring_func", "softmax") != "softmax":
             raise ConversionError(f"config.json: scoring_func={out['scoring_func']!r} is not supported: "
                                   "transformers' DeepseekV2 always scores with a softmax")

@@ -10,6 +10,7 @@ converted when the checkpoint has them (see ``converters.deepseek``).
 """
 from __future__ import annotations
 
+from .config_primitives import merge_alias
 from .config_values import read_bool, read_float, read_int
 from .deepseek import DeepSeekConverter, DeepSeekLayers
 from .errors import ConversionError
@@ -59,16 +60,8 @@ class DeepseekV3Converter(DeepSeekConverter):
 
     def canonical_hf(self, hf):
         out = super().canonical_hf(hf)
-        if "num_mtp_layers" in out:  # DeepseekV3Config's alias of num_nextn_predict_layers
-            value = out.pop("num_mtp_layers")
-            if out.setdefault("num_nextn_predict_layers", value) != value:
-                raise ConversionError(f"config.json: num_mtp_layers={value!r} and num_nextn_predict_layers="
-                                      f"{out['num_nextn_predict_layers']!r} are the same setting and disagree")
-        if "num_local_experts" in out:  # alias of n_routed_experts
-            value = out.pop("num_local_experts")
-            if out.setdefault("n_routed_experts", value) != value:
-                raise ConversionError(f"config.json: num_local_experts={value!r} and n_routed_experts="
-                                      f"{out['n_routed_experts']!r} are the same setting and disagree")
+        out = merge_alias(out, "num_mtp_layers", "num_nextn_predict_layers")
+        out = merge_alias(out, "num_local_experts", "n_routed_experts")
         for key, meaning in FIXED_MEANING.items():
             if key in out and out[key] != meaning:
                 raise ConversionError(f"config.json: {key}={out[key]!r} is not supported: transformers' "
