@@ -58,7 +58,7 @@ def defined_keys(model_type: str) -> frozenset[str]:
 
 @functools.cache
 def _default_dict(model_type: str) -> str:
-    with _quiet():
+    with quiet_transformers():
         return _canonical_json(config_class(model_type)().to_dict())
 
 
@@ -66,7 +66,7 @@ def _default_dict(model_type: str) -> str:
 def _consumed(model_type: str, key: str, value_json: str) -> bool:
     value = json.loads(value_json)
     try:
-        with _quiet():
+        with quiet_transformers():
             built = config_class(model_type)(**{key: value}).to_dict()
     except Exception:  # the class validates the key: it reads it
         return True
@@ -121,15 +121,19 @@ def _json_default(value: Any):
 
 
 @contextlib.contextmanager
-def _quiet():
-    """Building probe configs must not print transformers' warnings (restored on exit)."""
+def quiet_transformers():
+    """Silence transformers' load reports and progress bars (restored on exit)."""
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
         hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()

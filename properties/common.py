@@ -19,6 +19,7 @@ import torch
 
 import native
 from converters import ConversionError
+from converters.key_policy import quiet_transformers
 
 from .violation import Reporter
 
@@ -187,25 +188,6 @@ def jsonable(value: Any) -> Any:
 
 
 # -------------------------------------------------------------------------------- transformers
-@contextlib.contextmanager
-def quiet_transformers():
-    """Silence transformers' load reports and progress bars (restored on exit)."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 class _ListHandler(logging.Handler):
     def __init__(self):
         super().__init__(logging.WARNING)

@@ -173,60 +173,14 @@ class TorchtuneAdapter(Adapter):
     # ----------------------------------------------------------------------------- weights
     def import_weights(self, foreign: TuneConfig, hf_tensors: Mapping[str, torch.Tensor]):
         """FullModelHFCheckpointer.load_checkpoint's conversion (torchtune 0.6.1, verbatim dispatch)."""
-        from torchtune.models import convert_weights
-
         state = {k: hf_tensors[k] for k in hf_tensors}  # the checkpointer's merged_state_dict
-        config, mt = foreign.checkpoint_config, foreign.model_type
-        if mt in ("PHI3_MINI", "PHI4"):
-            from torchtune.models.phi3._convert_weights import phi3_hf_to_tune
-
-            num_heads = config["num_attention_heads"]
-            num_kv_heads = config["num_key_value_heads"]
-            dim = config["hidden_size"]
-            if num_heads == num_kv_heads:
-                num_heads, num_kv_heads, dim = None, None, None
-            return phi3_hf_to_tune(state, num_heads=num_heads, num_kv_heads=num_kv_heads, dim=dim)
-        if mt == "QWEN2":
-            from torchtune.models.qwen2._convert_weights import qwen2_hf_to_tune
-
-            return qwen2_hf_to_tune(state, num_heads=config["num_attention_heads"],
-                                    num_kv_heads=config["num_key_value_heads"], dim=config["hidden_size"],
-                                    tie_word_embeddings=config["tie_word_embeddings"])
-        if mt == "GEMMA2":
-            from torchtune.models.gemma2._convert_weights import gemma2_hf_to_tune
-
-            return gemma2_hf_to_tune(state, num_heads=config["num_attention_heads"],
-                                     num_kv_heads=config["num_key_value_heads"], dim=config["hidden_size"],
-                                     head_dim=config.get("head_dim", None))
-        return convert_weights.hf_to_tune(state, num_heads=config["num_attention_heads"],
-                                          num_kv_heads=config["num_key_value_heads"], dim=config["hidden_size"],
-                                          head_dim=config.get("head_dim", None))
+        return _checkpointer_function(foreign.model_type, "import")(
+            state, **_checkpointer_arguments(foreign.model_type, foreign.checkpoint_config, "import"))
 
     def export_weights(self, foreign: TuneConfig, state: Mapping[str, torch.Tensor]):
         """FullModelHFCheckpointer.save_checkpoint's conversion (torchtune 0.6.1, verbatim dispatch)."""
-        from torchtune.models import convert_weights
-
-        state = dict(state)
-        config, mt = foreign.checkpoint_config, foreign.model_type
-        if mt in ("PHI3_MINI", "PHI4"):
-            from torchtune.models.phi3._convert_weights import phi3_tune_to_hf
-
-            return phi3_tune_to_hf(state)
-        if mt == "QWEN2":
-            from torchtune.models.qwen2._convert_weights import qwen2_tune_to_hf
-
-            return qwen2_tune_to_hf(state, num_heads=config["num_attention_heads"],
-                                    num_kv_heads=config["num_key_value_heads"], dim=config["hidden_size"],
-                                    tie_word_embeddings=config["tie_word_embeddings"])
-        if mt == "GEMMA2":
-            from torchtune.models.gemma2._convert_weights import gemma2_tune_to_hf
-
-            return gemma2_tune_to_hf(state, num_heads=config["num_attention_heads"],
-                                     num_kv_heads=config["num_key_value_heads"], dim=config["hidden_size"],
-                                     head_dim=config.get("head_dim", None))
-        return convert_weights.tune_to_hf(state, num_heads=config["num_attention_heads"],
-                                          num_kv_heads=config["num_key_value_heads"], dim=config["hidden_size"],
-                                          head_dim=config.get("head_dim", None))
+        return _checkpointer_function(foreign.model_type, "export")(
+            dict(state), **_checkpointer_arguments(foreign.model_type, foreign.checkpoint_config, "export"))
 
     # ----------------------------------------------------------------------------- forward
     def build(self, foreign: TuneConfig, dtype: torch.dtype):
@@ -243,3 +197,33 @@ class TorchtuneAdapter(Adapter):
         model.eval()
         with torch.no_grad():
             return model(input_ids)
+
+
+# ------------------------------------------------------------------ the checkpointer's dispatch
+#: FullModelHFCheckpointer's choice of conversion functions by model type (torchtune 0.6.1):
+#: (module, HF → torchtune, torchtune → HF); any other type takes the generic pair.
+_CHECKPOINTER_FUNCTIONS = {
+    "PHI3_MINI": ("torchtune.models.phi3._convert_weights", "phi3_hf_to_tune", "phi3_tune_to_hf"),
+    "PHI4": ("torchtune.models.phi3._convert_weights", "phi3_hf_to_tune", "phi3_tune_to_hf"),
+    "QWEN2": ("torchtune.models.qwen2._convert_weights", "qwen2_hf_to_tune", "qwen2_tune_to_hf"),
+    "GEMMA2": ("torchtune.models.gemma2._convert_weights", "gemma2_hf_to_tune", "gemma2_tune_to_hf"),
+}
+_GENERIC_FUNCTIONS = ("torchtune.models.convert_weights", "hf_to_tune", "tune_to_hf")
+
+
+def _checkpointer_function(model_type: str, direction: str):
+    module, to_tune, to_hf = _CHECKPOINTER_FUNCTIONS.get(model_type, _GENERIC_FUNCTIONS)
+    return getattr(importlib.import_module(module), to_tune if direction == "import" else to_hf)
+
+
+def _checkpointer_arguments(model_type: str, config: Mapping[str, Any], direction: str) -> dict[str, Any]:
+    """The keyword arguments the checkpointer passes with the state dict, verbatim."""
+    shape = {"num_heads": config["num_attention_heads"], "num_kv_heads": config["num_key_value_heads"],
+             "dim": config["hidden_size"]}
+    if model_type in ("PHI3_MINI", "PHI4"):
+        if direction == "export":
+            return {}
+        return dict.fromkeys(shape) if shape["num_heads"] == shape["num_kv_heads"] else shape
+    if model_type == "QWEN2":
+        return {**shape, "tie_word_embeddings": config["tie_word_embeddings"]}
+    return {**shape, "head_dim": config.get("head_dim", None)}
