@@ -155,6 +155,15 @@ class LitGPTAdapter(Adapter):
                                    f"{fraction!r}: LitGPT's named configs of this family rotate whole heads")
         return fraction
 
+    def _default_rope(self, obj, activation: str | None = None, activation_key: str = "hidden_act") -> None:
+        """What most families' named configs fix: the default rope over whole heads, and one
+        activation."""
+        rope = _rope(obj)
+        self._refuse_rope(rope)
+        self._partial(rope)
+        if activation is not None:
+            self._act(obj, activation, activation_key)
+
     def _llama3(self, rope: dict) -> dict:
         return dict(factor=rope["factor"], low_freq_factor=rope["low_freq_factor"],
                     high_freq_factor=rope["high_freq_factor"],
@@ -174,20 +183,14 @@ class LitGPTAdapter(Adapter):
         return ("Llama-3.2-1B" if tied else "Llama-3-8B"), {**sizes, "rope_adjustments": None}, ()
 
     def _pick_mistral(self, obj, tied):
-        rope = _rope(obj)
-        self._refuse_rope(rope)
-        self._partial(rope)
-        self._act(obj, "silu")
+        self._default_rope(obj, "silu")
         sizes = self._common(obj)
         if obj.sliding_window is not None:
             return "Mistral-7B-v0.1", {**sizes, "sliding_window_size": obj.sliding_window}, ("sliding_window",)
         return "Mistral-7B-v0.3", sizes, ("sliding_window",)
 
     def _pick_mixtral(self, obj, tied):
-        rope = _rope(obj)
-        self._refuse_rope(rope)
-        self._partial(rope)
-        self._act(obj, "silu")
+        self._default_rope(obj, "silu")
         if obj.sliding_window is not None:
             raise NotRepresentable("sliding_window", "LitGPT's Mixtral named configs have no sliding window")
         sizes = self._common(obj)
@@ -200,28 +203,19 @@ class LitGPTAdapter(Adapter):
             raise NotRepresentable("use_sliding_window", "LitGPT's Qwen named configs have no sliding window")
 
     def _pick_qwen2(self, obj, tied):
-        rope = _rope(obj)
-        self._refuse_rope(rope)
-        self._partial(rope)
-        self._act(obj, "silu")
+        self._default_rope(obj, "silu")
         self._qwen_window(obj)
         return "Qwen2.5-0.5B" if tied else "Qwen2.5-7B", self._common(obj), \
             ("sliding_window", "layer_types", "use_sliding_window")
 
     def _pick_qwen3(self, obj, tied):
-        rope = _rope(obj)
-        self._refuse_rope(rope)
-        self._partial(rope)
-        self._act(obj, "silu")
+        self._default_rope(obj, "silu")
         self._qwen_window(obj)
         return "Qwen3-0.6B" if tied else "Qwen3-8B", self._common(obj), \
             ("sliding_window", "layer_types", "use_sliding_window")
 
     def _pick_qwen3_moe(self, obj, tied):
-        rope = _rope(obj)
-        self._refuse_rope(rope)
-        self._partial(rope)
-        self._act(obj, "silu")
+        self._default_rope(obj, "silu")
         self._qwen_window(obj)
         if obj.mlp_only_layers:
             raise NotRepresentable("mlp_only_layers", "LitGPT's Qwen3 MoE named configs are MoE in every layer")
@@ -238,9 +232,7 @@ class LitGPTAdapter(Adapter):
                                         "mlp_only_layers", "decoder_sparse_step")
 
     def _pick_gemma(self, obj, tied):
-        rope = _rope(obj)
-        self._refuse_rope(rope)
-        self._partial(rope)
+        self._default_rope(obj)
         act = getattr(obj, "hidden_activation", None) or obj.hidden_act
         if act != "gelu_pytorch_tanh":
             raise NotRepresentable("hidden_activation", f"{act!r}: LitGPT's Gemma configs use tanh-approximate GELU")
@@ -250,10 +242,7 @@ class LitGPTAdapter(Adapter):
         return [1 if t == "sliding_attention" else 0 for t in obj.layer_types]
 
     def _pick_gemma2(self, obj, tied):
-        rope = _rope(obj)
-        self._refuse_rope(rope)
-        self._partial(rope)
-        self._act(obj, "gelu_pytorch_tanh", "hidden_activation")
+        self._default_rope(obj, "gelu_pytorch_tanh", "hidden_activation")
         sizes = {**self._common(obj), "attention_scores_scalar": obj.query_pre_attn_scalar,
                  "attention_logit_softcapping": obj.attn_logit_softcapping,
                  "final_logit_softcapping": obj.final_logit_softcapping,
@@ -317,10 +306,7 @@ class LitGPTAdapter(Adapter):
         return "pythia-14m", sizes, ("use_parallel_residual", "attention_bias", "hidden_act", "rotary_pct")
 
     def _pick_olmo2(self, obj, tied):
-        rope = _rope(obj)
-        self._refuse_rope(rope)
-        self._partial(rope)
-        self._act(obj, "silu")
+        self._default_rope(obj, "silu")
         if obj.attention_bias:
             raise NotRepresentable("attention_bias", "LitGPT's OLMo-2 configs have no biases")
         return "OLMo-2-1124-7B", self._common(obj), ()
