@@ -28,7 +28,8 @@ from .config_primitives import HFView
 from .declaration import LayerwisePrimitive
 from .config_values import read_bool, read_int
 from .errors import ConversionError
-from .weights.rules import WeightRule, experts, rename
+from .llama_weights import attention_rules, gated_mlp_rules
+from .weights.rules import WeightRule, experts, norm, rename
 
 
 class DenseAndSparseLayers(LayerwisePrimitive):
@@ -237,3 +238,22 @@ def moe_rules(moe: native.MoEConfig, *, router: str, fc1: Sequence[str], fc2: st
 
 
 __all__ = ["QwenMoeLayers", "moe_rules"]
+
+
+def qwen_moe_layer_rules(block, shared_expert: bool) -> list[WeightRule]:
+    """A Qwen2-MoE/Qwen3-MoE layer: Llama's attention and norms, and a sparse or dense MLP
+    (``shared_expert``: Qwen2-MoE's gated shared expert beside the routed ones)."""
+    mlp = block.mlp
+    if mlp.kind == "moe":
+        shared = dict(shared="mlp.shared_expert.", shared_gate="mlp.shared_expert_gate.weight") if shared_expert else {}
+        ffn = moe_rules(mlp, router="mlp.gate.weight",
+                        fc1=("mlp.experts.{e}.gate_proj.weight", "mlp.experts.{e}.up_proj.weight"),
+                        fc2="mlp.experts.{e}.down_proj.weight", **shared)
+    else:
+        ffn = gated_mlp_rules(mlp.bias)
+    return [
+        norm("attn_norm.weight", "input_layernorm.weight"),
+        *attention_rules(block),
+        norm("mlp_norm.weight", "post_attention_layernorm.weight"),
+        *ffn,
+    ]

@@ -16,12 +16,11 @@ from .attention import ATTENTION_BIASES, HeadDim, bias_flag, kv_heads
 from .config_primitives import ConstantImport
 from .declaration import LayerwisePrimitive
 from .errors import ConversionError
-from .llama import CARRIED, LlamaConverter
-from .llama_weights import attention_rules, gated_mlp_rules, llama_rules
-from .moe import QwenMoeLayers, moe_rules
+from .llama import CARRIED
+from .llama_weights import llama_rules
+from .moe import QwenMoeLayers, qwen_moe_layer_rules
 from .qwen2 import Qwen2Converter
 from .rope import buildable_rotary
-from .weights.rules import norm
 from .sliding import FULL, SLIDING
 
 
@@ -101,26 +100,7 @@ class Qwen2MoeSlidingWindows(LayerwisePrimitive):
         }
 
 
-def qwen2_moe_layer_rules(i, block):
-    mlp = block.mlp
-    if mlp.kind == "moe":
-        ffn = moe_rules(mlp, router="mlp.gate.weight",
-                        fc1=("mlp.experts.{e}.gate_proj.weight", "mlp.experts.{e}.up_proj.weight"),
-                        fc2="mlp.experts.{e}.down_proj.weight",
-                        shared="mlp.shared_expert.", shared_gate="mlp.shared_expert_gate.weight")
-    else:
-        ffn = gated_mlp_rules(mlp.bias)
-    return [
-        norm("attn_norm.weight", "input_layernorm.weight"),
-        *attention_rules(block),
-        norm("mlp_norm.weight", "post_attention_layernorm.weight"),
-        *ffn,
-    ]
-
-
 class Qwen2MoeConverter(Qwen2Converter):
-    export_config = LlamaConverter.export_config  # head_dim is handled by HeadDim
-
     model_type = "qwen2_moe"
     architecture = "Qwen2MoeForCausalLM"
     max_position_default = 32768
@@ -139,4 +119,4 @@ class Qwen2MoeConverter(Qwen2Converter):
         }
 
     def weight_rules(self, cfg):
-        return llama_rules(cfg, qwen2_moe_layer_rules)
+        return llama_rules(cfg, lambda i, block: qwen_moe_layer_rules(block, shared_expert=True))

@@ -8,8 +8,6 @@ from .qwen2 import Qwen2Converter
 
 
 class Qwen3Converter(Qwen2Converter):
-    export_config = LlamaConverter.export_config  # Qwen3Config has a head_dim field: always written
-
     model_type = "qwen3"
     architecture = "Qwen3ForCausalLM"
     carried = tuple(k for k in LlamaConverter.carried if k != "pretraining_tp")

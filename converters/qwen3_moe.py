@@ -18,12 +18,11 @@ from .attention import HeadDim, kv_heads
 from .config_primitives import merge_alias
 from .declaration import LayerwisePrimitive
 from .errors import ConversionError
-from .llama import CARRIED, LlamaConverter
-from .llama_weights import attention_rules, gated_mlp_rules, llama_rules
-from .moe import QwenMoeLayers, moe_rules
+from .llama import CARRIED
+from .llama_weights import llama_rules
+from .moe import QwenMoeLayers, qwen_moe_layer_rules
 from .qwen3 import Qwen3Converter
 from .rope import buildable_rotary
-from .weights.rules import norm
 
 #: Qwen3MoeConfig defaults of the keys QwenMoeLayers reads
 QWEN3_MOE_DEFAULTS = {
@@ -62,25 +61,7 @@ class UniformSlidingWindow(LayerwisePrimitive):
         return {"use_sliding_window": True, "sliding_window": window}
 
 
-def qwen3_moe_layer_rules(i, block):
-    mlp = block.mlp
-    if mlp.kind == "moe":
-        ffn = moe_rules(mlp, router="mlp.gate.weight",
-                        fc1=("mlp.experts.{e}.gate_proj.weight", "mlp.experts.{e}.up_proj.weight"),
-                        fc2="mlp.experts.{e}.down_proj.weight")
-    else:
-        ffn = gated_mlp_rules(mlp.bias)
-    return [
-        norm("attn_norm.weight", "input_layernorm.weight"),
-        *attention_rules(block),
-        norm("mlp_norm.weight", "post_attention_layernorm.weight"),
-        *ffn,
-    ]
-
-
 class Qwen3MoeConverter(Qwen3Converter):
-    export_config = LlamaConverter.export_config
-
     model_type = "qwen3_moe"
     architecture = "Qwen3MoeForCausalLM"
     max_position_default = 32768
@@ -101,4 +82,4 @@ class Qwen3MoeConverter(Qwen3Converter):
         return merge_alias(super().canonical_hf(hf), "num_experts", "num_local_experts")
 
     def weight_rules(self, cfg):
-        return llama_rules(cfg, qwen3_moe_layer_rules)
+        return llama_rules(cfg, lambda i, block: qwen_moe_layer_rules(block, shared_expert=False))
