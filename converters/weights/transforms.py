@@ -48,6 +48,13 @@ def _count(xs: Sequence[Tensor], n: int, what: str) -> None:
         raise ConversionError(f"{what}: expected {n} tensors, got {len(xs)}")
 
 
+def _count_equal_shapes(xs: Sequence[Tensor], n: int, what: str) -> None:
+    """``n`` tensors of one shape (the parts a single tensor is assembled from)."""
+    _count(xs, n, what)
+    if len({tuple(x.shape) for x in xs}) != 1:
+        raise ConversionError(f"{what}: the {n} parts differ in shape: {[tuple(x.shape) for x in xs]}")
+
+
 class Transform:
     """Base class. Subclasses are frozen dataclasses and define ``n_native``, ``n_hf``,
     :meth:`export` (native order → HF order) and :meth:`import_` (HF → native), exact inverses."""
@@ -192,21 +199,16 @@ class Chunk(Transform):
             raise ConversionError(f"chunk: dim {self.dim} of shape {tuple(x.shape)} does not split into {self.parts} equal parts")
         return list(x.chunk(self.parts, dim=self.dim))
 
-    def _check_parts(self, xs) -> None:
-        _count(xs, self.parts, "chunk")
-        shapes = {tuple(x.shape) for x in xs}
-        if len(shapes) != 1:
-            raise ConversionError(f"chunk: the {self.parts} parts differ in shape: {[tuple(x.shape) for x in xs]}")
 
     def import_(self, xs):
-        self._check_parts(xs)
+        _count_equal_shapes(xs, self.parts, "chunk")
         return [torch.cat(list(xs), dim=self.dim)]
 
     def import_blocks(self, xs):
         """Along dim 0 the parts, whole, are the blocks."""
         if self.dim != 0:
             return None
-        self._check_parts(xs)
+        _count_equal_shapes(xs, self.parts, "chunk")
         return [(list(xs), (self.parts * xs[0].shape[0], *xs[0].shape[1:]))]
 
 
@@ -466,21 +468,16 @@ class ExpertSplit(Transform):
             raise ConversionError(f"experts: shape {tuple(x.shape)} is not ({self.experts}, rows divisible by {self.parts}, …)")
         return [part for expert in x.unbind(0) for part in expert.chunk(self.parts, dim=0)]
 
-    def _check_experts(self, xs) -> None:
-        _count(xs, self.n_hf, "experts")
-        shapes = {tuple(x.shape) for x in xs}
-        if len(shapes) != 1:
-            raise ConversionError(f"experts: per-expert shapes differ: {sorted(shapes)}")
 
     def import_blocks(self, xs):
         """The per-expert tensors, in order, are the stack's blocks."""
-        self._check_experts(xs)
+        _count_equal_shapes(xs, self.n_hf, "experts")
         if xs[0].dim() == 0:
             return None
         return [(list(xs), (self.experts, self.parts * xs[0].shape[0], *xs[0].shape[1:]))]
 
     def import_(self, xs):
-        self._check_experts(xs)
+        _count_equal_shapes(xs, self.n_hf, "experts")
         p = self.parts
         per_expert = [torch.cat(list(xs[e * p:(e + 1) * p]), dim=0) if p > 1 else xs[e] for e in range(self.experts)]
         return [torch.stack(per_expert, dim=0)]
