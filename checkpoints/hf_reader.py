@@ -193,21 +193,15 @@ class HFCheckpointReader(LazyReader):
         self._file_of: dict[str, str] = {}
         self._info: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
         self._bins: dict[str, dict[str, torch.Tensor]] = {}
-        if source.kind(SAFETENSORS_FILE) == "file":
-            self.format, self.index = "safetensors", None
-            self._open_safetensors({SAFETENSORS_FILE: None})
-        elif source.kind(SAFETENSORS_INDEX) == "file":
-            self.format, self.index = "safetensors", SAFETENSORS_INDEX
-            self._open_safetensors(self._read_index(SAFETENSORS_INDEX))
-        elif source.kind(BIN_FILE) == "file":
-            self.format, self.index = "bin", None
-            self._open_bins({BIN_FILE: None})
-        elif source.kind(BIN_INDEX) == "file":
-            self.format, self.index = "bin", BIN_INDEX
-            self._open_bins(self._read_index(BIN_INDEX))
-        else:
+        layouts = ((SAFETENSORS_FILE, "safetensors", None), (SAFETENSORS_INDEX, "safetensors", SAFETENSORS_INDEX),
+                   (BIN_FILE, "bin", None), (BIN_INDEX, "bin", BIN_INDEX))  # the first one present is read
+        found = next(((file, kind, index) for file, kind, index in layouts if source.kind(file) == "file"), None)
+        if found is None:
             raise ConversionError(f"{self.path}: no weights ({SAFETENSORS_FILE}, {SAFETENSORS_INDEX}, {BIN_FILE} "
                                   f"or {BIN_INDEX})")
+        file, self.format, self.index = found
+        files = {file: None} if self.index is None else self._read_index(self.index)
+        (self._open_safetensors if self.format == "safetensors" else self._open_bins)(files)
         self._names = sorted(self._file_of)
         self.extra_files: dict[str, str] = {name: self.source.proc_path(name) for name in tokenizer_names(source)}
         """Tokenizer files (top level, :data:`TOKENIZER_PATTERNS`): name -> a path to the held file."""
