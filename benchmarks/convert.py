@@ -181,20 +181,14 @@ def main() -> None:
 
     _, base_rss, _ = Child.run([sys.executable, "-c", "import checkpoints.pipeline, checkpoints.cli"])
     for r in range(args.rounds):
-        fresh(out)
-        wall, _, _ = Child.run(["cp", "-r", str(hf), str(out)])
-        record("cp -r hf", wall)
-        fresh(out)
-        wall, peak, printed = Child.run(convert_cmd(hf, out, args.shard), env)
-        record("hf -> native", converter_seconds(printed), peak)
-        record("hf -> native (wall, with start-up)", wall)
-        fresh(out)
-        wall, _, _ = Child.run(["cp", "-r", str(nat), str(out)])
-        record("cp -r native", wall)
-        fresh(out)
-        wall, peak, printed = Child.run(convert_cmd(nat, out, args.shard), env)
-        record("native -> hf", converter_seconds(printed), peak)
-        record("native -> hf (wall, with start-up)", wall)
+        for src, source_format, direction in ((hf, "hf", "hf -> native"), (nat, "native", "native -> hf")):
+            fresh(out)
+            wall, _, _ = Child.run(["cp", "-r", str(src), str(out)])
+            record(f"cp -r {source_format}", wall)
+            fresh(out)
+            wall, peak, printed = Child.run(convert_cmd(src, out, args.shard), env)
+            record(direction, converter_seconds(printed), peak)
+            record(f"{direction} (wall, with start-up)", wall)
         if not args.no_transformers:
             fresh(out)
             wall, peak, printed = Child.run([sys.executable, "-c", TRANSFORMERS_CHILD, str(hf), str(out), args.shard])
