@@ -1,4 +1,4 @@
-"""Forward throughput in bf16 at realistic sizes (issue 7), and the time of one forward_equivalence
+"""Forward throughput in bf16 at realistic sizes, and the time of one forward_equivalence
 example. Prints figures; never asserts timings.
 
 On CUDA: the real configs of fixtures/realistic.py (2 layers, full width, 2k–8k tokens): tokens/s of

@@ -1,4 +1,4 @@
-"""Benchmark of the CI gate: wall time, and examples per second per property (issue 4, Performance).
+"""Benchmark of the CI gate: wall time, and examples per second per property.
 
 Runs the real gate (``fixtures.gate.execute``: pytest-xdist, ``gate`` profile, every registered
 architecture unless ``--arch`` narrows it) and prints:

@@ -1,4 +1,4 @@
-"""Power of forward_equivalence at every precision (issue 7): for each single converter bug of the
+"""Power of forward_equivalence at every precision: for each single converter bug of the
 meta-tests, its relative logit error, the tolerance forward_equivalence applies in that dtype, and
 the margin ``error / tolerance`` (> 1: the bug is caught). float64/float32 use the static tolerance
 against HF in the same dtype; bfloat16/float16 the derived one (2 × HF's own error against an HF

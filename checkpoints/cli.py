@@ -83,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Large CPU tensors on transparent huge pages: fresh 4 KiB pages cost ~4x a copy here (page
-    # faults), and conversion allocates a few per layer. Set before torch allocates; opt out with 0.
+    # Large CPU tensors on transparent huge pages: faulting in fresh 4 KiB pages costs more than
+    # the copy that fills them, and conversion allocates a few such tensors per layer. Set before torch allocates; opt out with 0.
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in SUITE_COMMANDS:

@@ -83,7 +83,7 @@ def _write_tensor_file(path: Path, value: "torch.Tensor | Concatenation",
     The archive without its data depends on the shape and dtype alone (with the CRC off, see
     :func:`_no_crc`): it is saved once per shape and dtype (``torch.serialization.skip_data``,
     from an untouched placeholder whose pages are never mapped) and kept in ``skeletons`` as the
-    bytes before and after the data (~0.7 ms a file saved). Then each block is written at the
+    bytes before and after the data. Then each block is written at the
     data's offset. Same bytes as ``torch.save`` of the assembled tensor."""
     blocks = value.blocks if isinstance(value, Concatenation) else (value,)
     key = (tuple(value.shape), value.dtype)

@@ -16,8 +16,8 @@ from .source import Located, TensorSource
 
 
 def _finite(tensor: torch.Tensor) -> bool:
-    """One read-only pass: NaN propagates through min/max, Inf shows as an extreme (``aminmax`` is
-    ~20x faster than ``isfinite().all()`` on bf16 here)."""
+    """One read-only pass: NaN propagates through min/max, Inf shows as an extreme (``aminmax``
+    allocates nothing, where ``isfinite().all()`` builds a boolean tensor of the same size)."""
     if not tensor.is_floating_point() or tensor.numel() == 0:
         return True
     low, high = torch.aminmax(tensor)

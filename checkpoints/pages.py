@@ -3,8 +3,8 @@ their bytes into another file by a kernel copy (:class:`FileSlice`, :func:`write
 
 A tensor memory-mapped from a file in the page cache is normally mapped page by page as it is
 touched. When the first touch is a ``write(2)`` of the tensor into another file (a rename during
-conversion), each page fault is taken inside the kernel's copy, one page at a time: measured here,
-that halves the write speed. One ``MADV_POPULATE_READ`` call maps the whole range first (the
+conversion), each page fault is taken inside the kernel's copy, one page at a time, which slows
+the write down (``benchmarks/checkpoint_io.py`` measures it). One ``MADV_POPULATE_READ`` call maps the whole range first (the
 readers do it for every tensor they map, since a conversion reads every byte anyway). Where the
 call is unavailable (other systems, kernels before 5.14) this is a no-op.
 """
@@ -53,9 +53,9 @@ def populate(tensor: torch.Tensor) -> bool:
 class FileSlice:
     """``tensor``, whose bytes are bytes ``[offset, offset + tensor.nbytes)`` of ``file``, unchanged
     (a reader mapped it from there and nothing has written to it since). :func:`write_bytes` has
-    the kernel copy them file to file: on the 2-core dev box, writing a 2 GB checkpoint's tensors
-    from their private maps took 2.4 s in a fresh process, ``copy_file_range`` 0.9 s (``cp -r``
-    0.6 s). The tensor stays the fallback where the kernel cannot copy."""
+    the kernel copy them file to file (``copy_file_range``), close to ``cp`` speed, instead of
+    faulting in and writing out the private maps (``benchmarks/convert.py`` measures both against
+    ``cp -r``). The tensor stays the fallback where the kernel cannot copy."""
 
     tensor: torch.Tensor
     file: Path

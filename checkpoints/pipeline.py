@@ -194,20 +194,18 @@ _process_settings_note = """What convert() changes while it runs (and restores):
 
 - torch runs one intra-op thread. Its kernels here (copies, cat, casts, min/max) are memory-bound
   and gain nothing from more threads, while OpenMP's barriers on a machine whose cores are busy
-  cost a lot: on the 2-core dev box under load the same stream took 2-5 s with two threads and
-  0.6-1 s with one. The parallelism that pays is overlapping the computing of tensors (a producer
+  cost several times the work itself. The parallelism that pays is overlapping the computing of tensors (a producer
   thread, :func:`checkpoints.prefetch.prefetch`) with writing them.
-- The GIL switch interval drops to 0.5 ms, so the writing thread gets the GIL back quickly after
-  each ``write(2)`` instead of waiting up to 5 ms for the producer.
+- The GIL switch interval drops (from Python's default 5 ms), so the writing thread gets the GIL
+  back soon after each ``write(2)`` instead of waiting a whole interval for the producer.
 - The cyclic garbage collector is off: the conversion makes no cycles worth collecting, and full
-  collections walk every object torch and transformers loaded (~10% of the CPU time here)."""
+  collections walk every object torch and transformers loaded."""
 
 
 PREFETCH_DEPTH = 2
 """Tensors the producer may compute ahead of the writer. With 1 it stalled on every rule that
 yields several tensors at once (the qkv split, gate/up) or costs more than the tensor before it
-takes to write: on the benchmark model the writer waited 0.25 s (HF -> native) and 0.65 s
-(native -> HF) for it; with 2, 0.09 s and 0.23 s. Memory: one more tensor in flight, mostly
+takes to write; with 2 the writer rarely waits. Memory: one more tensor in flight, mostly
 memory-mapped source bytes (see ``parts=True`` in ``checkpoints.plan``)."""
 
 

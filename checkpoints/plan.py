@@ -57,7 +57,7 @@ class _MetaCat(TorchFunctionMode):
     """``torch.cat`` of ``meta`` tensors answered from the shapes alone.
 
     Plans run every weight rule on ``meta`` tensors. torch's meta ``cat`` is a Python
-    decomposition whose first call imports ``torch._dynamo``: 1-2.5 s here, more than the whole
+    decomposition whose first call imports ``torch._dynamo``, which takes longer than the whole
     rest of planning a 70B model. Anything unusual (mismatched shapes, other devices) goes to the
     real ``cat``, which raises as usual."""
 

@@ -218,7 +218,7 @@ def first_divergence(model, hf, ids, mask, dtype, baseline: float | None = None)
     return f"hidden states agree up to the last layer's input: divergence in layer {layers - 1}, the final norm or the head"
 
 
-# ------------------------------------------------------------------ reduced precision (issue 7)
+# ------------------------------------------------------------------ reduced precision
 @dataclass
 class ReducedMeasurement:
     """One reduced-precision comparison: native and HF in ``dtype``, each against HF float64."""

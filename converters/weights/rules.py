@@ -20,9 +20,8 @@ nothing with the inputs (what the ``weight_roundtrip`` property needs). Where cl
   unassembled, as its blocks (:meth:`WeightRule.import_blocks`): for the native writer, which
   writes each block at its place (``convert_stream(..., concatenation=...)``).
 
-A clone is not free next to disk I/O: on the 2-core dev box, cloning a 256 MB float32 tensor took
-~600 ms (fresh pages; a copy into existing memory ~100 ms) against ~1100 ms for safetensors'
-``save_file`` and ~700 ms to load it. Hence ``copy=False`` for callers that own their inputs (a
+A clone is not free next to disk I/O: it writes every byte into fresh pages, which costs the same
+order as saving or loading the tensor. Hence ``copy=False`` for callers that own their inputs (a
 lazy reader producing fresh tensors per key); the property suite keeps ``copy=True``.
 """
 from __future__ import annotations
