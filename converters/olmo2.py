@@ -14,7 +14,6 @@ Checked against transformers 5 ``Olmo2Config``/``modeling_olmo2``:
 from __future__ import annotations
 
 from .attention import HeadDim, bias_flag
-
 from .config_primitives import ConstantImport
 from .llama import ALL_ROPE_KINDS, CARRIED, LlamaConverter, rms_norm
 from .llama_weights import attention_rules, gated_mlp_rules
