@@ -191,7 +191,7 @@ class HFCheckpointReader(LazyReader):
         if self.generation_config is not None:
             check_finite(self.generation_config, str(self.path / GENERATION_CONFIG_FILE))
         self._file_of: dict[str, str] = {}
-        self._info: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
+        self._entries: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
         self._bins: dict[str, dict[str, torch.Tensor]] = {}
         layouts = ((SAFETENSORS_FILE, "safetensors", None), (SAFETENSORS_INDEX, "safetensors", SAFETENSORS_INDEX),
                    (BIN_FILE, "bin", None), (BIN_INDEX, "bin", BIN_INDEX))  # the first one present is read
@@ -248,7 +248,7 @@ class HFCheckpointReader(LazyReader):
             wanted = set(listed) if listed is not None else None
             for name, (dtype, shape, _, _) in header.items():
                 self._claim(name, shard, wanted)
-                self._info[name] = (dtype, shape)
+                self._entries[name] = (dtype, shape)
             self._headers[shard] = header
 
     def _open_bins(self, shards: dict[str, list[str] | None]) -> None:
@@ -271,7 +271,7 @@ class HFCheckpointReader(LazyReader):
             wanted = set(listed) if listed is not None else None
             for name, tensor in data.items():
                 self._claim(name, shard, wanted)
-                self._info[name] = (tensor.dtype, tuple(tensor.shape))
+                self._entries[name] = (tensor.dtype, tuple(tensor.shape))
             self._bins[shard] = data
 
     # -- Mapping ------------------------------------------------------------------------------
@@ -300,12 +300,6 @@ class HFCheckpointReader(LazyReader):
             return None
         shard = self._file_of[name]
         return Path(self.source.proc_path(shard)), self._headers[shard][name][2]
-
-    def _entry(self, name: str) -> tuple[torch.dtype, tuple[int, ...]]:
-        try:
-            return self._info[name]
-        except KeyError:
-            raise KeyError(name) from None
 
     def load_many(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
         """Read several tensors, opening each file once; returned in the order asked."""

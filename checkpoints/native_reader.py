@@ -314,12 +314,6 @@ class NativeCheckpointReader(LazyReader):
         self._entry(name)
         return self._stage_of[name].name
 
-    def _entry(self, name: str) -> TensorStorageMetadata:
-        try:
-            return self._entries[name]
-        except KeyError:
-            raise KeyError(name) from None
-
     # -- loading ------------------------------------------------------------------------------
     def load_many(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
         """Load several tensors (memory-mapped, or one DCP call per stage); in the order asked."""

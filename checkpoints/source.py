@@ -19,7 +19,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -67,6 +67,7 @@ class LazyReader(Mapping, ABC):
     tensors already returned stay valid (they are maps or copies)."""
 
     _names: list[str]
+    _entries: dict[str, Any]  # per tensor name, what the format's header says of it (set by _open)
     #: what the reader raises for a checkpoint it refuses, and what it calls one in messages
     error_type: type[ValueError]
     describes: str
@@ -84,6 +85,13 @@ class LazyReader(Mapping, ABC):
 
     @abstractmethod
     def _open(self) -> None: ...
+
+    def _entry(self, name: str) -> Any:
+        """The header entry of ``name``; ``KeyError(name)`` for a name the checkpoint lacks."""
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise KeyError(name) from None
 
     @abstractmethod
     def __contains__(self, name: object) -> bool: ...
