@@ -80,7 +80,7 @@ def throughput(case: realistic.Case, device: str, reps: int) -> tuple[float, flo
 def tiny_example_seconds(device: str, reps: int) -> float:
     """One example of the gate's bf16 column on the Llama strategy's scaled Llama-3.1-8B example."""
     from properties import forward_equivalence
-    from properties.runner import explicit_examples, strategy_module
+    from fixtures.runner import explicit_examples, strategy_module
     from properties import PROPERTIES
 
     conv = converters.get("llama")

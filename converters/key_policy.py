@@ -18,12 +18,12 @@ A few keys describe the file rather than the model (:data:`FILE_KEYS`): the writ
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import json
-import warnings
 from typing import Any, Mapping
+
+from .hf_reference import quiet_transformers
 
 #: native ``metadata`` entry holding the HF keys carried verbatim: ``{key: value}``.
 EXTRA_KEY = "hf_extra"
@@ -118,22 +118,3 @@ def _json_default(value: Any):
     if isinstance(value, (tuple, set, frozenset)):
         return list(value)
     raise TypeError(f"{type(value).__name__} is not JSON")
-
-
-@contextlib.contextmanager
-def quiet_transformers():
-    """Silence transformers' load reports and progress bars (restored on exit)."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()

@@ -6,12 +6,8 @@ state_dict=...)``, which is transformers' own loading path, conversion mapping i
 """
 from __future__ import annotations
 
-import contextlib
-import copy
 import json
-import logging
 import random
-import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -19,7 +15,7 @@ import torch
 
 import native
 from converters import ConversionError
-from converters.key_policy import quiet_transformers
+from converters.hf_reference import hf_config, quiet_transformers
 
 from .violation import Reporter
 
@@ -188,43 +184,6 @@ def jsonable(value: Any) -> Any:
 
 
 # -------------------------------------------------------------------------------- transformers
-class _ListHandler(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record):
-        self.messages.append(f"{record.name}: {record.getMessage()}")
-
-
-@contextlib.contextmanager
-def captured_warnings():
-    """Collect python warnings and transformers log records of level WARNING and above."""
-    from transformers.utils import logging as hf_logging
-
-    handler = _ListHandler()
-    logger = hf_logging.get_logger("transformers")
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_warning()
-    logger.addHandler(handler)
-    messages = handler.messages
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            yield messages
-        messages.extend(f"{w.category.__name__}: {w.message}" for w in caught)
-    finally:
-        logger.removeHandler(handler)
-        hf_logging.set_verbosity(level)
-
-
-def hf_config(hf: Mapping[str, Any]):
-    """transformers' config object for an HF config dict (``AutoConfig.for_model``)."""
-    from transformers import AutoConfig
-
-    return AutoConfig.for_model(**copy.deepcopy(dict(hf)))
-
-
 def causal_lm_class(config):
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 

@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 import native
 from converters import ConversionError
+from converters.hf_reference import captured_warnings
 
 from . import common
 from .common import config_difference, export_config, jsonable, same_value, without_metadata
@@ -138,7 +139,7 @@ def hf_config_accepted(converter, cfg: native.ModelConfig, seed: int = 0) -> Non
                   f"exported model_type={hf.get('model_type')!r}, converter is {converter.model_type!r}")
     report.expect(hf.get("model_type") in CONFIG_MAPPING, "model_type",
                   f"{hf.get('model_type')!r} is not a transformers model type")
-    with common.captured_warnings() as messages:
+    with captured_warnings() as messages:
         try:
             config = common.hf_config(hf)
         except Exception as exc:  # transformers' own validation refusing the dict is the finding

@@ -331,14 +331,14 @@ def transformers_warns(hf: dict[str, Any]) -> list[str]:
     included: their cache is cleared first)."""
     import logging
 
-    from properties import common
+    from converters.hf_reference import captured_warnings, hf_config
 
     cache_clear = getattr(getattr(logging.Logger, "warning_once", None), "cache_clear", None)
     if cache_clear is not None:
         cache_clear()
-    with common.captured_warnings() as messages:
+    with captured_warnings() as messages:
         try:
-            common.hf_config(hf)
+            hf_config(hf)
         except Exception as exc:  # a config transformers refuses is no example either
             messages.append(f"{type(exc).__name__}: {exc}")
     return list(messages)

@@ -2,7 +2,7 @@
 
 Test ids are ``test_<property>[<model_type>]``. Nothing here is per architecture: a converter in
 the registry and its ``strategies/<model_type>.py`` are all it takes to be checked (see
-``properties.runner``). The example budget of each property comes from the active profile
+``fixtures.runner``). The example budget of each property comes from the active profile
 (``--convcheck-profile`` / ``$CONVCHECK_PROFILE``; fixtures/budgets.py).
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 import converters
 from fixtures.regressions import load_regressions
-from properties import runner
+from fixtures import runner
 
 ARCHS = converters.names()
 arch = pytest.mark.parametrize("arch", ARCHS)

@@ -14,7 +14,8 @@ from hypothesis import Phase, settings
 
 from converters import ConversionError
 from fixtures import profiles
-from properties import PropertyViolation, adapter_laws, runner
+from properties import PropertyViolation, adapter_laws
+from fixtures import runner
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 MAX_LINES = 150

@@ -10,7 +10,8 @@ from hypothesis import Phase, settings
 
 import converters
 from fixtures import profiles
-from properties import PropertyViolation, adapter_laws, runner
+from properties import PropertyViolation, adapter_laws
+from fixtures import runner
 
 from . import broken
 

@@ -16,7 +16,8 @@ import pytest
 from hypothesis import Phase, settings
 
 from fixtures import profiles
-from properties import PROPERTIES, PropertyViolation, runner
+from properties import PROPERTIES, PropertyViolation
+from fixtures import runner
 
 from . import broken
 

@@ -20,7 +20,8 @@ from converters import key_policy, registry
 from converters.llama import LlamaConverter
 from converters.rope import TYPE_ALIAS_KEY
 from fixtures import profiles
-from properties import PropertyViolation, runner
+from properties import PropertyViolation
+from fixtures import runner
 from strategies._hf_common import real_config
 
 

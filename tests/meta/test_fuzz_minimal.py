@@ -59,7 +59,7 @@ def test_a_half_shrunk_case_replayed_from_a_shared_database_is_shrunk(tmp_path, 
     from hypothesis import Phase, settings
     from hypothesis.database import DirectoryBasedExampleDatabase
 
-    from properties import runner
+    from fixtures import runner
 
     from .fuzz_planted import LastLayerDropped
 

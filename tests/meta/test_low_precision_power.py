@@ -13,7 +13,8 @@ import pytest
 from hypothesis import Phase, settings
 
 from fixtures import profiles
-from properties import PropertyViolation, forward_equivalence, runner
+from properties import PropertyViolation, forward_equivalence
+from fixtures import runner
 
 from . import broken
 from .low_precision import BUGS, measure

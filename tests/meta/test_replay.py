@@ -14,7 +14,8 @@ import converters
 from fixtures import profiles
 from fixtures.commands import replay_main
 from fixtures.regressions import load_regressions
-from properties import PropertyViolation, runner
+from properties import PropertyViolation
+from fixtures import runner
 from properties.checkpoint import installed
 
 from . import broken
