@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 import native
 
 from . import building_blocks as bb
+from .moe_common import ROPE_KINDS, head_dim_keys, head_dim_of
 from .moe_common import hf_buildable, hf_buildable_rotary  # noqa: F401  (re-exported for the strategies)
 
 TOKEN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -49,6 +50,72 @@ def optional_keys(draw, values: dict[str, st.SearchStrategy]) -> dict[str, Any]:
     return out
 
 
+#: The native features the HF decoders here have in common: pre-norm RMSNorm blocks with one
+#: epsilon (the final norm too), no q/k norm, full rotation of any rope kind transformers builds, a
+#: gated bias-free MLP, no bias, window, softmax scale, softcap or embedding multiplier, tied or
+#: not. Each architecture's ``native_configs`` states only its differences (``{**PLAIN, ...}``).
+PLAIN = dict(
+    placements=("pre",), norm_kinds=("rms",), shared_eps=True, final_norm="same", qk_norms=("none",),
+    rotary_kinds=ROPE_KINDS, rotary_fractions=("full",), hf_valid_rotary=True, attention_biases=bb.BIAS_NONE,
+    mlp_biases=(False,), feed_forwards=("mlp",), gated=(True,), windows=("none",), layer_patterns=("uniform",),
+    varying=(), tied=(False, True), embedding_multipliers=("none",), softmax_scales=("none",),
+    attention_softcaps=("none",), final_softcaps=("none",))
+
+
+#: How an HF class spells ``head_dim`` (see :func:`hf_sizes`).
+HEAD_DIM_SPELLINGS = ("always", "when_needed", "any", "any_or_null")
+
+
+@st.composite
+def hf_sizes(draw, model_type: str, *, hidden: Sequence[str] = ("free",), hidden_at_least_heads: bool = False,
+             layouts: st.SearchStrategy[bb.HeadLayout] | None = None, layers: st.SearchStrategy[int] | None = None,
+             intermediate: st.SearchStrategy[int] | None = None, kv_heads: str = "always",
+             kv_default: int | None = None, head_dim: str = "when_needed") -> tuple[dict[str, Any], bb.HeadLayout]:
+    """``(hf, layout)``: the keys every dense-attention HF config opens with (``model_type``, vocab,
+    hidden, intermediate, layer, head and position sizes), drawn from one head layout, and that
+    layout with the ``head_dim`` the dict means. Each architecture then adds only its own keys.
+
+    - ``hidden``: the ``bb.hidden_for`` policies to draw from (simplest first);
+      ``"heads_times_head_dim"`` caps the layout's width. ``hidden_at_least_heads``: a free hidden
+      size is at least the head count (the MoE and Llama-family classes as drawn so far);
+    - ``layouts``: the head layouts, where the class restricts them (GPT-NeoX: no GQA);
+    - ``kv_heads``: ``"always"`` written, ``"never"`` (the class has one head count) or
+      ``"optional"``: left out only where ``kv_default`` (None: the head count), the class
+      default, is the drawn value;
+    - ``head_dim``: ``"always"`` written; ``"when_needed"``, only where ``hidden // heads`` is not
+      it (the converters refuse transformers' floored default); ``"any"``/``"any_or_null"``, any
+      spelling the class reads (``moe_common.head_dim_keys``).
+    """
+    if head_dim not in HEAD_DIM_SPELLINGS:
+        raise ValueError(f"hf_sizes(head_dim={head_dim!r}): choose from {HEAD_DIM_SPELLINGS}")
+    policy = draw(bb.choice(tuple(hidden)))
+    capped = policy == "heads_times_head_dim"
+    if layouts is None:
+        layouts = bb.head_layouts(max_q_width=bb.MAX_HIDDEN if capped else None)
+    layout = draw(layouts)
+    low = max(bb.MIN_HIDDEN, layout.heads) if hidden_at_least_heads else bb.MIN_HIDDEN
+    hidden_size = draw(bb.hidden_for(layout, policy, min_value=low))
+    hf: dict[str, Any] = {
+        "model_type": model_type,
+        "vocab_size": draw(bb.vocab_sizes()),
+        "hidden_size": hidden_size,
+        "intermediate_size": draw(bb.intermediate_sizes() if intermediate is None else intermediate),
+        "num_hidden_layers": draw(bb.layer_counts() if layers is None else layers),
+        "num_attention_heads": layout.heads,
+        "num_key_value_heads": layout.kv_heads,
+        "max_position_embeddings": draw(bb.max_positions()),
+    }
+    default_kv = layout.heads if kv_default is None else kv_default
+    if kv_heads == "never" or (kv_heads == "optional" and layout.kv_heads == default_kv and draw(st.booleans())):
+        del hf["num_key_value_heads"]
+    sizes = {"hidden_size": hidden_size, "num_attention_heads": layout.heads, "head_dim": layout.head_dim}
+    if head_dim == "always" or (head_dim == "when_needed" and hidden_size != layout.heads * layout.head_dim):
+        hf["head_dim"] = layout.head_dim
+    elif head_dim in ("any", "any_or_null"):
+        hf.update(draw(head_dim_keys(sizes, null_allowed=head_dim == "any_or_null")))
+    return hf, dataclasses.replace(layout, head_dim=head_dim_of(hf))
+
+
 def dropouts() -> st.SearchStrategy[float]:
     return st.one_of(st.just(0.0), st.sampled_from([0.1, 0.05]))
 
@@ -61,6 +128,14 @@ def file_keys(draw, architecture: str) -> dict[str, Any]:
         "torch_dtype": st.sampled_from(["bfloat16", "float32", "float16"]),
         "transformers_version": st.sampled_from(["4.40.2", "4.46.0", "5.0.0"]),
     }))
+
+
+@st.composite
+def v4_or_v5(draw, hf: dict[str, Any]) -> dict[str, Any]:
+    """``hf`` as drawn (v5 ``rope_parameters``) or in the v4 spelling, keyed by ``type`` or ``rope_type``."""
+    if draw(st.booleans()):
+        return v4_rope(hf, draw(st.sampled_from(["type", "rope_type"])))
+    return hf
 
 
 def v4_rope(hf: dict[str, Any], key: str = "type") -> dict[str, Any]:
