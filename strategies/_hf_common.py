@@ -55,7 +55,7 @@ def optional_keys(draw, values: dict[str, st.SearchStrategy]) -> dict[str, Any]:
 #: gated bias-free MLP, no bias, window, softmax scale, softcap or embedding multiplier, tied or
 #: not. Each architecture's ``native_configs`` states only its differences (``{**PLAIN, ...}``).
 PLAIN = dict(
-    placements=("pre",), norm_kinds=("rms",), shared_eps=True, final_norm="same", qk_norms=("none",),
+    hidden="free", placements=("pre",), norm_kinds=("rms",), shared_eps=True, final_norm="same", qk_norms=("none",),
     rotary_kinds=ROPE_KINDS, rotary_fractions=("full",), hf_valid_rotary=True, attention_biases=bb.BIAS_NONE,
     mlp_biases=(False,), feed_forwards=("mlp",), gated=(True,), windows=("none",), layer_patterns=("uniform",),
     varying=(), tied=(False, True), embedding_multipliers=("none",), softmax_scales=("none",),

@@ -19,47 +19,29 @@ rotaries (``building_blocks.rotaries(hf_valid=True)``) and spelled out by :func:
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any
 
 from hypothesis import strategies as st
 
 import native
 
+from . import _hf_common as hc
 from . import building_blocks as bb
 from .generic import native_configs as _native_configs
 from .moe_common import hf_buildable, hf_buildable_rotary
 
 MODEL_TYPE = "gemma"
-ROTARY_KINDS = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
 ACTIVATIONS = ("gelu_tanh", "silu", "relu")
 HF_ACTIVATIONS = ("gelu_pytorch_tanh", "gelu", "silu", "relu")  # "gelu": GemmaConfig's legacy tanh
 
-CONSTRAINTS = dict(
-    hidden="free",
-    placements=("pre",),
-    norm_kinds=("rms_zero_centered",),
-    shared_eps=True,
-    final_norm="same",
-    qk_norms=("none",),
-    rotary_kinds=ROTARY_KINDS,
-    rotary_fractions=("full",),
-    hf_valid_rotary=True,
-    attention_biases=bb.BIAS_ALL_OR_NOTHING,
-    mlp_biases=(False,),
-    feed_forwards=("mlp",),
-    gated=(True,),
-    activations=ACTIVATIONS,
-    windows=("none",),
-    layer_patterns=("uniform",),
-    varying=(),
-    tied=(True, False),
-    embedding_multipliers=("sqrt_hidden",),
-    softmax_scales=("none",),
-    attention_softcaps=("none",),
-    final_softcaps=("none",),
-)
+CONSTRAINTS = {
+    **hc.PLAIN,
+    "norm_kinds": ("rms_zero_centered",),
+    "attention_biases": bb.BIAS_ALL_OR_NOTHING,
+    "activations": ACTIVATIONS,
+    "tied": (True, False),
+    "embedding_multipliers": ("sqrt_hidden",),
+}
 
 
 def native_configs(**overrides) -> st.SearchStrategy[native.ModelConfig]:
@@ -171,7 +153,7 @@ def rotary_to_hf(rotary) -> dict[str, Any]:
 
 
 @st.composite
-def rope_dicts(draw, head_dim: int, max_position: int, kinds=ROTARY_KINDS) -> dict[str, Any]:
+def rope_dicts(draw, head_dim: int, max_position: int, kinds=hc.ROPE_KINDS) -> dict[str, Any]:
     rotary = draw(bb.rotaries(head_dim, max_position, kinds=kinds, fractions=("full",), hf_valid=True))
     return rotary_to_hf(hf_buildable_rotary(rotary, head_dim, max_position))
 
@@ -217,47 +199,38 @@ def hf_extras(draw, vocab_size: int, model_type: str, architecture: str) -> dict
     return out
 
 
-@st.composite
-def hf_configs(draw) -> dict[str, Any]:
-    """GemmaConfig dicts: sizes small, every architecture key sometimes left to its class default
-    (where that default is small enough), rope in the v4 or v5 form."""
-    layout = draw(bb.head_layouts())
-    hidden = draw(bb.hidden_sizes())
-    vocab = draw(bb.vocab_sizes())
-    max_position = draw(bb.max_positions())
-    h: dict[str, Any] = {
-        "model_type": MODEL_TYPE,
-        "vocab_size": vocab,
-        "hidden_size": hidden,
-        "intermediate_size": draw(bb.intermediate_sizes()),
-        "num_hidden_layers": draw(bb.layer_counts()),
-        "num_attention_heads": layout.heads,
-        "num_key_value_heads": layout.kv_heads,
-        "head_dim": layout.head_dim,
-        "max_position_embeddings": max_position,
-    }
-    optional = {
+def optional_keys(layout: bb.HeadLayout) -> dict[str, st.SearchStrategy]:
+    """GemmaConfig's keys that may be left to their class default (a small enough one)."""
+    return {
         "rms_norm_eps": bb.epsilons(),
         "tie_word_embeddings": st.booleans(),
         "attention_bias": st.booleans(),
         "hidden_act": st.sampled_from(HF_ACTIVATIONS),
         "use_bidirectional_attention": st.sampled_from((None, False)),
     }
-    for key, values in optional.items():
-        if draw(st.booleans()):
-            h[key] = draw(values)
+
+
+@st.composite
+def rope_keys(draw, head_dim: int, max_position: int) -> dict[str, Any]:
+    """One rotary for every layer, in the v5 or the v4 form (:func:`rope_forms`)."""
+    return draw(rope_forms(draw(rope_dicts(head_dim, max_position))))
+
+
+@st.composite
+def hf_configs(draw) -> dict[str, Any]:
+    """GemmaConfig dicts: sizes small, every architecture key sometimes left to its class default
+    (where that default is small enough), rope in the v4 or v5 form."""
+    hf, layout = draw(hc.hf_sizes(MODEL_TYPE, head_dim="always"))
+    hf.update(draw(hc.optional_keys(optional_keys(layout))))
     if draw(st.booleans()):  # transformers 4's key, inert in 5: agreeing with hidden_act or null
-        act = h.get("hidden_act", "gelu_pytorch_tanh")
-        h["hidden_activation"] = draw(st.sampled_from((None, "gelu_pytorch_tanh" if act == "gelu" else act)))
-    h.update(draw(rope_forms(draw(rope_dicts(layout.head_dim, max_position)))))
-    h.update(draw(hf_extras(vocab, MODEL_TYPE, "GemmaForCausalLM")))
-    return h
+        act = hf.get("hidden_act", "gelu_pytorch_tanh")
+        hf["hidden_activation"] = draw(st.sampled_from((None, "gelu_pytorch_tanh" if act == "gelu" else act)))
+    hf.update(draw(rope_keys(layout.head_dim, hf["max_position_embeddings"])))
+    hf.update(draw(hf_extras(hf["vocab_size"], MODEL_TYPE, "GemmaForCausalLM")))
+    return hf
 
 
 # ------------------------------------------------------------------------------ explicit examples
-from .paths import REAL_CONFIGS as _REAL  # noqa: E402
-REAL_CONFIGS_DIR = str(_REAL)
-
 #: google/gemma-7b's config.json as published (transformers 4.38 era), for ``@example``.
 GEMMA_7B = {
     "architectures": ["GemmaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
@@ -268,15 +241,6 @@ GEMMA_7B = {
     "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 10000.0, "torch_dtype": "bfloat16",
     "transformers_version": "4.38.0.dev0", "use_cache": True, "vocab_size": 256000,
 }
-
-
-def real_config(name: str) -> dict[str, Any] | None:
-    """A config from ``strategies/real_configs/<name>.json`` (None when absent)."""
-    path = os.path.join(REAL_CONFIGS_DIR, f"{name}.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
 
 
 def scaled_down(h: dict[str, Any], *, hidden: int = 16, heads: int = 2, kv_heads: int = 1, head_dim: int = 8,
@@ -311,6 +275,5 @@ def hf_examples() -> list[dict[str, Any]]:
             scaled_down(GEMMA_7B, hidden=24, heads=4, kv_heads=4, head_dim=8, intermediate=40, layers=2, vocab=61)]
 
 
-from . import _hf_common as _hc  # noqa: E402
-hf_configs = _hc.with_real_file_forms(hf_configs, MODEL_TYPE)
-hf_examples = _hc.with_real_configs(hf_examples, MODEL_TYPE)
+hf_configs = hc.with_real_file_forms(hf_configs, MODEL_TYPE)
+hf_examples = hc.with_real_configs(hf_examples, MODEL_TYPE)

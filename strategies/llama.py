@@ -18,37 +18,20 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
+from . import _hf_common as _hc
 from . import building_blocks as bb
 from . import moe_common as _mc
 from .generic import native_configs as _native_configs
 
 MODEL_TYPE = "llama"
-ROTARY_KINDS = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
 
 #: The constraints, exposed so variants (Mistral, ...) state only their differences.
-CONSTRAINTS = dict(
-    hidden="multiple_of_heads",
-    placements=("pre",),
-    norm_kinds=("rms",),
-    shared_eps=True,
-    final_norm="same",
-    qk_norms=("none",),
-    rotary_kinds=ROTARY_KINDS,
-    rotary_fractions=("full",),
-    hf_valid_rotary=True,
-    attention_biases=bb.BIAS_ALL_OR_NOTHING,
-    mlp_biases=(False, True),
-    feed_forwards=("mlp",),
-    gated=(True,),
-    windows=("none",),
-    layer_patterns=("uniform",),
-    varying=(),
-    tied=(False, True),
-    embedding_multipliers=("none",),
-    softmax_scales=("none",),
-    attention_softcaps=("none",),
-    final_softcaps=("none",),
-)
+CONSTRAINTS = {
+    **_hc.PLAIN,
+    "hidden": "multiple_of_heads",
+    "attention_biases": bb.BIAS_ALL_OR_NOTHING,
+    "mlp_biases": (False, True),
+}
 
 
 def native_configs(**overrides) -> st.SearchStrategy:
@@ -86,6 +69,5 @@ def unrepresentable_configs() -> st.SearchStrategy:
     return lf.unrepresentable_configs(native_configs(), biases=bb.BIAS_ALL_OR_NOTHING, mlp_bias=True, windows="none")
 
 
-from . import _hf_common as _hc  # noqa: E402
 hf_configs = _hc.with_real_file_forms(hf_configs, MODEL_TYPE)
 hf_examples = _hc.with_real_configs(hf_examples, MODEL_TYPE)
