@@ -20,7 +20,7 @@ import native
 
 from . import _hf_common as hc
 from . import building_blocks as bb
-from . import moe_common as mc
+from .moe_common import mutate_attention, mutate_block, mutate_mlp
 
 
 # ------------------------------------------------------------------------------------ HF dicts
@@ -45,7 +45,7 @@ def hf_configs(draw, model_type: str, architecture: str, *, hidden_multiple_of_h
                                   kv_heads="optional", kv_default=kv_default, head_dim=head_dim))
     num_layers, vocab, max_position = hf["num_hidden_layers"], hf["vocab_size"], hf["max_position_embeddings"]
     hf.update(draw(hc.optional_keys({"rms_norm_eps": bb.epsilons(), "tie_word_embeddings": st.booleans(),
-                                     "hidden_act": st.sampled_from(sorted(mc.ACTIVATIONS.values())),
+                                     "hidden_act": st.sampled_from(sorted(hc.ACTIVATIONS.values())),
                                      **{key: st.booleans() for key in bias_keys}})))
     if windows == "mistral" and draw(st.booleans()):
         hf["sliding_window"] = draw(st.one_of(st.none(), bb.windows()))
@@ -53,22 +53,19 @@ def hf_configs(draw, model_type: str, architecture: str, *, hidden_multiple_of_h
         from .qwen2_moe import window_keys
 
         hf.update(draw(window_keys(num_layers)))
-    hf.update(draw(mc.rope_keys(draw(mc.rotary_for(layout.head_dim, max_position)))))
-    hf.update(draw(mc.token_and_training_keys(vocab)))
+    hf.update(draw(hc.rope_keys(draw(hc.rotary_for(layout.head_dim, max_position)))))
+    hf.update(draw(hc.token_and_training_keys(vocab)))
     for key in carried:
         if draw(st.booleans()):
             hf[key] = {"pretraining_tp": 1, "use_mrope": False}[key]
-    hf.update(draw(mc.file_keys(architecture)))
+    hf.update(draw(hc.file_keys(architecture, **hc.LATER_FILES)))
     return hf
 
 
 def examples(model_type: str, real: str | None, small: Callable[[dict], dict] | None) -> list[dict]:
     """``@example`` HF dicts: the transformers default config of the class, the real config
     (verbatim, config properties only) and ``small(real)`` scaled down for the tensor properties."""
-    from transformers import AutoConfig
-
-    out = [{k: v for k, v in AutoConfig.for_model(model_type).to_dict().items()
-            if k not in ("transformers_version", "_name_or_path")}]
+    out = [hc.default_config(model_type)]
     if real is not None:
         published = hc.real_config(real)
         out.append(published)
@@ -78,20 +75,6 @@ def examples(model_type: str, real: str | None, small: Callable[[dict], dict] | 
 
 
 # ---------------------------------------------------------------------------- unrepresentable
-def mutate_block(cfg: native.ModelConfig, layer: int, **changes) -> native.ModelConfig:
-    layers = cfg.decoder.layers()
-    layers[layer] = dataclasses.replace(layers[layer], **changes)
-    return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers(layers))
-
-
-def mutate_attention(cfg: native.ModelConfig, layer: int, **changes) -> native.ModelConfig:
-    return mutate_block(cfg, layer, attention=dataclasses.replace(cfg.decoder.layer(layer).attention, **changes))
-
-
-def mutate_mlp(cfg: native.ModelConfig, layer: int, **changes) -> native.ModelConfig:
-    return mutate_block(cfg, layer, mlp=dataclasses.replace(cfg.decoder.layer(layer).mlp, **changes))
-
-
 def _all_layers(cfg: native.ModelConfig, **attention) -> native.ModelConfig:
     layers = [dataclasses.replace(b, attention=dataclasses.replace(b.attention, **attention)) for b in cfg.decoder.layers()]
     return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers(layers))

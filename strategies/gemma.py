@@ -12,9 +12,9 @@ What HF Gemma (transformers 5.x ``GemmaConfig``/``modeling_gemma``) can express,
 - rotary: default, linear, dynamic, llama3, yarn, longrope over the whole head;
 - no window, softcap, softmax scale, q/k norm.
 
-The HF strategies here (:func:`rope_forms`, :func:`hf_extras`) are shared by the Gemma2 and Gemma3
-modules. HF dicts are written independently of the converter: rotary parameters are drawn as native
-rotaries (``building_blocks.rotaries(hf_valid=True)``) and spelled out by :func:`rotary_to_hf`.
+The HF strategies here (:func:`optional_keys`, :func:`rope_forms`, :func:`hf_extras`) are shared by
+the Gemma2 and Gemma3 modules. HF dicts are written independently of the converter (the pieces come
+from :mod:`strategies._hf_common`).
 """
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ import native
 from . import _hf_common as hc
 from . import building_blocks as bb
 from .generic import native_configs as _native_configs
-from .moe_common import hf_buildable, hf_buildable_rotary
 
 MODEL_TYPE = "gemma"
 ACTIVATIONS = ("gelu_tanh", "silu", "relu")
@@ -47,7 +46,7 @@ CONSTRAINTS = {
 def native_configs(**overrides) -> st.SearchStrategy[native.ModelConfig]:
     """Native configs a Gemma converter must accept (``overrides`` narrow or widen CONSTRAINTS);
     ``hf_buildable``: no dynamic rotary over 2 dims, which transformers cannot build."""
-    return _native_configs(**{**CONSTRAINTS, **overrides}).map(hf_buildable)
+    return _native_configs(**{**CONSTRAINTS, **overrides}).map(hc.hf_buildable)
 
 
 # ------------------------------------------------------------------------------- unrepresentable
@@ -138,26 +137,6 @@ def unrepresentable_configs(breaks: dict | None = None, base: st.SearchStrategy 
 
 
 # ------------------------------------------------------------------------------------- HF dicts
-def rotary_to_hf(rotary) -> dict[str, Any]:
-    """A native rotary as the v5 ``rope_parameters`` dict transformers reads (the test side's own
-    spelling, independent of the converter)."""
-    out: dict[str, Any] = {"rope_type": rotary.kind, "rope_theta": rotary.theta}
-    for name in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings",
-                 "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor", "truncate"):
-        value = getattr(rotary, name, None)
-        if value is not None:
-            out[name] = value
-    if rotary.kind == "longrope":
-        out["short_factor"], out["long_factor"] = list(rotary.short_factor), list(rotary.long_factor)
-    return out
-
-
-@st.composite
-def rope_dicts(draw, head_dim: int, max_position: int, kinds=hc.ROPE_KINDS) -> dict[str, Any]:
-    rotary = draw(bb.rotaries(head_dim, max_position, kinds=kinds, fractions=("full",), hf_valid=True))
-    return rotary_to_hf(hf_buildable_rotary(rotary, head_dim, max_position))
-
-
 @st.composite
 def rope_forms(draw, params: dict[str, Any]) -> dict[str, Any]:
     """One rope dict in the v5 form (``rope_parameters``) or the v4 form (top-level ``rope_theta`` and
@@ -213,7 +192,7 @@ def optional_keys(layout: bb.HeadLayout) -> dict[str, st.SearchStrategy]:
 @st.composite
 def rope_keys(draw, head_dim: int, max_position: int) -> dict[str, Any]:
     """One rotary for every layer, in the v5 or the v4 form (:func:`rope_forms`)."""
-    return draw(rope_forms(draw(rope_dicts(head_dim, max_position))))
+    return draw(rope_forms(draw(hc.rope_parameters(head_dim, max_position))))
 
 
 @st.composite
@@ -245,33 +224,16 @@ GEMMA_7B = {
 
 def scaled_down(h: dict[str, Any], *, hidden: int = 16, heads: int = 2, kv_heads: int = 1, head_dim: int = 8,
                 intermediate: int = 24, layers: int = 2, vocab: int = 37, **extra) -> dict[str, Any]:
-    """A real config with its sizes shrunk for a forward pass (token ids folded into the vocab);
-    every other key kept, ``extra`` keys set."""
-    out = dict(h)
-    out.update(hidden_size=hidden, num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
-               intermediate_size=intermediate, num_hidden_layers=layers, vocab_size=vocab)
-    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        value = out.get(key)
-        if isinstance(value, list):
-            out[key] = [v % vocab for v in value]
-        elif isinstance(value, int):
-            out[key] = value % vocab
-    out.update(extra)
-    return out
-
-
-def default_config(model_type: str) -> dict[str, Any]:
-    """transformers' default config of ``model_type`` as a dict (file keys dropped)."""
-    from transformers import AutoConfig
-
-    return {k: v for k, v in AutoConfig.for_model(model_type).to_dict().items()
-            if k not in ("transformers_version", "_name_or_path")}
+    """``_hf_common.scaled_down`` under Gemma's short names."""
+    return hc.scaled_down(h, hidden_size=hidden, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                          head_dim=head_dim, intermediate_size=intermediate, num_hidden_layers=layers,
+                          vocab_size=vocab, **extra)
 
 
 def hf_examples() -> list[dict[str, Any]]:
     """GemmaConfig's default, google/gemma-7b as published (legacy ``hidden_act: gelu``, v4 rope
     keys), and gemma-7b scaled down for the tensor properties."""
-    return [default_config(MODEL_TYPE), GEMMA_7B,
+    return [hc.default_config(MODEL_TYPE), GEMMA_7B,
             scaled_down(GEMMA_7B, hidden=24, heads=4, kv_heads=4, head_dim=8, intermediate=40, layers=2, vocab=61)]
 
 

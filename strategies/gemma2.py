@@ -22,11 +22,10 @@ import native
 from converters.sliding import FULL, SLIDING
 from native.config import ACTIVATIONS
 
-from . import building_blocks as bb
 from . import _hf_common as hc
+from . import building_blocks as bb
 from . import gemma
-from .gemma import BREAKS as _GEMMA_BREAKS, CONSTRAINTS as _GEMMA, _attention, _broken, default_config, scaled_down
-from .moe_common import hf_buildable
+from .gemma import BREAKS as _GEMMA_BREAKS, CONSTRAINTS as _GEMMA, _attention, _broken, scaled_down
 from .generic import native_configs as _native_configs
 
 MODEL_TYPE = "gemma2"
@@ -61,7 +60,7 @@ def with_query_pre_attn_scalar(draw, cfg: native.ModelConfig) -> native.ModelCon
 @st.composite
 def native_configs(draw, **overrides) -> native.ModelConfig:
     """Native configs a Gemma2 converter must accept."""
-    return hf_buildable(draw(with_query_pre_attn_scalar(draw(_native_configs(**{**CONSTRAINTS, **overrides})))))
+    return hc.hf_buildable(draw(with_query_pre_attn_scalar(draw(_native_configs(**{**CONSTRAINTS, **overrides})))))
 
 
 # ------------------------------------------------------------------------------- unrepresentable
@@ -166,7 +165,7 @@ def hf_examples() -> list[dict[str, Any]]:
     """Gemma2Config's default, google/gemma-2-2b as published, and gemma-2-2b scaled down (window 3,
     softcaps and the alternating pattern kept; query_pre_attn_scalar = the new head_dim as in the
     original) for the tensor properties."""
-    return [default_config(MODEL_TYPE), GEMMA2_2B,
+    return [hc.default_config(MODEL_TYPE), GEMMA2_2B,
             scaled_down(GEMMA2_2B, hidden=32, heads=4, kv_heads=2, head_dim=8, intermediate=48, layers=3, vocab=61,
                         sliding_window=3, query_pre_attn_scalar=8)]
 

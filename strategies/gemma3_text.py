@@ -19,13 +19,12 @@ from hypothesis import strategies as st
 
 import native
 
-from . import building_blocks as bb
 from . import _hf_common as hc
+from . import building_blocks as bb
 from . import gemma2
-from .gemma import _attention, _broken, _map_blocks, default_config, rope_dicts, scaled_down
+from .gemma import _attention, _broken, _map_blocks, scaled_down
 from .gemma2 import BREAKS as _GEMMA2_BREAKS, CONSTRAINTS as _GEMMA2, FULL, SLIDING, _layer0, with_query_pre_attn_scalar
 from .generic import native_configs as _native_configs
-from .moe_common import hf_buildable
 
 MODEL_TYPE = "gemma3_text"
 ARCHITECTURE = "Gemma3ForCausalLM"
@@ -55,7 +54,7 @@ def native_configs(draw, **overrides) -> native.ModelConfig:
     mixed = _native_configs(**constraints)
     uniform = _native_configs(**{**constraints, **UNIFORM})
     cfg = draw(with_query_pre_attn_scalar(draw(st.one_of(mixed, uniform))))
-    return hf_buildable(_map_blocks(cfg, lambda b: dataclasses.replace(
+    return hc.hf_buildable(_map_blocks(cfg, lambda b: dataclasses.replace(
         b, attention=dataclasses.replace(b.attention, rotary=_truncating(b.attention.rotary)))))
 
 
@@ -130,7 +129,7 @@ def rope_keys(draw, head_dim: int, max_position: int) -> dict[str, Any]:
         params = {}
         for layer_type in (SLIDING, FULL):
             if draw(st.integers(0, 3)):
-                params[layer_type] = _truncating_dict(draw(rope_dicts(head_dim, max_position)))
+                params[layer_type] = _truncating_dict(draw(hc.rope_parameters(head_dim, max_position)))
         return {"rope_parameters": params} if params or draw(st.booleans()) else {}
     out: dict[str, Any] = {}
     if draw(st.booleans()):
@@ -138,7 +137,7 @@ def rope_keys(draw, head_dim: int, max_position: int) -> dict[str, Any]:
     if draw(st.booleans()):
         out["rope_local_base_freq"] = draw(bb.thetas())
     if draw(st.booleans()):
-        scaling = _truncating_dict(draw(rope_dicts(head_dim, max_position)))
+        scaling = _truncating_dict(draw(hc.rope_parameters(head_dim, max_position)))
         scaling.pop("rope_theta")
         if scaling["rope_type"] == "default" and draw(st.booleans()):
             scaling = None
@@ -186,7 +185,7 @@ def hf_examples() -> list[dict[str, Any]]:
     window 3 for the tensor properties."""
     small = dict(hidden=32, heads=4, kv_heads=2, head_dim=8, intermediate=48, layers=6, vocab=61,
                  sliding_window=3, query_pre_attn_scalar=8, max_position_embeddings=64)
-    return [default_config(MODEL_TYPE), GEMMA3_1B, GEMMA3_4B_TEXT,
+    return [hc.default_config(MODEL_TYPE), GEMMA3_1B, GEMMA3_4B_TEXT,
             scaled_down(GEMMA3_1B, **{**small, "kv_heads": 1}), scaled_down(GEMMA3_4B_TEXT, **small)]
 
 

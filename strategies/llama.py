@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 
 from . import _hf_common as _hc
 from . import building_blocks as bb
-from . import moe_common as _mc
 from .generic import native_configs as _native_configs
 
 MODEL_TYPE = "llama"
@@ -37,7 +36,7 @@ CONSTRAINTS = {
 def native_configs(**overrides) -> st.SearchStrategy:
     """Native configs a Llama converter must accept (``overrides`` narrow or widen CONSTRAINTS)."""
     # (hf_buildable: no dynamic rotary over 2 dims, which transformers cannot build)
-    return _native_configs(**{**CONSTRAINTS, **overrides}).map(_mc.hf_buildable)
+    return _native_configs(**{**CONSTRAINTS, **overrides}).map(_hc.hf_buildable)
 
 
 # ----------------------------------------------------------------- HF dicts, examples, refusals
@@ -56,7 +55,7 @@ def hf_examples() -> list[dict]:
     """The LlamaConfig default, Llama-3.1-8B as published, and Llama-3.1-8B scaled down (llama3 rope
     with its original context shrunk so a forward pass exceeds it)."""
     def small(real):
-        return _mc.scaled_down(real, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
+        return _hc.scaled_down(real, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
                                num_attention_heads=4, num_key_value_heads=2, vocab_size=97,
                                max_position_embeddings=64,
                                rope_scaling={**real["rope_scaling"], "original_max_position_embeddings": 16})
