@@ -128,14 +128,12 @@ def hf_base(draw, model_type: str, architecture: str, *, q_lora: bool = True) ->
     if draw(st.booleans()):
         hf["moe_layer_freq"] = 1
     rotary = draw(hc.rotary_for(rope, max_position))
+    rope_keys = draw(hc.rope_keys(rotary))
     if getattr(rotary, "truncate", False):  # as DeepSeek configs write YaRN: truncate only when false
-        rope_keys = draw(hc.rope_keys(rotary))
         for params in (rope_keys.get("rope_parameters"), rope_keys.get("rope_scaling")):
             if isinstance(params, dict):
                 params.pop("truncate", None)
-        hf.update(rope_keys)
-    else:
-        hf.update(draw(hc.rope_keys(rotary)))
+    hf.update(rope_keys)
     hf.update(draw(hc.token_and_training_keys(vocab, ("output_router_logits",))))
     hf.update(draw(hc.file_keys(architecture, **hc.LATER_FILES)))
     if draw(st.booleans()):
@@ -217,9 +215,17 @@ def _moe_before_dense(cfg: native.ModelConfig, make) -> native.ModelConfig:
     return mc.mutate_block(cfg, 1, mlp=native.MLPConfig(intermediate=8, activation=act))
 
 
+#: The sizes :func:`scaled_down` gives a real config (small enough for weights and a forward pass).
+SMALL = dict(hidden_size=32, intermediate_size=48, moe_intermediate_size=12, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=4, n_routed_experts=8, num_experts_per_tok=3,
+             kv_lora_rank=12, qk_rope_head_dim=4, qk_nope_head_dim=6, v_head_dim=5, first_k_dense_replace=1,
+             vocab_size=97, max_position_embeddings=64)
+
+
 def scaled_down(real: dict[str, Any], **sizes: Any) -> dict[str, Any]:
-    """A real config at test size (its rope's original context cut so a short forward passes it)."""
-    out = hc.scaled_down(real, **sizes)
+    """A real config at test size (:data:`SMALL`, then ``sizes``), its rope's original context cut so
+    a short forward passes it."""
+    out = hc.scaled_down(real, **{**SMALL, **sizes})
     rope = out.get("rope_scaling")
     if isinstance(rope, dict) and "original_max_position_embeddings" in rope:
         rope["original_max_position_embeddings"] = 16

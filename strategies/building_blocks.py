@@ -433,22 +433,29 @@ def layer_patterns(draw, num_layers: int, kinds: Sequence[str] = LAYER_PATTERN_K
 
 
 # ------------------------------------------------------------------------------ forward lengths
+def length_thresholds(cfg: native.ModelConfig, context_rotaries: tuple[type, ...] = ()) -> list[int]:
+    """The sequence lengths past which ``cfg`` behaves differently: every sliding window, every
+    rotary ``original_max_position_embeddings`` and, for a rotary of ``context_rotaries`` (those
+    rescaling past the context), ``max_position_embeddings``."""
+    out = []
+    for block in cfg.decoder.blocks:
+        attention = block.attention
+        if attention.window is not None:
+            out.append(attention.window)
+        rotary = attention.rotary
+        original = getattr(rotary, "original_max_position_embeddings", None)
+        if original is not None:
+            out.append(original)
+        if isinstance(rotary, context_rotaries):
+            out.append(cfg.max_position_embeddings)
+    return out
+
+
 def min_forward_length(cfg: native.ModelConfig) -> int:
     """The shortest sequence that exceeds every sliding window, every rotary
     ``original_max_position_embeddings`` and, when a dynamic-NTK rotary is present, the model's
     ``max_position_embeddings`` (where dynamic scaling starts), so all of them are exercised."""
-    limits = [1]
-    for block in cfg.decoder.blocks:
-        attention = block.attention
-        if attention.window is not None:
-            limits.append(attention.window)
-        rotary = attention.rotary
-        original = getattr(rotary, "original_max_position_embeddings", None)
-        if original is not None:
-            limits.append(original)
-        if isinstance(rotary, native.DynamicRotary):
-            limits.append(cfg.max_position_embeddings)
-    return max(limits) + 1
+    return max([1, *length_thresholds(cfg, (native.DynamicRotary,))]) + 1
 
 
 def forward_lengths(cfg: native.ModelConfig, extra: int = 8) -> st.SearchStrategy[int]:
