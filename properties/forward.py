@@ -12,7 +12,8 @@ import torch
 
 import native
 from fixtures import tolerances
-from native import DynamicRotary, Llama3Rotary, LongRopeRotary, YarnRotary
+from native import DynamicRotary, LongRopeRotary
+from native.lengths import length_thresholds
 
 from . import common, routing
 from .common import export_config, export_weights
@@ -30,17 +31,7 @@ def sequence_length(cfg: native.ModelConfig, extra: int = 0, past_context: bool 
     where the rotary depends on the sequence length past it (dynamic NTK; longrope picks its long
     factors past the original context). At least 8. ``past_context=False`` stays within
     ``max_position_embeddings`` (a framework may refuse longer inputs: the adapter laws)."""
-    lengths = [7]
-    for block in cfg.decoder.blocks:
-        a = block.attention
-        if a.window is not None:
-            lengths.append(a.window)
-        rotary = a.rotary
-        if isinstance(rotary, (Llama3Rotary, YarnRotary, LongRopeRotary)):
-            lengths.append(rotary.original_max_position_embeddings)
-        if past_context and isinstance(rotary, (DynamicRotary, LongRopeRotary)):
-            lengths.append(cfg.max_position_embeddings)
-    length = max(lengths) + 1 + extra
+    length = max([7, *length_thresholds(cfg, (DynamicRotary, LongRopeRotary) if past_context else ())]) + 1 + extra
     return length if past_context else max(8, min(length, cfg.max_position_embeddings))
 
 

@@ -10,7 +10,6 @@ transformers config classes, independently of the converters. Everything is smal
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 from typing import Any
 
@@ -18,10 +17,11 @@ from hypothesis import strategies as st
 
 import native
 
+from . import _hf_common as hc
 from . import building_blocks as bb
 from . import moe_common as mc
 
-ROPE_KINDS = mc.ROPE_KINDS
+ROPE_KINDS = hc.ROPE_KINDS
 MAX_EXPERTS = 8
 
 
@@ -43,7 +43,7 @@ def mla(draw, hidden_heads: int | None = None, q_lora: bool = True, max_position
     heads = hidden_heads or draw(st.integers(1, 4))
     nope, kv_rank = _sizes(draw, even)
     rope = draw(st.sampled_from((2, 4, 6, 8)))
-    rotary = draw(mc.rotary_for(rope, max_position))
+    rotary = draw(hc.rotary_for(rope, max_position))
     return native.MLAConfig(
         heads=heads,
         q_lora_rank=draw(st.one_of(st.none(), st.integers(1, 16))) if q_lora else None,
@@ -76,7 +76,7 @@ def native_configs(draw, moe_kind, even: bool = False) -> native.ModelConfig:
     attention = draw(mla(max_position=max_position, even=even))
     hidden = attention.heads * draw(st.integers(max(1, -(-bb.MIN_HIDDEN // attention.heads)), bb.MAX_HIDDEN // attention.heads))
     eps = draw(bb.epsilons())
-    activation = draw(st.sampled_from(sorted(mc.ACTIVATIONS)))
+    activation = draw(st.sampled_from(sorted(hc.ACTIVATIONS)))
     first_dense = draw(st.integers(0, num_layers))
     dense = native.MLPConfig(intermediate=draw(bb.intermediate_sizes(32)), activation=activation)
     moe = moe_kind(draw, activation)
@@ -119,7 +119,7 @@ def hf_base(draw, model_type: str, architecture: str, *, q_lora: bool = True) ->
         "max_position_embeddings": max_position,
         "rms_norm_eps": draw(bb.epsilons()),
         "tie_word_embeddings": draw(st.booleans()),
-        "hidden_act": draw(st.sampled_from(sorted(mc.ACTIVATIONS.values()))),
+        "hidden_act": draw(st.sampled_from(sorted(hc.ACTIVATIONS.values()))),
     }
     if model_type != "deepseek_v3" and draw(st.booleans()):
         pass  # DeepseekV2Config defaults it to the head count
@@ -127,17 +127,15 @@ def hf_base(draw, model_type: str, architecture: str, *, q_lora: bool = True) ->
         hf["num_key_value_heads"] = heads
     if draw(st.booleans()):
         hf["moe_layer_freq"] = 1
-    rotary = draw(mc.rotary_for(rope, max_position))
+    rotary = draw(hc.rotary_for(rope, max_position))
+    rope_keys = draw(hc.rope_keys(rotary))
     if getattr(rotary, "truncate", False):  # as DeepSeek configs write YaRN: truncate only when false
-        rope_keys = draw(mc.rope_keys(rotary))
         for params in (rope_keys.get("rope_parameters"), rope_keys.get("rope_scaling")):
             if isinstance(params, dict):
                 params.pop("truncate", None)
-        hf.update(rope_keys)
-    else:
-        hf.update(draw(mc.rope_keys(rotary)))
-    hf.update(draw(mc.token_and_training_keys(vocab, ("output_router_logits",))))
-    hf.update(draw(mc.file_keys(architecture)))
+    hf.update(rope_keys)
+    hf.update(draw(hc.token_and_training_keys(vocab, ("output_router_logits",))))
+    hf.update(draw(hc.file_keys(architecture, **hc.LATER_FILES)))
     if draw(st.booleans()):
         hf["ep_size"] = 1
     return hf
@@ -217,9 +215,17 @@ def _moe_before_dense(cfg: native.ModelConfig, make) -> native.ModelConfig:
     return mc.mutate_block(cfg, 1, mlp=native.MLPConfig(intermediate=8, activation=act))
 
 
+#: The sizes :func:`scaled_down` gives a real config (small enough for weights and a forward pass).
+SMALL = dict(hidden_size=32, intermediate_size=48, moe_intermediate_size=12, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=4, n_routed_experts=8, num_experts_per_tok=3,
+             kv_lora_rank=12, qk_rope_head_dim=4, qk_nope_head_dim=6, v_head_dim=5, first_k_dense_replace=1,
+             vocab_size=97, max_position_embeddings=64)
+
+
 def scaled_down(real: dict[str, Any], **sizes: Any) -> dict[str, Any]:
-    """A real config at test size (its rope's original context cut so a short forward passes it)."""
-    out = mc.scaled_down(copy.deepcopy(real), **sizes)
+    """A real config at test size (:data:`SMALL`, then ``sizes``), its rope's original context cut so
+    a short forward passes it."""
+    out = hc.scaled_down(real, **{**SMALL, **sizes})
     rope = out.get("rope_scaling")
     if isinstance(rope, dict) and "original_max_position_embeddings" in rope:
         rope["original_max_position_embeddings"] = 16

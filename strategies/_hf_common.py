@@ -1,7 +1,16 @@
-"""Pieces shared by the phi3/olmo2/starcoder2/gpt_neox strategies: token ids that fit a tiny vocab,
-the HF-only keys real configs carry, and the v4 spelling of a v5 ``rope_parameters``.
+"""Pieces of the HF config dicts the strategies draw, written from the transformers config classes
+and independently of the converters (a converter bug cannot shape its own test inputs):
 
-(Local to these modules until ``building_blocks`` grows equivalents.)
+- :data:`PLAIN`: the native features the HF decoders share, so each architecture's constraints
+  state only their differences;
+- :func:`hf_sizes`: the keys every dense-attention config opens with (sizes, heads, ``head_dim``
+  as the class spells it); each ``hf_configs`` then adds only its own keys;
+- rope: a native rotary drawn as transformers can build it (:func:`rotary_for`), spelled as v5
+  ``rope_parameters`` (:func:`rope_parameters_of`), and in the v4 forms (:func:`rope_keys`,
+  :func:`v4_rope`);
+- carried keys (token ids inside the vocabulary, training and file keys), each present or absent;
+- real configs and scaled-down copies for ``@example``; the forms real files carry
+  (:func:`real_file_forms`); single changes a format cannot express (:func:`mutate`).
 """
 from __future__ import annotations
 
@@ -9,7 +18,6 @@ import copy
 import dataclasses
 import functools
 import json
-from pathlib import Path
 from typing import Any, Sequence
 
 from hypothesis import strategies as st
@@ -17,10 +25,197 @@ from hypothesis import strategies as st
 import native
 
 from . import building_blocks as bb
-from .moe_common import hf_buildable, hf_buildable_rotary  # noqa: F401  (re-exported for the strategies)
+from .paths import REAL_CONFIGS
 
+#: rotary kinds every HF class here accepts (they all use ROPE_INIT_FUNCTIONS; no "none")
+ROPE_KINDS = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
+#: native activation -> ``hidden_act``
+ACTIVATIONS = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu"}
 TOKEN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
-from .paths import REAL_CONFIGS  # noqa: E402
+
+#: The native features the HF decoders here have in common: pre-norm RMSNorm blocks with one
+#: epsilon (the final norm too), no q/k norm, full rotation of any rope kind transformers builds, a
+#: gated bias-free MLP, no bias, window, softmax scale, softcap or embedding multiplier, tied or
+#: not. Each architecture's ``native_configs`` states only its differences (``{**PLAIN, ...}``).
+PLAIN = dict(
+    hidden="free", placements=("pre",), norm_kinds=("rms",), shared_eps=True, final_norm="same", qk_norms=("none",),
+    rotary_kinds=ROPE_KINDS, rotary_fractions=("full",), hf_valid_rotary=True, attention_biases=bb.BIAS_NONE,
+    mlp_biases=(False,), feed_forwards=("mlp",), gated=(True,), windows=("none",), layer_patterns=("uniform",),
+    varying=(), tied=(False, True), embedding_multipliers=("none",), softmax_scales=("none",),
+    attention_softcaps=("none",), final_softcaps=("none",))
+
+
+# ---------------------------------------------------------------------------------------- sizes
+#: How an HF class spells ``head_dim`` (see :func:`hf_sizes`).
+HEAD_DIM_SPELLINGS = ("always", "when_needed", "any", "any_or_null")
+
+
+@st.composite
+def hf_sizes(draw, model_type: str, *, hidden: Sequence[str] = ("free",), hidden_at_least_heads: bool = False,
+             layouts: st.SearchStrategy[bb.HeadLayout] | None = None, layers: st.SearchStrategy[int] | None = None,
+             intermediate: st.SearchStrategy[int] | None = None, kv_heads: str = "always",
+             kv_default: int | None = None, head_dim: str = "when_needed") -> tuple[dict[str, Any], bb.HeadLayout]:
+    """``(hf, layout)``: the keys every dense-attention HF config opens with (``model_type``, vocab,
+    hidden, intermediate, layer, head and position sizes), drawn from one head layout, and that
+    layout with the ``head_dim`` the dict means. Each architecture then adds only its own keys.
+
+    - ``hidden``: the ``bb.hidden_for`` policies to draw from (simplest first);
+      ``"heads_times_head_dim"`` caps the layout's width. ``hidden_at_least_heads``: a free hidden
+      size is at least the head count (the MoE and Llama-family classes as drawn so far);
+    - ``layouts``: the head layouts, where the class restricts them (GPT-NeoX: no GQA);
+    - ``kv_heads``: ``"always"`` written, ``"never"`` (the class has one head count) or
+      ``"optional"``: left out only where ``kv_default`` (None: the head count), the class
+      default, is the drawn value;
+    - ``head_dim``: ``"always"`` written; ``"when_needed"``, only where ``hidden // heads`` is not
+      it (the converters refuse transformers' floored default); ``"any"``/``"any_or_null"``, any
+      spelling the class reads (:func:`head_dim_keys`).
+    """
+    if head_dim not in HEAD_DIM_SPELLINGS:
+        raise ValueError(f"hf_sizes(head_dim={head_dim!r}): choose from {HEAD_DIM_SPELLINGS}")
+    policy = draw(bb.choice(tuple(hidden)))
+    if layouts is None:
+        layouts = bb.head_layouts(max_q_width=bb.MAX_HIDDEN if policy == "heads_times_head_dim" else None)
+    layout = draw(layouts)
+    low = max(bb.MIN_HIDDEN, layout.heads) if hidden_at_least_heads else bb.MIN_HIDDEN
+    hidden_size = draw(bb.hidden_for(layout, policy, min_value=low))
+    hf: dict[str, Any] = {
+        "model_type": model_type,
+        "vocab_size": draw(bb.vocab_sizes()),
+        "hidden_size": hidden_size,
+        "intermediate_size": draw(bb.intermediate_sizes() if intermediate is None else intermediate),
+        "num_hidden_layers": draw(bb.layer_counts() if layers is None else layers),
+        "num_attention_heads": layout.heads,
+        "num_key_value_heads": layout.kv_heads,
+        "max_position_embeddings": draw(bb.max_positions()),
+    }
+    default_kv = layout.heads if kv_default is None else kv_default
+    if kv_heads == "never" or (kv_heads == "optional" and layout.kv_heads == default_kv and draw(st.booleans())):
+        del hf["num_key_value_heads"]
+    if head_dim == "always" or (head_dim == "when_needed" and hidden_size != layout.heads * layout.head_dim):
+        hf["head_dim"] = layout.head_dim
+    elif head_dim in ("any", "any_or_null"):
+        hf.update(draw(head_dim_keys(hidden_size, layout, null_allowed=head_dim == "any_or_null")))
+    return hf, dataclasses.replace(layout, head_dim=head_dim_of(hf))
+
+
+@st.composite
+def head_dim_keys(draw, hidden_size: int, layout: bb.HeadLayout, *, null_allowed: bool) -> dict[str, Any]:
+    """How ``head_dim`` is spelled: drawn freely, or the default spelled explicitly, left out, or
+    ``null`` (where the class reads ``null`` as the default). Left out or ``null`` only when the
+    heads divide ``hidden_size`` (the converters refuse transformers' floored default)."""
+    default = hidden_size // layout.heads
+    choice = draw(st.sampled_from(("drawn", "default_explicit", "absent") + (("null",) if null_allowed else ())))
+    if choice == "drawn" or default < 2 or default % 2 or hidden_size % layout.heads:
+        return {"head_dim": layout.head_dim}
+    if choice == "default_explicit":
+        return {"head_dim": default}
+    return {} if choice == "absent" else {"head_dim": None}
+
+
+def head_dim_of(hf: dict[str, Any]) -> int:
+    return hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
+
+
+# ----------------------------------------------------------------------------------------- rope
+def hf_buildable_rotary(rotary, head_dim: int, max_position: int):
+    """Two corners of ``bb.rotaries(hf_valid=True)`` that transformers cannot take, mapped (not
+    filtered) to the nearest rotary it can: dynamic NTK over 2 dims (its base exponent divides by
+    ``dim - 2``) becomes linear; llama3 with ``original_max_position_embeddings >= max_position``
+    (a validation warning) gets ``max_position - 1``."""
+    if isinstance(rotary, native.DynamicRotary) and rotary.rotary_dim(head_dim) <= 2:
+        return native.LinearRotary(theta=rotary.theta, fraction=rotary.fraction, factor=rotary.factor)
+    if isinstance(rotary, native.Llama3Rotary) and rotary.original_max_position_embeddings >= max_position:
+        return dataclasses.replace(rotary, original_max_position_embeddings=max_position - 1)
+    return rotary
+
+
+def hf_buildable(cfg: native.ModelConfig) -> native.ModelConfig:
+    """:func:`hf_buildable_rotary` on every layer of a native config."""
+    layers = []
+    for block in cfg.decoder.layers():
+        a = block.attention
+        rotary = hf_buildable_rotary(a.rotary, a.head_dim, cfg.max_position_embeddings)
+        layers.append(block if rotary == a.rotary else dataclasses.replace(
+            block, attention=dataclasses.replace(a, rotary=rotary)))
+    return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers(layers))
+
+
+@st.composite
+def rotary_for(draw, head_dim: int, max_position: int, kinds: Sequence[str] = ROPE_KINDS,
+               fractions: Sequence[str] = ("full",)):
+    """A native rotary of one of ``kinds`` that transformers builds without a warning."""
+    rotary = draw(bb.rotaries(head_dim, max_position, kinds=kinds, fractions=fractions, hf_valid=True))
+    return hf_buildable_rotary(rotary, head_dim, max_position)
+
+
+def rope_parameters_of(rotary, partial: bool = False) -> dict[str, Any]:
+    """A native rotary as the v5 ``rope_parameters`` dict transformers reads (the test side's own
+    spelling, independent of the converters); with ``partial_rotary_factor`` when ``partial``."""
+    out: dict[str, Any] = {"rope_type": rotary.kind, "rope_theta": rotary.theta}
+    if partial:
+        out["partial_rotary_factor"] = rotary.fraction
+    for name in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings",
+                 "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor", "truncate"):
+        value = getattr(rotary, name, None)
+        if value is not None:
+            out[name] = value
+    if isinstance(rotary, native.LongRopeRotary):
+        out["short_factor"], out["long_factor"] = list(rotary.short_factor), list(rotary.long_factor)
+    return out
+
+
+@st.composite
+def rope_parameters(draw, head_dim: int, max_position: int, kinds: Sequence[str] = ROPE_KINDS,
+                    fractions: Sequence[str] = ("full",)) -> dict:
+    """A v5 ``rope_parameters`` dict of one of ``kinds``, valid for transformers; with a
+    ``partial_rotary_factor`` entry when ``fractions`` allow partial rotation."""
+    rotary = draw(rotary_for(head_dim, max_position, kinds, fractions))
+    return rope_parameters_of(rotary, partial="partial" in fractions)
+
+
+@st.composite
+def rope_keys(draw, rotary) -> dict[str, Any]:
+    """``{"rope_parameters": …}`` (v5) or ``{"rope_theta": …, "rope_scaling": …}`` (v4, scaling
+    ``null``, absent or a dict for plain RoPE, keyed by ``type`` or ``rope_type``)."""
+    params = rope_parameters_of(rotary)
+    if draw(st.booleans()):
+        return {"rope_parameters": params}
+    theta = params.pop("rope_theta")
+    kind = params.pop("rope_type")
+    if kind == "default" and draw(st.booleans()):
+        return {"rope_theta": theta, "rope_scaling": None} if draw(st.booleans()) else {"rope_theta": theta}
+    params[draw(st.sampled_from(("rope_type", "type")))] = kind
+    return {"rope_theta": theta, "rope_scaling": params}
+
+
+@st.composite
+def v4_or_v5(draw, hf: dict[str, Any]) -> dict[str, Any]:
+    """``hf`` as drawn (v5 ``rope_parameters``) or in the v4 spelling, keyed by ``type`` or ``rope_type``."""
+    if draw(st.booleans()):
+        return v4_rope(hf, draw(st.sampled_from(["type", "rope_type"])))
+    return hf
+
+
+def v4_rope(hf: dict[str, Any], key: str = "type") -> dict[str, Any]:
+    """The same config in the v4 spelling: ``rope_theta`` at top level, ``rope_scaling`` holding the
+    rest (``None`` for default rope), the rope type under ``key`` (``type`` or ``rope_type``)."""
+    out = copy.deepcopy(hf)
+    params = out.pop("rope_parameters")
+    out["rope_theta"] = params.pop("rope_theta")
+    kind = params.pop("rope_type")
+    out["rope_scaling"] = None if kind == "default" and not params else {key: kind, **params}
+    return out
+
+
+# -------------------------------------------------------------------------------- carried keys
+@st.composite
+def optional_keys(draw, values: dict[str, st.SearchStrategy]) -> dict[str, Any]:
+    """Each key present (with a drawn value) or absent; absent first, so examples shrink to fewer keys."""
+    out = {}
+    for key, strategy in values.items():
+        if draw(st.booleans()):
+            out[key] = draw(strategy)
+    return out
 
 
 @st.composite
@@ -39,75 +234,77 @@ def with_token_ids(draw, configs: st.SearchStrategy[native.ModelConfig], keys: S
     return dataclasses.replace(cfg, metadata={**cfg.metadata, **draw(token_ids(cfg.vocab_size, keys))})
 
 
+#: MoE training keys :func:`token_and_training_keys` may add.
+TRAINING_KEYS = {
+    "output_router_logits": st.booleans(),
+    "router_aux_loss_coef": st.sampled_from([0.001, 0.02]),
+    "router_jitter_noise": st.sampled_from([0.0, 0.01]),
+}
+
+
 @st.composite
-def optional_keys(draw, values: dict[str, st.SearchStrategy]) -> dict[str, Any]:
-    """Each key present (with a drawn value) or absent; absent first, so examples shrink to fewer keys."""
-    out = {}
-    for key, strategy in values.items():
-        if draw(st.booleans()):
-            out[key] = draw(strategy)
-    return out
+def token_and_training_keys(draw, vocab_size: int, extra: Sequence[str] = ()) -> dict[str, Any]:
+    """Carried HF keys, each present or absent: token ids inside the vocab (``null`` or a list for
+    ``eos``), ``initializer_range``, ``use_cache``, dropout, and the ``extra`` of :data:`TRAINING_KEYS`."""
+    token = st.one_of(st.none(), st.integers(0, vocab_size - 1))
+    return draw(optional_keys({
+        "bos_token_id": token,
+        "eos_token_id": st.one_of(token, st.lists(st.integers(0, vocab_size - 1), min_size=1, max_size=2)),
+        "pad_token_id": token,
+        "initializer_range": st.sampled_from([0.02, 0.006]),
+        "use_cache": st.booleans(),
+        "attention_dropout": st.sampled_from([0.0, 0.1]),
+        **{key: TRAINING_KEYS[key] for key in extra},
+    }))
 
 
 def dropouts() -> st.SearchStrategy[float]:
     return st.one_of(st.just(0.0), st.sampled_from([0.1, 0.05]))
 
 
+#: The ``torch_dtype``/``transformers_version`` values :func:`file_keys` draws for the Llama-family,
+#: MoE and DeepSeek classes (the other dense classes take the defaults).
+LATER_FILES = dict(dtypes=("bfloat16", "float32"), versions=("4.36.0.dev0", "4.51.0", "5.0.0"))
+
+
 @st.composite
-def file_keys(draw, architecture: str) -> dict[str, Any]:
-    """Keys that describe the file, not the model (architectures, dtype, version)."""
+def file_keys(draw, architecture: str, dtypes: Sequence[str] = ("bfloat16", "float32", "float16"),
+              versions: Sequence[str] = ("4.40.2", "4.46.0", "5.0.0")) -> dict[str, Any]:
+    """Keys that describe the file, not the model (architectures, dtype, version), each present or absent."""
     return draw(optional_keys({
         "architectures": st.just([architecture]),
-        "torch_dtype": st.sampled_from(["bfloat16", "float32", "float16"]),
-        "transformers_version": st.sampled_from(["4.40.2", "4.46.0", "5.0.0"]),
+        "torch_dtype": st.sampled_from(list(dtypes)),
+        "transformers_version": st.sampled_from(list(versions)),
     }))
 
 
-def v4_rope(hf: dict[str, Any], key: str = "type") -> dict[str, Any]:
-    """The same config in the v4 spelling: ``rope_theta`` at top level, ``rope_scaling`` holding the
-    rest (``None`` for default rope), the rope type under ``key`` (``type`` or ``rope_type``)."""
-    out = copy.deepcopy(hf)
-    params = out.pop("rope_parameters")
-    out["rope_theta"] = params.pop("rope_theta")
-    kind = params.pop("rope_type")
-    out["rope_scaling"] = None if kind == "default" and not params else {key: kind, **params}
-    return out
-
-
-@st.composite
-def rope_parameters(draw, head_dim: int, max_position: int, kinds: Sequence[str],
-                    fractions: Sequence[str] = ("full",)) -> dict:
-    """A v5 ``rope_parameters`` dict of one of ``kinds``, valid for transformers; with a
-    ``partial_rotary_factor`` entry when ``fractions`` allow partial rotation."""
-    rotary = draw(bb.rotaries(head_dim, max_position, kinds=kinds, fractions=fractions, hf_valid=True))
-    rotary = hf_buildable_rotary(rotary, head_dim, max_position)
-    params = {"rope_type": rotary.kind, "rope_theta": rotary.theta}
-    if "partial" in fractions:
-        params["partial_rotary_factor"] = rotary.fraction
-    for name in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings", "beta_fast",
-                 "beta_slow", "mscale", "mscale_all_dim", "attention_factor", "truncate"):
-        value = getattr(rotary, name, None)
-        if value is not None:
-            params[name] = value
-    for name in ("short_factor", "long_factor"):
-        if hasattr(rotary, name):
-            params[name] = list(getattr(rotary, name))
-    return params
-
-
+# ------------------------------------------------------------------------------------ examples
 def real_config(name: str) -> dict[str, Any]:
+    """``strategies/real_configs/<name>`` as published (the files ship inside the package)."""
     return json.loads((REAL_CONFIGS / name).read_text())
 
 
-def scaled_down(hf: dict[str, Any], **sizes) -> dict[str, Any]:
-    """A real config with its sizes replaced (kept otherwise verbatim), for forward passes."""
-    out = copy.deepcopy(hf)
+def default_config(model_type: str) -> dict[str, Any]:
+    """transformers' default config of ``model_type`` as a dict (file keys dropped)."""
+    from transformers import AutoConfig
+
+    return {k: v for k, v in AutoConfig.for_model(model_type).to_dict().items()
+            if k not in ("transformers_version", "_name_or_path")}
+
+
+def scaled_down(real: dict[str, Any], **sizes: Any) -> dict[str, Any]:
+    """A real config at test size: the given keys replaced, every other key (names, spellings) kept,
+    token ids past the new vocabulary folded into it."""
+    out = copy.deepcopy(real)
     out.update(sizes)
+    vocab = out.get("vocab_size")
+    for key in TOKEN_KEYS:
+        value = out.get(key)
+        if vocab is not None and isinstance(value, int) and value >= vocab:
+            out[key] = value % vocab
+        elif vocab is not None and isinstance(value, list):
+            out[key] = [v % vocab if isinstance(v, int) and v >= vocab else v for v in value]
     return out
-
-
-def small_layout(max_hidden: int = bb.MAX_HIDDEN) -> st.SearchStrategy[bb.HeadLayout]:
-    return bb.head_layouts(max_q_width=max_hidden)
 
 
 #: What :func:`mutate` can change, each a feature some of these formats cannot hold, and the text

@@ -12,18 +12,15 @@ native field the ``ConversionError`` must name.
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 from typing import Any, Callable
 
 from hypothesis import strategies as st
 
 import native
 
+from . import _hf_common as hc
 from . import building_blocks as bb
-from . import moe_common as mc
-
-from .paths import REAL_CONFIGS  # noqa: E402
+from .moe_common import mutate_attention, mutate_block, mutate_mlp
 
 
 # ------------------------------------------------------------------------------------ HF dicts
@@ -42,58 +39,35 @@ def hf_configs(draw, model_type: str, architecture: str, *, hidden_multiple_of_h
     - ``kv_default``: the class default of ``num_key_value_heads`` (``None``: the head count), so
       the key is left out only where that default is the drawn value.
     """
-    sizes = draw(mc.attention_sizes())
-    if hidden_multiple_of_heads:
-        heads = sizes["num_attention_heads"]
-        sizes["hidden_size"] = heads * draw(st.integers(max(1, -(-bb.MIN_HIDDEN // heads)), max(2, bb.MAX_HIDDEN // heads)))
-    vocab = draw(bb.vocab_sizes())
-    max_position = draw(bb.max_positions())
-    hf: dict[str, Any] = {"model_type": model_type, **{k: v for k, v in sizes.items() if k != "head_dim"}}
-    if head_dim_required:
-        hf["head_dim"] = sizes["head_dim"]
-    else:
-        hf.update(draw(mc.head_dim_keys(sizes, null_allowed=null_head_dim)))
-    default_kv = hf["num_attention_heads"] if kv_default is None else kv_default
-    if draw(st.booleans()) and hf["num_key_value_heads"] == default_kv:
-        del hf["num_key_value_heads"]
-    num_layers = draw(bb.layer_counts())
-    hf.update(num_hidden_layers=num_layers, vocab_size=vocab, max_position_embeddings=max_position,
-              intermediate_size=draw(bb.intermediate_sizes()))
-    optional = {"rms_norm_eps": bb.epsilons(), "tie_word_embeddings": st.booleans(),
-                "hidden_act": st.sampled_from(sorted(mc.ACTIVATIONS.values())),
-                **{key: st.booleans() for key in bias_keys}}
-    for key, values in optional.items():
-        if draw(st.booleans()):
-            hf[key] = draw(values)
+    head_dim = "always" if head_dim_required else "any_or_null" if null_head_dim else "any"
+    hf, layout = draw(hc.hf_sizes(model_type, hidden=("multiple_of_heads",) if hidden_multiple_of_heads else
+                                  ("free", "heads_times_head_dim"), hidden_at_least_heads=True,
+                                  kv_heads="optional", kv_default=kv_default, head_dim=head_dim))
+    num_layers, vocab, max_position = hf["num_hidden_layers"], hf["vocab_size"], hf["max_position_embeddings"]
+    hf.update(draw(hc.optional_keys({"rms_norm_eps": bb.epsilons(), "tie_word_embeddings": st.booleans(),
+                                     "hidden_act": st.sampled_from(sorted(hc.ACTIVATIONS.values())),
+                                     **{key: st.booleans() for key in bias_keys}})))
     if windows == "mistral" and draw(st.booleans()):
         hf["sliding_window"] = draw(st.one_of(st.none(), bb.windows()))
     elif windows == "qwen":
         from .qwen2_moe import window_keys
 
         hf.update(draw(window_keys(num_layers)))
-    hf.update(draw(mc.rope_keys(draw(mc.rotary_for(mc.head_dim_of(hf), max_position)))))
-    hf.update(draw(mc.token_and_training_keys(vocab)))
+    hf.update(draw(hc.rope_keys(draw(hc.rotary_for(layout.head_dim, max_position)))))
+    hf.update(draw(hc.token_and_training_keys(vocab)))
     for key in carried:
         if draw(st.booleans()):
             hf[key] = {"pretraining_tp": 1, "use_mrope": False}[key]
-    hf.update(draw(mc.file_keys(architecture)))
+    hf.update(draw(hc.file_keys(architecture, **hc.LATER_FILES)))
     return hf
-
-
-def real_config(name: str) -> dict[str, Any] | None:
-    path = REAL_CONFIGS / name
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def examples(model_type: str, real: str | None, small: Callable[[dict], dict] | None) -> list[dict]:
     """``@example`` HF dicts: the transformers default config of the class, the real config
     (verbatim, config properties only) and ``small(real)`` scaled down for the tensor properties."""
-    from transformers import AutoConfig
-
-    out = [{k: v for k, v in AutoConfig.for_model(model_type).to_dict().items()
-            if k not in ("transformers_version", "_name_or_path")}]
-    published = real_config(real) if real else None
-    if published is not None:
+    out = [hc.default_config(model_type)]
+    if real is not None:
+        published = hc.real_config(real)
         out.append(published)
         if small is not None:
             out.append(small(published))
@@ -101,20 +75,6 @@ def examples(model_type: str, real: str | None, small: Callable[[dict], dict] | 
 
 
 # ---------------------------------------------------------------------------- unrepresentable
-def mutate_block(cfg: native.ModelConfig, layer: int, **changes) -> native.ModelConfig:
-    layers = cfg.decoder.layers()
-    layers[layer] = dataclasses.replace(layers[layer], **changes)
-    return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers(layers))
-
-
-def mutate_attention(cfg: native.ModelConfig, layer: int, **changes) -> native.ModelConfig:
-    return mutate_block(cfg, layer, attention=dataclasses.replace(cfg.decoder.layer(layer).attention, **changes))
-
-
-def mutate_mlp(cfg: native.ModelConfig, layer: int, **changes) -> native.ModelConfig:
-    return mutate_block(cfg, layer, mlp=dataclasses.replace(cfg.decoder.layer(layer).mlp, **changes))
-
-
 def _all_layers(cfg: native.ModelConfig, **attention) -> native.ModelConfig:
     layers = [dataclasses.replace(b, attention=dataclasses.replace(b.attention, **attention)) for b in cfg.decoder.layers()]
     return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers(layers))

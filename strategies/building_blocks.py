@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 import native
 from native.feedforward_config import ACTIVATIONS
+from native.lengths import length_thresholds
 
 # ------------------------------------------------------------------------------------ constants
 MIN_HIDDEN, MAX_HIDDEN = 8, 48
@@ -437,18 +438,7 @@ def min_forward_length(cfg: native.ModelConfig) -> int:
     """The shortest sequence that exceeds every sliding window, every rotary
     ``original_max_position_embeddings`` and, when a dynamic-NTK rotary is present, the model's
     ``max_position_embeddings`` (where dynamic scaling starts), so all of them are exercised."""
-    limits = [1]
-    for block in cfg.decoder.blocks:
-        attention = block.attention
-        if attention.window is not None:
-            limits.append(attention.window)
-        rotary = attention.rotary
-        original = getattr(rotary, "original_max_position_embeddings", None)
-        if original is not None:
-            limits.append(original)
-        if isinstance(rotary, native.DynamicRotary):
-            limits.append(cfg.max_position_embeddings)
-    return max(limits) + 1
+    return max([1, *length_thresholds(cfg, (native.DynamicRotary,))]) + 1
 
 
 def forward_lengths(cfg: native.ModelConfig, extra: int = 8) -> st.SearchStrategy[int]:

@@ -11,8 +11,6 @@
 """
 from __future__ import annotations
 
-import json
-
 from hypothesis import strategies as st
 
 import native
@@ -20,11 +18,10 @@ import native
 from . import _deepseek as ds
 from . import _hf_common as _hc
 from . import moe_common as mc
-from .paths import REAL_CONFIGS
 
 MODEL_TYPE = "deepseek_v2"
 ARCHITECTURE = "DeepseekV2ForCausalLM"
-REAL_CONFIG = REAL_CONFIGS / "deepseek-ai__DeepSeek-V2-Lite-Chat.json"
+REAL_CONFIG = "deepseek-ai__DeepSeek-V2-Lite-Chat.json"
 
 
 def _moe(draw, activation: str) -> native.DeepSeekMoEConfig:
@@ -81,27 +78,15 @@ def unrepresentable_configs():
     return mc.broken(native_configs(), BREAKERS)
 
 
-def _real() -> dict | None:
-    try:
-        return json.loads(REAL_CONFIG.read_text())
-    except OSError:
-        return None
+def _real() -> dict:
+    return _hc.real_config(REAL_CONFIG)
 
 
 def hf_examples() -> list[dict]:
     """For ``@example``: the real DeepSeek-V2-Lite-Chat config and the real config scaled down.
     (Not the transformers default: its ``num_experts_per_tok`` is null with every layer MoE, a
     config transformers itself cannot build a model from; the converter refuses it.)"""
-    out = []
-    real = _real()
-    if real is not None:
-        out.append(real)
-        out.append(ds.scaled_down(real, hidden_size=32, intermediate_size=48, moe_intermediate_size=12,
-                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                                  n_routed_experts=8, num_experts_per_tok=3, kv_lora_rank=12, qk_rope_head_dim=4,
-                                  qk_nope_head_dim=6, v_head_dim=5, first_k_dense_replace=1, vocab_size=97,
-                                  max_position_embeddings=64))
-    return out
+    return [_real(), ds.scaled_down(_real())]
 
 
 hf_configs = _hc.with_real_file_forms(hf_configs, MODEL_TYPE)

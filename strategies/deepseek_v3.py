@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 
 from hypothesis import strategies as st
 
@@ -22,11 +21,10 @@ import native
 from . import _deepseek as ds
 from . import _hf_common as _hc
 from . import moe_common as mc
-from .paths import REAL_CONFIGS
 
 MODEL_TYPE = "deepseek_v3"
 ARCHITECTURE = "DeepseekV3ForCausalLM"
-REAL_CONFIG = REAL_CONFIGS / "deepseek-ai__DeepSeek-V3.json"
+REAL_CONFIG = "deepseek-ai__DeepSeek-V3.json"
 
 
 def _moe(draw, activation: str) -> native.DeepSeekMoEConfig:
@@ -77,13 +75,10 @@ def unrepresentable_configs():
     return mc.broken(native_configs(), BREAKERS)
 
 
-def _real() -> dict | None:
-    try:
-        real = json.loads(REAL_CONFIG.read_text())
-    except OSError:
-        return None
-    real.pop("quantization_config")  # the pipeline's (checkpoints.fp8), never the converter's
-    return real
+def _real() -> dict:
+    """The real DeepSeek-V3 config without its ``quantization_config`` (the pipeline's, in
+    checkpoints.fp8, never the converter's)."""
+    return {k: v for k, v in _hc.real_config(REAL_CONFIG).items() if k != "quantization_config"}
 
 
 def hf_examples() -> list[dict]:
@@ -91,16 +86,8 @@ def hf_examples() -> list[dict]:
     config (its ``quantization_config`` aside) and the real config scaled down."""
     from transformers import AutoConfig
 
-    out = [AutoConfig.for_model(MODEL_TYPE).to_dict()]
-    real = _real()
-    if real is not None:
-        out.append(real)
-        out.append(ds.scaled_down(real, hidden_size=32, intermediate_size=48, moe_intermediate_size=12,
-                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                                  n_routed_experts=8, n_group=4, topk_group=2, num_experts_per_tok=3,
-                                  kv_lora_rank=12, q_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=6,
-                                  v_head_dim=5, first_k_dense_replace=1, vocab_size=97, max_position_embeddings=64))
-    return out
+    return [AutoConfig.for_model(MODEL_TYPE).to_dict(), _real(),
+            ds.scaled_down(_real(), n_group=4, topk_group=2, q_lora_rank=16)]
 
 
 hf_configs = _hc.with_real_file_forms(hf_configs, MODEL_TYPE)

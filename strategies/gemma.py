@@ -12,60 +12,41 @@ What HF Gemma (transformers 5.x ``GemmaConfig``/``modeling_gemma``) can express,
 - rotary: default, linear, dynamic, llama3, yarn, longrope over the whole head;
 - no window, softcap, softmax scale, q/k norm.
 
-The HF strategies here (:func:`rope_forms`, :func:`hf_extras`) are shared by the Gemma2 and Gemma3
-modules. HF dicts are written independently of the converter: rotary parameters are drawn as native
-rotaries (``building_blocks.rotaries(hf_valid=True)``) and spelled out by :func:`rotary_to_hf`.
+The HF strategies here (:func:`optional_keys`, :func:`rope_forms`, :func:`hf_extras`) are shared by
+the Gemma2 and Gemma3 modules. HF dicts are written independently of the converter (the pieces come
+from :mod:`strategies._hf_common`).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any
 
 from hypothesis import strategies as st
 
 import native
 
+from . import _hf_common as hc
 from . import building_blocks as bb
 from .generic import native_configs as _native_configs
-from .moe_common import hf_buildable, hf_buildable_rotary
 
 MODEL_TYPE = "gemma"
-ROTARY_KINDS = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
 ACTIVATIONS = ("gelu_tanh", "silu", "relu")
 HF_ACTIVATIONS = ("gelu_pytorch_tanh", "gelu", "silu", "relu")  # "gelu": GemmaConfig's legacy tanh
 
-CONSTRAINTS = dict(
-    hidden="free",
-    placements=("pre",),
-    norm_kinds=("rms_zero_centered",),
-    shared_eps=True,
-    final_norm="same",
-    qk_norms=("none",),
-    rotary_kinds=ROTARY_KINDS,
-    rotary_fractions=("full",),
-    hf_valid_rotary=True,
-    attention_biases=bb.BIAS_ALL_OR_NOTHING,
-    mlp_biases=(False,),
-    feed_forwards=("mlp",),
-    gated=(True,),
-    activations=ACTIVATIONS,
-    windows=("none",),
-    layer_patterns=("uniform",),
-    varying=(),
-    tied=(True, False),
-    embedding_multipliers=("sqrt_hidden",),
-    softmax_scales=("none",),
-    attention_softcaps=("none",),
-    final_softcaps=("none",),
-)
+CONSTRAINTS = {
+    **hc.PLAIN,
+    "norm_kinds": ("rms_zero_centered",),
+    "attention_biases": bb.BIAS_ALL_OR_NOTHING,
+    "activations": ACTIVATIONS,
+    "tied": (True, False),
+    "embedding_multipliers": ("sqrt_hidden",),
+}
 
 
 def native_configs(**overrides) -> st.SearchStrategy[native.ModelConfig]:
     """Native configs a Gemma converter must accept (``overrides`` narrow or widen CONSTRAINTS);
     ``hf_buildable``: no dynamic rotary over 2 dims, which transformers cannot build."""
-    return _native_configs(**{**CONSTRAINTS, **overrides}).map(hf_buildable)
+    return _native_configs(**{**CONSTRAINTS, **overrides}).map(hc.hf_buildable)
 
 
 # ------------------------------------------------------------------------------- unrepresentable
@@ -156,26 +137,6 @@ def unrepresentable_configs(breaks: dict | None = None, base: st.SearchStrategy 
 
 
 # ------------------------------------------------------------------------------------- HF dicts
-def rotary_to_hf(rotary) -> dict[str, Any]:
-    """A native rotary as the v5 ``rope_parameters`` dict transformers reads (the test side's own
-    spelling, independent of the converter)."""
-    out: dict[str, Any] = {"rope_type": rotary.kind, "rope_theta": rotary.theta}
-    for name in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings",
-                 "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor", "truncate"):
-        value = getattr(rotary, name, None)
-        if value is not None:
-            out[name] = value
-    if rotary.kind == "longrope":
-        out["short_factor"], out["long_factor"] = list(rotary.short_factor), list(rotary.long_factor)
-    return out
-
-
-@st.composite
-def rope_dicts(draw, head_dim: int, max_position: int, kinds=ROTARY_KINDS) -> dict[str, Any]:
-    rotary = draw(bb.rotaries(head_dim, max_position, kinds=kinds, fractions=("full",), hf_valid=True))
-    return rotary_to_hf(hf_buildable_rotary(rotary, head_dim, max_position))
-
-
 @st.composite
 def rope_forms(draw, params: dict[str, Any]) -> dict[str, Any]:
     """One rope dict in the v5 form (``rope_parameters``) or the v4 form (top-level ``rope_theta`` and
@@ -217,47 +178,38 @@ def hf_extras(draw, vocab_size: int, model_type: str, architecture: str) -> dict
     return out
 
 
-@st.composite
-def hf_configs(draw) -> dict[str, Any]:
-    """GemmaConfig dicts: sizes small, every architecture key sometimes left to its class default
-    (where that default is small enough), rope in the v4 or v5 form."""
-    layout = draw(bb.head_layouts())
-    hidden = draw(bb.hidden_sizes())
-    vocab = draw(bb.vocab_sizes())
-    max_position = draw(bb.max_positions())
-    h: dict[str, Any] = {
-        "model_type": MODEL_TYPE,
-        "vocab_size": vocab,
-        "hidden_size": hidden,
-        "intermediate_size": draw(bb.intermediate_sizes()),
-        "num_hidden_layers": draw(bb.layer_counts()),
-        "num_attention_heads": layout.heads,
-        "num_key_value_heads": layout.kv_heads,
-        "head_dim": layout.head_dim,
-        "max_position_embeddings": max_position,
-    }
-    optional = {
+def optional_keys(layout: bb.HeadLayout) -> dict[str, st.SearchStrategy]:
+    """GemmaConfig's keys that may be left to their class default (a small enough one)."""
+    return {
         "rms_norm_eps": bb.epsilons(),
         "tie_word_embeddings": st.booleans(),
         "attention_bias": st.booleans(),
         "hidden_act": st.sampled_from(HF_ACTIVATIONS),
         "use_bidirectional_attention": st.sampled_from((None, False)),
     }
-    for key, values in optional.items():
-        if draw(st.booleans()):
-            h[key] = draw(values)
+
+
+@st.composite
+def rope_keys(draw, head_dim: int, max_position: int) -> dict[str, Any]:
+    """One rotary for every layer, in the v5 or the v4 form (:func:`rope_forms`)."""
+    return draw(rope_forms(draw(hc.rope_parameters(head_dim, max_position))))
+
+
+@st.composite
+def hf_configs(draw) -> dict[str, Any]:
+    """GemmaConfig dicts: sizes small, every architecture key sometimes left to its class default
+    (where that default is small enough), rope in the v4 or v5 form."""
+    hf, layout = draw(hc.hf_sizes(MODEL_TYPE, head_dim="always"))
+    hf.update(draw(hc.optional_keys(optional_keys(layout))))
     if draw(st.booleans()):  # transformers 4's key, inert in 5: agreeing with hidden_act or null
-        act = h.get("hidden_act", "gelu_pytorch_tanh")
-        h["hidden_activation"] = draw(st.sampled_from((None, "gelu_pytorch_tanh" if act == "gelu" else act)))
-    h.update(draw(rope_forms(draw(rope_dicts(layout.head_dim, max_position)))))
-    h.update(draw(hf_extras(vocab, MODEL_TYPE, "GemmaForCausalLM")))
-    return h
+        act = hf.get("hidden_act", "gelu_pytorch_tanh")
+        hf["hidden_activation"] = draw(st.sampled_from((None, "gelu_pytorch_tanh" if act == "gelu" else act)))
+    hf.update(draw(rope_keys(layout.head_dim, hf["max_position_embeddings"])))
+    hf.update(draw(hf_extras(hf["vocab_size"], MODEL_TYPE, "GemmaForCausalLM")))
+    return hf
 
 
 # ------------------------------------------------------------------------------ explicit examples
-from .paths import REAL_CONFIGS as _REAL  # noqa: E402
-REAL_CONFIGS_DIR = str(_REAL)
-
 #: google/gemma-7b's config.json as published (transformers 4.38 era), for ``@example``.
 GEMMA_7B = {
     "architectures": ["GemmaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
@@ -270,47 +222,20 @@ GEMMA_7B = {
 }
 
 
-def real_config(name: str) -> dict[str, Any] | None:
-    """A config from ``strategies/real_configs/<name>.json`` (None when absent)."""
-    path = os.path.join(REAL_CONFIGS_DIR, f"{name}.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
 def scaled_down(h: dict[str, Any], *, hidden: int = 16, heads: int = 2, kv_heads: int = 1, head_dim: int = 8,
                 intermediate: int = 24, layers: int = 2, vocab: int = 37, **extra) -> dict[str, Any]:
-    """A real config with its sizes shrunk for a forward pass (token ids folded into the vocab);
-    every other key kept, ``extra`` keys set."""
-    out = dict(h)
-    out.update(hidden_size=hidden, num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
-               intermediate_size=intermediate, num_hidden_layers=layers, vocab_size=vocab)
-    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        value = out.get(key)
-        if isinstance(value, list):
-            out[key] = [v % vocab for v in value]
-        elif isinstance(value, int):
-            out[key] = value % vocab
-    out.update(extra)
-    return out
-
-
-def default_config(model_type: str) -> dict[str, Any]:
-    """transformers' default config of ``model_type`` as a dict (file keys dropped)."""
-    from transformers import AutoConfig
-
-    return {k: v for k, v in AutoConfig.for_model(model_type).to_dict().items()
-            if k not in ("transformers_version", "_name_or_path")}
+    """``_hf_common.scaled_down`` under Gemma's short names."""
+    return hc.scaled_down(h, hidden_size=hidden, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                          head_dim=head_dim, intermediate_size=intermediate, num_hidden_layers=layers,
+                          vocab_size=vocab, **extra)
 
 
 def hf_examples() -> list[dict[str, Any]]:
     """GemmaConfig's default, google/gemma-7b as published (legacy ``hidden_act: gelu``, v4 rope
     keys), and gemma-7b scaled down for the tensor properties."""
-    return [default_config(MODEL_TYPE), GEMMA_7B,
+    return [hc.default_config(MODEL_TYPE), GEMMA_7B,
             scaled_down(GEMMA_7B, hidden=24, heads=4, kv_heads=4, head_dim=8, intermediate=40, layers=2, vocab=61)]
 
 
-from . import _hf_common as _hc  # noqa: E402
-hf_configs = _hc.with_real_file_forms(hf_configs, MODEL_TYPE)
-hf_examples = _hc.with_real_configs(hf_examples, MODEL_TYPE)
+hf_configs = hc.with_real_file_forms(hf_configs, MODEL_TYPE)
+hf_examples = hc.with_real_configs(hf_examples, MODEL_TYPE)

@@ -22,15 +22,15 @@ import native
 from converters.sliding import FULL, SLIDING
 from native.feedforward_config import ACTIVATIONS
 
+from . import _hf_common as hc
 from . import building_blocks as bb
-from .gemma import (BREAKS as _GEMMA_BREAKS, CONSTRAINTS as _GEMMA, ROTARY_KINDS, _attention, _broken,
-                    default_config, hf_extras, real_config, rope_dicts, rope_forms, scaled_down)
-from .moe_common import hf_buildable
+from . import gemma
+from .gemma import BREAKS as _GEMMA_BREAKS, CONSTRAINTS as _GEMMA, _attention, _broken, scaled_down
 from .generic import native_configs as _native_configs
 
 MODEL_TYPE = "gemma2"
 ARCHITECTURE = "Gemma2ForCausalLM"
-HF_ACTIVATIONS = ("gelu_pytorch_tanh", "gelu", "silu", "relu")
+HF_ACTIVATIONS = gemma.HF_ACTIVATIONS
 
 CONSTRAINTS = {
     **_GEMMA,
@@ -60,7 +60,7 @@ def with_query_pre_attn_scalar(draw, cfg: native.ModelConfig) -> native.ModelCon
 @st.composite
 def native_configs(draw, **overrides) -> native.ModelConfig:
     """Native configs a Gemma2 converter must accept."""
-    return hf_buildable(draw(with_query_pre_attn_scalar(draw(_native_configs(**{**CONSTRAINTS, **overrides})))))
+    return hc.hf_buildable(draw(with_query_pre_attn_scalar(draw(_native_configs(**{**CONSTRAINTS, **overrides})))))
 
 
 # ------------------------------------------------------------------------------- unrepresentable
@@ -125,56 +125,50 @@ def layer_type_keys(draw, num_layers: int) -> dict[str, Any]:
     return out
 
 
-@st.composite
-def hf_configs(draw) -> dict[str, Any]:
-    layout = draw(bb.head_layouts())
-    hidden = draw(bb.hidden_for(layout, "multiple_of_heads"))
-    vocab = draw(bb.vocab_sizes())
-    layers = draw(bb.layer_counts(1, 4))
-    max_position = draw(bb.max_positions())
-    h: dict[str, Any] = {
-        "model_type": MODEL_TYPE, "vocab_size": vocab, "hidden_size": hidden,
-        "intermediate_size": draw(bb.intermediate_sizes()), "num_hidden_layers": layers,
-        "num_attention_heads": layout.heads, "num_key_value_heads": layout.kv_heads, "head_dim": layout.head_dim,
-        "max_position_embeddings": max_position,
-    }
+def optional_keys(layout: bb.HeadLayout) -> dict[str, st.SearchStrategy]:
+    """Gemma's, and ``hidden_activation`` (read here), ``query_pre_attn_scalar``, the softcaps and
+    the inert ``cache_implementation``."""
     caps = st.one_of(st.none(), bb.positive_floats(0.5, 60.0))
-    optional = {
-        "rms_norm_eps": bb.epsilons(),
-        "tie_word_embeddings": st.booleans(),
-        "attention_bias": st.booleans(),
+    return {
+        **gemma.optional_keys(layout),
         "hidden_activation": st.sampled_from(HF_ACTIVATIONS),
         "query_pre_attn_scalar": st.one_of(st.just(layout.head_dim), st.integers(1, 512)),
         "attn_logit_softcapping": caps,
         "final_logit_softcapping": caps,
-        "use_bidirectional_attention": st.sampled_from((None, False)),
-        "hidden_act": st.sampled_from(HF_ACTIVATIONS),  # inert: read by no Gemma2 model
         "cache_implementation": st.just("hybrid"),
     }
-    for key, values in optional.items():
-        if draw(st.booleans()):
-            h[key] = draw(values)
-    h.update(draw(layer_type_keys(layers)))
-    h.update(draw(rope_forms(draw(rope_dicts(layout.head_dim, max_position, ROTARY_KINDS)))))
-    h.update(draw(hf_extras(vocab, MODEL_TYPE, ARCHITECTURE)))
-    return h
+
+
+@st.composite
+def hf_configs_of(draw, model_type: str, architecture: str, optional_keys, layer_type_keys, rope_keys) -> dict[str, Any]:
+    """A Gemma2-like config dict: sizes (``hidden`` a multiple of the heads, up to 4 layers for the
+    layer patterns), then the class's optional, layer-type and rope keys and the carried ones."""
+    hf, layout = draw(hc.hf_sizes(model_type, hidden=("multiple_of_heads",), layers=bb.layer_counts(1, 4),
+                                  head_dim="always"))
+    hf.update(draw(hc.optional_keys(optional_keys(layout))))
+    hf.update(draw(layer_type_keys(hf["num_hidden_layers"])))
+    hf.update(draw(rope_keys(layout.head_dim, hf["max_position_embeddings"])))
+    hf.update(draw(gemma.hf_extras(hf["vocab_size"], model_type, architecture)))
+    return hf
+
+
+def hf_configs() -> st.SearchStrategy[dict[str, Any]]:
+    """Gemma2Config dicts: explicit ``layer_types`` or the alternating default, one rope for all layers."""
+    return hf_configs_of(MODEL_TYPE, ARCHITECTURE, optional_keys, layer_type_keys, gemma.rope_keys)
 
 
 #: google/gemma-2-2b (../shared/real_configs), for ``@example``.
-GEMMA2_2B = real_config("google__gemma-2-2b")
+GEMMA2_2B = hc.real_config("google__gemma-2-2b.json")
 
 
 def hf_examples() -> list[dict[str, Any]]:
     """Gemma2Config's default, google/gemma-2-2b as published, and gemma-2-2b scaled down (window 3,
     softcaps and the alternating pattern kept; query_pre_attn_scalar = the new head_dim as in the
     original) for the tensor properties."""
-    out = [default_config(MODEL_TYPE)]
-    if GEMMA2_2B is not None:
-        out += [GEMMA2_2B, scaled_down(GEMMA2_2B, hidden=32, heads=4, kv_heads=2, head_dim=8, intermediate=48,
-                                       layers=3, vocab=61, sliding_window=3, query_pre_attn_scalar=8)]
-    return out
+    return [hc.default_config(MODEL_TYPE), GEMMA2_2B,
+            scaled_down(GEMMA2_2B, hidden=32, heads=4, kv_heads=2, head_dim=8, intermediate=48, layers=3, vocab=61,
+                        sliding_window=3, query_pre_attn_scalar=8)]
 
 
-from . import _hf_common as _hc  # noqa: E402
-hf_configs = _hc.with_real_file_forms(hf_configs, MODEL_TYPE)
-hf_examples = _hc.with_real_configs(hf_examples, MODEL_TYPE)
+hf_configs = hc.with_real_file_forms(hf_configs, MODEL_TYPE)
+hf_examples = hc.with_real_configs(hf_examples, MODEL_TYPE)

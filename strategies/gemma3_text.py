@@ -19,12 +19,12 @@ from hypothesis import strategies as st
 
 import native
 
+from . import _hf_common as hc
 from . import building_blocks as bb
-from .gemma import ROTARY_KINDS, _attention, _broken, _map_blocks, default_config, hf_extras, rope_dicts, scaled_down
-from .gemma2 import (BREAKS as _GEMMA2_BREAKS, CONSTRAINTS as _GEMMA2, FULL, HF_ACTIVATIONS, SLIDING, _layer0,
-                     with_query_pre_attn_scalar)
+from . import gemma2
+from .gemma import _attention, _broken, _map_blocks, scaled_down
+from .gemma2 import BREAKS as _GEMMA2_BREAKS, CONSTRAINTS as _GEMMA2, FULL, SLIDING, _layer0, with_query_pre_attn_scalar
 from .generic import native_configs as _native_configs
-from .moe_common import hf_buildable
 
 MODEL_TYPE = "gemma3_text"
 ARCHITECTURE = "Gemma3ForCausalLM"
@@ -54,7 +54,7 @@ def native_configs(draw, **overrides) -> native.ModelConfig:
     mixed = _native_configs(**constraints)
     uniform = _native_configs(**{**constraints, **UNIFORM})
     cfg = draw(with_query_pre_attn_scalar(draw(st.one_of(mixed, uniform))))
-    return hf_buildable(_map_blocks(cfg, lambda b: dataclasses.replace(
+    return hc.hf_buildable(_map_blocks(cfg, lambda b: dataclasses.replace(
         b, attention=dataclasses.replace(b.attention, rotary=_truncating(b.attention.rotary)))))
 
 
@@ -129,7 +129,7 @@ def rope_keys(draw, head_dim: int, max_position: int) -> dict[str, Any]:
         params = {}
         for layer_type in (SLIDING, FULL):
             if draw(st.integers(0, 3)):
-                params[layer_type] = _truncating_dict(draw(rope_dicts(head_dim, max_position, ROTARY_KINDS)))
+                params[layer_type] = _truncating_dict(draw(hc.rope_parameters(head_dim, max_position)))
         return {"rope_parameters": params} if params or draw(st.booleans()) else {}
     out: dict[str, Any] = {}
     if draw(st.booleans()):
@@ -137,7 +137,7 @@ def rope_keys(draw, head_dim: int, max_position: int) -> dict[str, Any]:
     if draw(st.booleans()):
         out["rope_local_base_freq"] = draw(bb.thetas())
     if draw(st.booleans()):
-        scaling = _truncating_dict(draw(rope_dicts(head_dim, max_position, ROTARY_KINDS)))
+        scaling = _truncating_dict(draw(hc.rope_parameters(head_dim, max_position)))
         scaling.pop("rope_theta")
         if scaling["rope_type"] == "default" and draw(st.booleans()):
             scaling = None
@@ -145,38 +145,19 @@ def rope_keys(draw, head_dim: int, max_position: int) -> dict[str, Any]:
     return out
 
 
-@st.composite
-def hf_configs(draw) -> dict[str, Any]:
-    layout = draw(bb.head_layouts())
-    hidden = draw(bb.hidden_for(layout, "multiple_of_heads"))
-    vocab = draw(bb.vocab_sizes())
-    layers = draw(bb.layer_counts(1, 4))
-    max_position = draw(bb.max_positions())
-    h: dict[str, Any] = {
-        "model_type": MODEL_TYPE, "vocab_size": vocab, "hidden_size": hidden,
-        "intermediate_size": draw(bb.intermediate_sizes()), "num_hidden_layers": layers,
-        "num_attention_heads": layout.heads, "num_key_value_heads": layout.kv_heads, "head_dim": layout.head_dim,
-        "max_position_embeddings": max_position,
-    }
-    optional = {
-        "rms_norm_eps": bb.epsilons(),
-        "tie_word_embeddings": st.booleans(),
-        "attention_bias": st.booleans(),
-        "hidden_activation": st.sampled_from(HF_ACTIVATIONS),
-        "query_pre_attn_scalar": st.one_of(st.just(layout.head_dim), st.integers(1, 512)),
+def optional_keys(layout: bb.HeadLayout) -> dict[str, st.SearchStrategy]:
+    """Gemma2's, with no attention softcap (null if present)."""
+    return {
+        **gemma2.optional_keys(layout),
         "attn_logit_softcapping": st.none(),
         "final_logit_softcapping": st.one_of(st.none(), bb.positive_floats(0.5, 60.0)),
         "use_bidirectional_attention": st.sampled_from((False, None)),
-        "hidden_act": st.sampled_from(HF_ACTIVATIONS),
-        "cache_implementation": st.just("hybrid"),
     }
-    for key, values in optional.items():
-        if draw(st.booleans()):
-            h[key] = draw(values)
-    h.update(draw(layer_type_keys(layers)))
-    h.update(draw(rope_keys(layout.head_dim, max_position)))
-    h.update(draw(hf_extras(vocab, MODEL_TYPE, ARCHITECTURE)))
-    return h
+
+
+def hf_configs() -> st.SearchStrategy[dict[str, Any]]:
+    """Gemma3TextConfig dicts: layer types explicit or by pattern, a rotary per layer type."""
+    return gemma2.hf_configs_of(MODEL_TYPE, ARCHITECTURE, optional_keys, layer_type_keys, rope_keys)
 
 
 #: google/gemma-3-1b-pt's config.json (transformers 4.50 era, v4 rope keys), for ``@example``.
@@ -204,10 +185,9 @@ def hf_examples() -> list[dict[str, Any]]:
     window 3 for the tensor properties."""
     small = dict(hidden=32, heads=4, kv_heads=2, head_dim=8, intermediate=48, layers=6, vocab=61,
                  sliding_window=3, query_pre_attn_scalar=8, max_position_embeddings=64)
-    return [default_config(MODEL_TYPE), GEMMA3_1B, GEMMA3_4B_TEXT,
+    return [hc.default_config(MODEL_TYPE), GEMMA3_1B, GEMMA3_4B_TEXT,
             scaled_down(GEMMA3_1B, **{**small, "kv_heads": 1}), scaled_down(GEMMA3_4B_TEXT, **small)]
 
 
-from . import _hf_common as _hc  # noqa: E402
-hf_configs = _hc.with_real_file_forms(hf_configs, MODEL_TYPE)
-hf_examples = _hc.with_real_configs(hf_examples, MODEL_TYPE)
+hf_configs = hc.with_real_file_forms(hf_configs, MODEL_TYPE)
+hf_examples = hc.with_real_configs(hf_examples, MODEL_TYPE)

@@ -13,7 +13,7 @@ from .generic import native_configs as generic_configs
 
 MODEL_TYPE = "gpt_neox"
 ARCHITECTURE = "GPTNeoXForCausalLM"
-ROPE_KINDS = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
+ROPE_KINDS = hc.ROPE_KINDS
 DEFAULT_ROTARY_PCT = 0.25
 
 
@@ -21,13 +21,10 @@ def native_configs() -> st.SearchStrategy[native.ModelConfig]:
     """Parallel or sequential pre-norm LayerNorm (with bias) blocks, multi-head with ``hidden = heads *
     head_dim``, q/k/v/o biases all on or all off, a plain biased MLP, any rope kind with full or
     partial rotation, no window."""
-    return hc.with_token_ids(generic_configs(
-        hidden="heads_times_head_dim", max_group=1, placements=("parallel", "pre"), norm_kinds=("layer",),
-        shared_eps=True, final_norm="same", qk_norms=("none",), rotary_kinds=ROPE_KINDS,
-        rotary_fractions=("partial", "full"), hf_valid_rotary=True, attention_biases=bb.BIAS_ALL_OR_NOTHING,
-        mlp_biases=(True,), feed_forwards=("mlp",), gated=(False,), windows=("none",), layer_patterns=("uniform",),
-        varying=(), tied=(False, True), embedding_multipliers=("none",), softmax_scales=("none",),
-        attention_softcaps=("none",), final_softcaps=("none",)).map(hc.hf_buildable))
+    return hc.with_token_ids(generic_configs(**{
+        **hc.PLAIN, "hidden": "heads_times_head_dim", "max_group": 1, "placements": ("parallel", "pre"),
+        "norm_kinds": ("layer",), "rotary_fractions": ("partial", "full"), "attention_biases": bb.BIAS_ALL_OR_NOTHING,
+        "mlp_biases": (True,), "gated": (False,)}).map(hc.hf_buildable))
 
 
 def _pct_default_fits(head_dim: int) -> bool:
@@ -40,27 +37,17 @@ def _pct_default_fits(head_dim: int) -> bool:
 def hf_configs(draw):
     """GPTNeoXConfig dicts: v5 (``rope_parameters``) or legacy (``rotary_emb_base``, ``rotary_pct``,
     ``rope_scaling``), each rope key present or left to its default where that default is valid."""
-    layout = draw(bb.head_layouts(max_group=1, max_q_width=bb.MAX_HIDDEN, even_head_dim=False, min_head_dim=3))
-    hidden = layout.heads * layout.head_dim
-    vocab = draw(bb.vocab_sizes())
-    max_position = draw(bb.max_positions())
-    params = draw(hc.rope_parameters(layout.head_dim, max_position, ROPE_KINDS, fractions=("partial", "full")))
-    hf = {
-        "model_type": "gpt_neox",
-        "vocab_size": vocab,
-        "hidden_size": hidden,
-        "intermediate_size": draw(bb.intermediate_sizes()),
-        "num_hidden_layers": draw(bb.layer_counts()),
-        "num_attention_heads": layout.heads,
-        "max_position_embeddings": max_position,
-        "layer_norm_eps": draw(bb.epsilons()),
-    }
+    layouts = bb.head_layouts(max_group=1, max_q_width=bb.MAX_HIDDEN, even_head_dim=False, min_head_dim=3)
+    hf, layout = draw(hc.hf_sizes(MODEL_TYPE, hidden=("heads_times_head_dim",), layouts=layouts, kv_heads="never"))
+    hf["layer_norm_eps"] = draw(bb.epsilons())
+    params = draw(hc.rope_parameters(layout.head_dim, hf["max_position_embeddings"], ROPE_KINDS,
+                                     fractions=("partial", "full")))
     hf.update(draw(hc.optional_keys({
         "hidden_act": bb.choice(("gelu", "gelu_pytorch_tanh", "silu", "relu")),
         "use_parallel_residual": st.booleans(), "attention_bias": st.booleans(), "tie_word_embeddings": st.booleans(),
         "hidden_dropout": hc.dropouts(), "attention_dropout": hc.dropouts(), "classifier_dropout": hc.dropouts(),
         "initializer_range": st.sampled_from([0.02]), "use_cache": st.booleans(), "is_decoder": st.just(False)})))
-    hf.update(draw(hc.token_ids(vocab, allow_none=True)) if draw(st.booleans()) else {})
+    hf.update(draw(hc.token_ids(hf["vocab_size"])) if draw(st.booleans()) else {})
     hf.update(draw(hc.file_keys(ARCHITECTURE)))
     default_pct = params["partial_rotary_factor"] == DEFAULT_ROTARY_PCT
     if draw(st.booleans()):  # v5

@@ -18,43 +18,25 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
+from . import _hf_common as _hc
 from . import building_blocks as bb
-from . import moe_common as _mc
 from .generic import native_configs as _native_configs
 
 MODEL_TYPE = "llama"
-ROTARY_KINDS = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
 
 #: The constraints, exposed so variants (Mistral, ...) state only their differences.
-CONSTRAINTS = dict(
-    hidden="multiple_of_heads",
-    placements=("pre",),
-    norm_kinds=("rms",),
-    shared_eps=True,
-    final_norm="same",
-    qk_norms=("none",),
-    rotary_kinds=ROTARY_KINDS,
-    rotary_fractions=("full",),
-    hf_valid_rotary=True,
-    attention_biases=bb.BIAS_ALL_OR_NOTHING,
-    mlp_biases=(False, True),
-    feed_forwards=("mlp",),
-    gated=(True,),
-    windows=("none",),
-    layer_patterns=("uniform",),
-    varying=(),
-    tied=(False, True),
-    embedding_multipliers=("none",),
-    softmax_scales=("none",),
-    attention_softcaps=("none",),
-    final_softcaps=("none",),
-)
+CONSTRAINTS = {
+    **_hc.PLAIN,
+    "hidden": "multiple_of_heads",
+    "attention_biases": bb.BIAS_ALL_OR_NOTHING,
+    "mlp_biases": (False, True),
+}
 
 
 def native_configs(**overrides) -> st.SearchStrategy:
     """Native configs a Llama converter must accept (``overrides`` narrow or widen CONSTRAINTS)."""
     # (hf_buildable: no dynamic rotary over 2 dims, which transformers cannot build)
-    return _native_configs(**{**CONSTRAINTS, **overrides}).map(_mc.hf_buildable)
+    return _native_configs(**{**CONSTRAINTS, **overrides}).map(_hc.hf_buildable)
 
 
 # ----------------------------------------------------------------- HF dicts, examples, refusals
@@ -73,7 +55,7 @@ def hf_examples() -> list[dict]:
     """The LlamaConfig default, Llama-3.1-8B as published, and Llama-3.1-8B scaled down (llama3 rope
     with its original context shrunk so a forward pass exceeds it)."""
     def small(real):
-        return _mc.scaled_down(real, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
+        return _hc.scaled_down(real, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
                                num_attention_heads=4, num_key_value_heads=2, vocab_size=97,
                                max_position_embeddings=64,
                                rope_scaling={**real["rope_scaling"], "original_max_position_embeddings": 16})
@@ -86,6 +68,5 @@ def unrepresentable_configs() -> st.SearchStrategy:
     return lf.unrepresentable_configs(native_configs(), biases=bb.BIAS_ALL_OR_NOTHING, mlp_bias=True, windows="none")
 
 
-from . import _hf_common as _hc  # noqa: E402
 hf_configs = _hc.with_real_file_forms(hf_configs, MODEL_TYPE)
 hf_examples = _hc.with_real_configs(hf_examples, MODEL_TYPE)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
+from . import _hf_common as _hc
 from . import building_blocks as bb
-from . import moe_common as _mc
 from .generic import native_configs as _native_configs
 from .llama import CONSTRAINTS as _LLAMA
 
@@ -29,7 +29,7 @@ CONSTRAINTS = {
 def native_configs(**overrides) -> st.SearchStrategy:
     """Native configs a Mistral converter must accept."""
     # (hf_buildable: no dynamic rotary over 2 dims, which transformers cannot build)
-    return _native_configs(**{**CONSTRAINTS, **overrides}).map(_mc.hf_buildable)
+    return _native_configs(**{**CONSTRAINTS, **overrides}).map(_hc.hf_buildable)
 
 
 # ----------------------------------------------------------------- HF dicts, examples, refusals
@@ -53,6 +53,5 @@ def unrepresentable_configs() -> st.SearchStrategy:
     return lf.unrepresentable_configs(native_configs(), biases=bb.BIAS_NONE, mlp_bias=False, windows="one")
 
 
-from . import _hf_common as _hc  # noqa: E402
 hf_configs = _hc.with_real_file_forms(hf_configs, MODEL_TYPE)
 hf_examples = _hc.with_real_configs(hf_examples, MODEL_TYPE)

@@ -11,53 +11,33 @@ from .generic import native_configs as generic_configs
 
 MODEL_TYPE = "olmo2"
 ARCHITECTURE = "Olmo2ForCausalLM"
-ROPE_KINDS = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
+ROPE_KINDS = hc.ROPE_KINDS
 
 
 def native_configs() -> st.SearchStrategy[native.ModelConfig]:
     """Post-norm RMS blocks with a full-projection RMS q/k norm (one epsilon for all), q/k/v/o biases
     all on or all off, gated bias-free MLP, any rope kind at full rotation, no window."""
-    return hc.with_token_ids(generic_configs(
-        placements=("post",), norm_kinds=("rms",), shared_eps=True, final_norm="same", qk_norms=("full",),
-        qk_norm_kinds=("rms",), rotary_kinds=ROPE_KINDS, rotary_fractions=("full",), hf_valid_rotary=True,
-        attention_biases=bb.BIAS_ALL_OR_NOTHING, mlp_biases=(False,), feed_forwards=("mlp",), gated=(True,),
-        windows=("none",), layer_patterns=("uniform",), varying=(), tied=(False, True),
-        embedding_multipliers=("none",), softmax_scales=("none",), attention_softcaps=("none",),
-        final_softcaps=("none",)).map(hc.hf_buildable))
+    return hc.with_token_ids(generic_configs(**{
+        **hc.PLAIN, "placements": ("post",), "qk_norms": ("full",), "qk_norm_kinds": ("rms",),
+        "attention_biases": bb.BIAS_ALL_OR_NOTHING}).map(hc.hf_buildable))
 
 
 @st.composite
 def hf_configs(draw):
     """Olmo2Config dicts, v4 (``rope_theta``/``rope_scaling``) and v5 (``rope_parameters``)."""
-    layout = draw(bb.head_layouts())
-    hidden = draw(bb.hidden_sizes())
-    vocab = draw(bb.vocab_sizes())
-    max_position = draw(bb.max_positions())
-    hf = {
-        "model_type": "olmo2",
-        "vocab_size": vocab,
-        "hidden_size": hidden,
-        "intermediate_size": draw(bb.intermediate_sizes()),
-        "num_hidden_layers": draw(bb.layer_counts()),
-        "num_attention_heads": layout.heads,
+    hf, layout = draw(hc.hf_sizes(MODEL_TYPE, kv_heads="optional"))
+    hf.update({
         "hidden_act": draw(bb.choice(("silu", "gelu", "gelu_pytorch_tanh", "relu"))),
-        "max_position_embeddings": max_position,
         "rms_norm_eps": draw(bb.epsilons()),
         "attention_bias": draw(st.booleans()),
         "tie_word_embeddings": draw(st.booleans()),
-        "rope_parameters": draw(hc.rope_parameters(layout.head_dim, max_position, ROPE_KINDS)),
-        **draw(hc.token_ids(vocab)),
-    }
-    if layout.kv_heads != layout.heads or draw(st.booleans()):
-        hf["num_key_value_heads"] = layout.kv_heads
-    if layout.head_dim != hidden // layout.heads or hidden % layout.heads:
-        hf["head_dim"] = layout.head_dim  # (a floored default is refused: convcheck convert needs it spelled)
+        "rope_parameters": draw(hc.rope_parameters(layout.head_dim, hf["max_position_embeddings"], ROPE_KINDS)),
+        **draw(hc.token_ids(hf["vocab_size"])),
+    })
     hf.update(draw(hc.optional_keys({"attention_dropout": hc.dropouts(), "initializer_range": st.sampled_from([0.02]),
                                      "use_cache": st.booleans()})))
     hf.update(draw(hc.file_keys(ARCHITECTURE)))
-    if draw(st.booleans()):
-        hf = hc.v4_rope(hf, draw(st.sampled_from(["type", "rope_type"])))
-    return hf
+    return draw(hc.v4_or_v5(hf))
 
 
 def hf_examples() -> list[dict]:

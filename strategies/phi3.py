@@ -17,14 +17,8 @@ REAL = "microsoft__Phi-3-mini-4k-instruct.json"
 
 
 def _common(**overrides):
-    settings = dict(
-        placements=("pre",), norm_kinds=("rms",), shared_eps=True, final_norm="same", qk_norms=("none",),
-        rotary_fractions=("full", "partial"), hf_valid_rotary=True, attention_biases=bb.BIAS_NONE,
-        mlp_biases=(False,), feed_forwards=("mlp",), gated=(True,), windows=("none", "uniform"),
-        layer_patterns=("uniform",), varying=(), tied=(False, True), embedding_multipliers=("none",),
-        softmax_scales=("none",), attention_softcaps=("none",), final_softcaps=("none",))
-    settings.update(overrides)
-    return generic_configs(**settings)
+    return generic_configs(**{**hc.PLAIN, "rotary_fractions": ("full", "partial"), "windows": ("none", "uniform"),
+                              **overrides})
 
 
 def native_configs() -> st.SearchStrategy[native.ModelConfig]:
@@ -59,28 +53,16 @@ def _rope(draw, head_dim: int, max_position: int, longrope: bool):
 def hf_configs(draw):
     """Phi3Config dicts in the v5 form and in the v4 form (``rope_theta``/``rope_scaling``, a
     top-level ``partial_rotary_factor`` as Phi-4-mini writes it), with the keys real configs carry."""
-    longrope_shape = draw(st.booleans())  # hidden == heads * head_dim: LongRoPE possible
-    layout = draw(bb.head_layouts(max_q_width=bb.MAX_HIDDEN if longrope_shape else None))
-    hidden = layout.heads * layout.head_dim if longrope_shape else draw(bb.hidden_sizes())
-    vocab = draw(bb.vocab_sizes())
-    max_position = draw(bb.max_positions())
-    hf = {
-        "model_type": "phi3",
-        "vocab_size": vocab,
-        "hidden_size": hidden,
-        "intermediate_size": draw(bb.intermediate_sizes()),
-        "num_hidden_layers": draw(bb.layer_counts()),
-        "num_attention_heads": layout.heads,
-        "num_key_value_heads": layout.kv_heads,
+    hf, layout = draw(hc.hf_sizes(MODEL_TYPE, hidden=("free", "heads_times_head_dim")))
+    longrope_shape = hf["hidden_size"] == layout.heads * layout.head_dim  # LongRoPE's factor lists fit
+    max_position = hf["max_position_embeddings"]
+    hf.update({
         "hidden_act": draw(bb.choice(("silu", "gelu", "gelu_pytorch_tanh", "relu"))),
-        "max_position_embeddings": max_position,
         "rms_norm_eps": draw(bb.epsilons()),
         "tie_word_embeddings": draw(st.booleans()),
         "sliding_window": draw(st.one_of(st.none(), bb.windows())),
-        **draw(hc.token_ids(vocab)),
-    }
-    if layout.head_dim != hidden // layout.heads or hidden % layout.heads:
-        hf["head_dim"] = layout.head_dim  # (a floored default is refused: convcheck convert needs it spelled)
+        **draw(hc.token_ids(hf["vocab_size"])),
+    })
     params, original = draw(_rope(layout.head_dim, max_position, longrope=longrope_shape))
     hf["rope_parameters"] = params
     if params["rope_type"] == "longrope" or draw(st.booleans()):

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 import native
 from converters.sliding import FULL, SLIDING
 
+from . import _hf_common as hc
 from . import building_blocks as bb
 from . import moe_common as mc
 from .generic import native_configs as generic_configs
@@ -44,13 +45,10 @@ QWEN15_MOE_A27B = {
 
 @st.composite
 def native_configs(draw):
-    cfg = draw(generic_configs(
-        placements=("pre",), norm_kinds=("rms",), shared_eps=True, final_norm="same", qk_norms=("none",),
-        rotary_kinds=mc.ROPE_KINDS, rotary_fractions=("full",), hf_valid_rotary=True, attention_biases=BIASES,
-        feed_forwards=("moe",), moe_shared=(True,), moe_shared_gate=(True,), windows=bb.WINDOW_MODES,
-        varying=(), embedding_multipliers=("none",), softmax_scales=("none",), attention_softcaps=("none",),
-        final_softcaps=("none",)))
-    return mc.hf_buildable(draw(with_dense_layers(cfg)))
+    cfg = draw(generic_configs(**{
+        **hc.PLAIN, "attention_biases": BIASES, "feed_forwards": ("moe",), "moe_shared": (True,),
+        "moe_shared_gate": (True,), "windows": bb.WINDOW_MODES, "layer_patterns": bb.LAYER_PATTERN_KINDS}))
+    return hc.hf_buildable(draw(with_dense_layers(cfg)))
 
 
 @st.composite
@@ -71,8 +69,7 @@ def sparse_keys(draw, num_layers: int, *, experts_key: str, shared: bool) -> dic
     """The keys choosing and sizing the sparse layers (shared by Qwen2-MoE and Qwen3-MoE)."""
     experts = draw(st.one_of(st.integers(1, bb.MAX_EXPERTS), st.just(0)))
     hf = {experts_key: experts, "num_experts_per_tok": draw(st.integers(1, max(1, experts))),
-          "moe_intermediate_size": draw(bb.intermediate_sizes(32)),
-          "intermediate_size": draw(bb.intermediate_sizes(32))}
+          "moe_intermediate_size": draw(bb.intermediate_sizes(32))}
     if shared:
         hf["shared_expert_intermediate_size"] = draw(bb.intermediate_sizes(32))
     hf.update(draw(st.one_of(st.just({}), st.booleans().map(lambda b: {"norm_topk_prob": b}))))
@@ -103,25 +100,8 @@ def window_keys(draw, num_layers: int) -> dict:
 
 
 @st.composite
-def base_keys(draw, model_type: str, architecture: str, *, null_head_dim: bool = False) -> dict:
-    """Sizes, norms, activation, rope and carried keys common to the Qwen MoE classes."""
-    sizes = draw(mc.attention_sizes())
-    vocab = draw(bb.vocab_sizes())
-    max_position = draw(bb.max_positions())
-    hf = {"model_type": model_type, **{k: v for k, v in sizes.items() if k != "head_dim"}}
-    hf.update(draw(mc.head_dim_keys(sizes, null_allowed=null_head_dim)))
-    hf.update(num_hidden_layers=draw(bb.layer_counts()), vocab_size=vocab, max_position_embeddings=max_position,
-              rms_norm_eps=draw(bb.epsilons()), tie_word_embeddings=draw(st.booleans()),
-              hidden_act=draw(st.sampled_from(sorted(mc.ACTIVATIONS.values()))))
-    hf.update(draw(mc.rope_keys(draw(mc.rotary_for(mc.head_dim_of(hf), max_position)))))
-    hf.update(draw(mc.token_and_training_keys(vocab, ("output_router_logits", "router_aux_loss_coef"))))
-    hf.update(draw(mc.file_keys(architecture)))
-    return hf
-
-
-@st.composite
 def hf_configs(draw) -> dict:
-    hf = draw(base_keys(MODEL_TYPE, ARCHITECTURE))
+    hf = draw(mc.hf_base(MODEL_TYPE, ARCHITECTURE))
     n = hf["num_hidden_layers"]
     hf.update(draw(st.one_of(st.just({}), st.booleans().map(lambda b: {"qkv_bias": b}))))
     hf.update(draw(sparse_keys(n, experts_key="num_experts", shared=True)))
@@ -162,32 +142,25 @@ def on_dense(change):
     return breaker
 
 
-def second_layer(mutate):
-    """A breaker making layer 1 (added when missing) differ from layer 0."""
-    def breaker(cfg, i, draw):
-        return mutate(mc.at_least_layers(cfg, 2), draw)
-    return breaker
-
-
-def two_windows(cfg, draw):
-    window = draw(bb.windows())
-    return mc.mutate_attention(mc.mutate_attention(cfg, 0, window=window), 1, window=window + 1)
-
+#: breakers of both Qwen MoE formats: dense layers among the sparse ones, one activation for all
+QWEN_BREAKERS = {
+    **mc.COMMON_BREAKERS,
+    "gated": on_dense({"gated": False}),
+    "bias": on_dense({"bias": True}),
+    "activation": mc.second_layer(lambda cfg, draw: mc.mutate_mlp(
+        cfg, 1, activation=mc.other_activation(cfg.decoder.layer(1).mlp.activation))),
+}
 
 #: field → breaker (see strategies.moe_common.broken)
 BREAKERS = {
-    **mc.COMMON_BREAKERS,
+    **QWEN_BREAKERS,
     "qk_norm": lambda cfg, i, draw: mc.mutate_attention(cfg, i, qk_norm=native.RMSNormConfig(eps=1e-6)),
     "o_bias": lambda cfg, i, draw: mc.mutate_attention(cfg, i, o_bias=True),
     "k_bias": lambda cfg, i, draw: mc.mutate_attention(cfg, i, k_bias=not cfg.decoder.layer(i).attention.k_bias),
     "shared_gate": on_sparse(lambda moe, draw: {"shared_gate": False}),
     "shared_intermediate": on_sparse(lambda moe, draw: {"shared_intermediate": None, "shared_gate": False}),
     "experts": on_sparse(lambda moe, draw: {"experts": moe.experts + 1}, count=2),
-    "gated": on_dense({"gated": False}),
-    "bias": on_dense({"bias": True}),
-    "activation": second_layer(lambda cfg, draw: mc.mutate_mlp(
-        cfg, 1, activation=mc.other_activation(cfg.decoder.layer(1).mlp.activation))),
-    "attention.window": second_layer(two_windows),
+    "attention.window": mc.second_layer(mc.two_windows),
 }
 
 
@@ -201,13 +174,12 @@ def hf_examples() -> list[dict]:
     published, and scaled down with two dense layers among four."""
     from transformers import AutoConfig
 
-    small = mc.scaled_down(QWEN15_MOE_A27B, hidden_size=32, intermediate_size=24, moe_intermediate_size=8,
+    small = hc.scaled_down(QWEN15_MOE_A27B, hidden_size=32, intermediate_size=24, moe_intermediate_size=8,
                            shared_expert_intermediate_size=20, num_attention_heads=4, num_key_value_heads=4,
                            num_hidden_layers=4, num_experts=6, num_experts_per_tok=2, vocab_size=97,
                            max_position_embeddings=64, mlp_only_layers=[0, 2], max_window_layers=3)
     return [AutoConfig.for_model(MODEL_TYPE).to_dict(), QWEN15_MOE_A27B, small]
 
 
-from . import _hf_common as _hc  # noqa: E402
-hf_configs = _hc.with_real_file_forms(hf_configs, MODEL_TYPE)
-hf_examples = _hc.with_real_configs(hf_examples, MODEL_TYPE)
+hf_configs = hc.with_real_file_forms(hf_configs, MODEL_TYPE)
+hf_examples = hc.with_real_configs(hf_examples, MODEL_TYPE)

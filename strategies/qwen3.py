@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
+from . import _hf_common as _hc
 from . import building_blocks as bb
-from . import moe_common as _mc
 from .generic import native_configs as _native_configs
 from .qwen2 import CONSTRAINTS as _QWEN2
 
@@ -29,7 +29,7 @@ CONSTRAINTS = {
 def native_configs(**overrides) -> st.SearchStrategy:
     """Native configs a Qwen3 converter must accept."""
     # (hf_buildable: no dynamic rotary over 2 dims, which transformers cannot build)
-    return _native_configs(**{**CONSTRAINTS, **overrides}).map(_mc.hf_buildable)
+    return _native_configs(**{**CONSTRAINTS, **overrides}).map(_hc.hf_buildable)
 
 
 # ----------------------------------------------------------------- HF dicts, examples, refusals
@@ -49,7 +49,7 @@ def hf_configs() -> st.SearchStrategy[dict]:
 def hf_examples() -> list[dict]:
     """The Qwen3Config default, Qwen3-8B as published, and scaled down."""
     def small(real):
-        return _mc.scaled_down(real, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
+        return _hc.scaled_down(real, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
                                num_attention_heads=4, num_key_value_heads=2, head_dim=8, vocab_size=97,
                                max_position_embeddings=64)
     return lf.examples(MODEL_TYPE, "Qwen__Qwen3-8B.json", small)
@@ -69,6 +69,5 @@ def unrepresentable_configs() -> st.SearchStrategy:
                                       windows="one", extra=_qk_norm_breaks)
 
 
-from . import _hf_common as _hc  # noqa: E402
 hf_configs = _hc.with_real_file_forms(hf_configs, MODEL_TYPE)
 hf_examples = _hc.with_real_configs(hf_examples, MODEL_TYPE)

@@ -17,10 +17,11 @@ from hypothesis import strategies as st
 
 import native
 
+from . import _hf_common as hc
 from . import building_blocks as bb
 from . import moe_common as mc
 from .generic import native_configs as generic_configs
-from .qwen2_moe import base_keys, on_dense, on_sparse, second_layer, sparse_keys, with_dense_layers
+from .qwen2_moe import QWEN_BREAKERS, on_sparse, sparse_keys, with_dense_layers
 
 MODEL_TYPE = "qwen3_moe"
 ARCHITECTURE = "Qwen3MoeForCausalLM"
@@ -41,18 +42,15 @@ QWEN3_30B_A3B = {
 
 @st.composite
 def native_configs(draw):
-    cfg = draw(generic_configs(
-        placements=("pre",), norm_kinds=("rms",), shared_eps=True, final_norm="same", qk_norms=("head",),
-        qk_norm_kinds=("rms",), rotary_kinds=mc.ROPE_KINDS, rotary_fractions=("full",), hf_valid_rotary=True,
-        attention_biases=bb.BIAS_ALL_OR_NOTHING, feed_forwards=("moe",), moe_shared=(False,),
-        moe_shared_gate=(False,), windows=("none", "uniform"), varying=(), embedding_multipliers=("none",),
-        softmax_scales=("none",), attention_softcaps=("none",), final_softcaps=("none",)))
-    return mc.hf_buildable(draw(with_dense_layers(cfg)))
+    cfg = draw(generic_configs(**{
+        **hc.PLAIN, "qk_norms": ("head",), "qk_norm_kinds": ("rms",), "attention_biases": bb.BIAS_ALL_OR_NOTHING,
+        "feed_forwards": ("moe",), "moe_shared": (False,), "moe_shared_gate": (False,), "windows": ("none", "uniform")}))
+    return hc.hf_buildable(draw(with_dense_layers(cfg)))
 
 
 @st.composite
 def hf_configs(draw) -> dict:
-    hf = draw(base_keys(MODEL_TYPE, ARCHITECTURE))
+    hf = draw(mc.hf_base(MODEL_TYPE, ARCHITECTURE))
     n = hf["num_hidden_layers"]
     hf.update(draw(st.one_of(st.just({}), st.booleans().map(lambda b: {"attention_bias": b}))))
     hf.update(draw(sparse_keys(n, experts_key=draw(st.sampled_from(("num_local_experts", "num_experts"))),
@@ -79,7 +77,7 @@ def _window_on_one_layer(cfg, draw):
 
 #: field → breaker (see strategies.moe_common.broken)
 BREAKERS = {
-    **mc.COMMON_BREAKERS,
+    **QWEN_BREAKERS,
     "qk_norm": lambda cfg, i, draw: mc.mutate_attention(cfg, i, qk_norm=None),
     "qk_norm_scope": lambda cfg, i, draw: mc.mutate_attention(cfg, i, qk_norm_scope="full"),
     "o_bias": lambda cfg, i, draw: mc.mutate_attention(cfg, i, o_bias=not cfg.decoder.layer(i).attention.o_bias),
@@ -87,11 +85,7 @@ BREAKERS = {
                                      make=make_moe),
     "top_k": on_sparse(lambda moe, draw: {"experts": max(2, moe.experts), "top_k": 1 if moe.top_k > 1 else 2},
                        count=2, make=make_moe),
-    "gated": on_dense({"gated": False}),
-    "bias": on_dense({"bias": True}),
-    "activation": second_layer(lambda cfg, draw: mc.mutate_mlp(
-        cfg, 1, activation=mc.other_activation(cfg.decoder.layer(1).mlp.activation))),
-    "attention.window": second_layer(_window_on_one_layer),
+    "attention.window": mc.second_layer(_window_on_one_layer),
 }
 
 
@@ -105,13 +99,12 @@ def hf_examples() -> list[dict]:
     published, and scaled down with a dense first layer."""
     from transformers import AutoConfig
 
-    small = mc.scaled_down(QWEN3_30B_A3B, hidden_size=32, intermediate_size=24, moe_intermediate_size=8,
+    small = hc.scaled_down(QWEN3_30B_A3B, hidden_size=32, intermediate_size=24, moe_intermediate_size=8,
                            num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_hidden_layers=3,
                            num_experts=6, num_experts_per_tok=2, vocab_size=97, max_position_embeddings=64,
                            mlp_only_layers=[0])
     return [AutoConfig.for_model(MODEL_TYPE).to_dict(), QWEN3_30B_A3B, small]
 
 
-from . import _hf_common as _hc  # noqa: E402
-hf_configs = _hc.with_real_file_forms(hf_configs, MODEL_TYPE)
-hf_examples = _hc.with_real_configs(hf_examples, MODEL_TYPE)
+hf_configs = hc.with_real_file_forms(hf_configs, MODEL_TYPE)
+hf_examples = hc.with_real_configs(hf_examples, MODEL_TYPE)

@@ -8,20 +8,15 @@ import native
 from . import _hf_common as hc
 from . import building_blocks as bb
 from .generic import native_configs as generic_configs
-from .olmo2 import ROPE_KINDS
 
 MODEL_TYPE = "starcoder2"
 ARCHITECTURE = "Starcoder2ForCausalLM"
 
 
 def _configs(use_bias: bool):
-    return generic_configs(
-        placements=("pre",), norm_kinds=("layer",), shared_eps=True, final_norm="same", qk_norms=("none",),
-        rotary_kinds=ROPE_KINDS, rotary_fractions=("full",), hf_valid_rotary=True,
-        attention_biases=(bb.BIAS_ALL_OR_NOTHING[1 if use_bias else 0],), mlp_biases=(use_bias,),
-        feed_forwards=("mlp",), gated=(False,), windows=("none", "uniform"), layer_patterns=("uniform",), varying=(),
-        tied=(True, False), embedding_multipliers=("none",), softmax_scales=("none",), attention_softcaps=("none",),
-        final_softcaps=("none",))
+    return generic_configs(**{
+        **hc.PLAIN, "norm_kinds": ("layer",), "attention_biases": (bb.BIAS_ALL_OR_NOTHING[1 if use_bias else 0],),
+        "mlp_biases": (use_bias,), "gated": (False,), "windows": ("none", "uniform"), "tied": (True, False)})
 
 
 def native_configs() -> st.SearchStrategy[native.ModelConfig]:
@@ -33,36 +28,21 @@ def native_configs() -> st.SearchStrategy[native.ModelConfig]:
 @st.composite
 def hf_configs(draw):
     """Starcoder2Config dicts, v4 and v5 rope forms, with the dropouts real configs carry."""
-    layout = draw(bb.head_layouts())
-    hidden = draw(bb.hidden_sizes())
-    vocab = draw(bb.vocab_sizes())
-    max_position = draw(bb.max_positions())
-    hf = {
-        "model_type": "starcoder2",
-        "vocab_size": vocab,
-        "hidden_size": hidden,
-        "intermediate_size": draw(bb.intermediate_sizes()),
-        "num_hidden_layers": draw(bb.layer_counts()),
-        "num_attention_heads": layout.heads,
-        "num_key_value_heads": layout.kv_heads,
+    hf, layout = draw(hc.hf_sizes(MODEL_TYPE))
+    hf.update({
         "hidden_act": draw(bb.choice(("gelu_pytorch_tanh", "gelu", "silu", "relu"))),
-        "max_position_embeddings": max_position,
         "norm_epsilon": draw(bb.epsilons()),
         "use_bias": draw(st.booleans()),
         "sliding_window": draw(st.one_of(st.none(), bb.windows())),
-        "rope_parameters": draw(hc.rope_parameters(layout.head_dim, max_position, ROPE_KINDS)),
-        **draw(hc.token_ids(vocab)),
-    }
-    if layout.head_dim != hidden // layout.heads or hidden % layout.heads:
-        hf["head_dim"] = layout.head_dim  # (a floored default is refused: convcheck convert needs it spelled)
+        "rope_parameters": draw(hc.rope_parameters(layout.head_dim, hf["max_position_embeddings"], hc.ROPE_KINDS)),
+        **draw(hc.token_ids(hf["vocab_size"])),
+    })
     hf.update(draw(hc.optional_keys({
         "tie_word_embeddings": st.booleans(), "attention_dropout": hc.dropouts(),
         "residual_dropout": hc.dropouts(), "embedding_dropout": hc.dropouts(),
         "initializer_range": st.sampled_from([0.018042, 0.02]), "use_cache": st.booleans()})))
     hf.update(draw(hc.file_keys(ARCHITECTURE)))
-    if draw(st.booleans()):
-        hf = hc.v4_rope(hf, draw(st.sampled_from(["type", "rope_type"])))
-    return hf
+    return draw(hc.v4_or_v5(hf))
 
 
 def hf_examples() -> list[dict]:
