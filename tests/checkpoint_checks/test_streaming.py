@@ -12,7 +12,6 @@ import checkpoints.plan
 import native
 from checkpoints import native_writer
 from checkpoints.cli import main
-from checkpoints.hf_reader import open_hf_checkpoint
 from checkpoints.pipeline import convert
 from checkpoints.plan import stream_hf_weights
 from converters.errors import ConversionError
