@@ -37,8 +37,8 @@ from converters import ConversionError
 from fixtures.tolerances import HAND_WRITTEN_FLOAT64, Comparison, compare, relative_error, tolerance_for
 from properties import normalize
 from properties.common import (
-    HF_IMPLEMENTATION, bits_equal, causal_lm_class, describe_difference, hf_config, hf_model, native_model,
-    quiet_transformers,
+    HF_IMPLEMENTATION, bits_equal, causal_lm_class, describe_difference, hf_config, hf_model, jsonable,
+    native_model, quiet_transformers, without_metadata,
 )
 from properties.violation import Reporter
 from strategies.building_blocks import min_forward_length
@@ -57,6 +57,26 @@ def assert_hf_roundtrip(converter, hf: Mapping[str, Any]) -> native.ModelConfig:
     assert not diff, f"export(import(h)) differs from h (exported, original): {diff}"
     assert converter.import_config(exported) == cfg
     assert not converter.unclaimed_fields(cfg)
+    return cfg
+
+
+def attribute(obj: Any, dotted: str) -> Any:
+    """``obj.a.b`` for ``"a.b"``, through attributes or dict keys."""
+    for part in dotted.split("."):
+        obj = obj[part] if isinstance(obj, Mapping) else getattr(obj, part)
+    return obj
+
+
+def assert_class_defaults(converter, hf: Mapping[str, Any], fields: Mapping[str, str]) -> native.ModelConfig:
+    """A key absent from ``hf`` means the default of the architecture's transformers config class:
+    the import equals that of the dict the class fills in, and each native field of ``fields`` (a
+    path from the config, ``layer0.`` for the first layer's block) holds the class attribute named."""
+    cfg = converter.import_config(hf)
+    reference = hf_config(hf)
+    assert without_metadata(cfg) == without_metadata(converter.import_config(jsonable(reference.to_dict())))
+    root = {"cfg": cfg, "layer0": cfg.decoder.layer(0)}
+    for path, name in fields.items():
+        assert attribute(root, path) == attribute(reference, name), f"{path} != {type(reference).__name__}.{name}"
     return cfg
 
 
@@ -348,7 +368,8 @@ def standard_tests(converter, forward_cases: Mapping[str, native.ModelConfig], *
                    hf_refusals: Sequence[tuple[str, dict]] = (), weight_seed: int = 0,
                    dtypes: Sequence[torch.dtype] = (torch.float64,), exact_hf=None, on_disk: bool = False,
                    redraw: Callable[[dict, int], dict] | None = None, structures: Mapping[str, dict] | None = None,
-                   saved: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   saved: Mapping[str, Any] | None = None,
+                   class_defaults: tuple[dict, Mapping[str, str]] | None = None) -> dict[str, Any]:
     """The tests every per-architecture file shares, built from its data alone:
 
     - ``hf_examples``: each round trips HF → native → HF (and passes ``check_example``);
@@ -358,7 +379,8 @@ def standard_tests(converter, forward_cases: Mapping[str, native.ModelConfig], *
     - ``refusals``: ``(field, cfg)``, ``export_config(cfg)`` refuses naming ``field``;
     - ``hf_refusals``: ``(key, hf)``, ``import_config(hf)`` refuses naming ``key``;
     - ``structures``: ``{name: hf}``, the imported per-layer structure is the one transformers builds;
-    - ``saved``: an HF dict whose ``save_pretrained`` checkpoint round trips bit-exactly.
+    - ``saved``: an HF dict whose ``save_pretrained`` checkpoint round trips bit-exactly;
+    - ``class_defaults``: ``(hf, fields)``, a dict with keys left out (:func:`assert_class_defaults`).
 
     A file installs them with ``globals().update(standard_tests(...))``."""
     names = sorted(forward_cases)
@@ -418,5 +440,11 @@ def standard_tests(converter, forward_cases: Mapping[str, native.ModelConfig], *
             assert native_structure(cfg) == hf_structure(saved)
 
         tests.append(test_save_pretrained_roundtrip)
+
+    if class_defaults is not None:
+        def test_absent_keys_take_the_class_defaults():
+            assert_class_defaults(converter, *class_defaults)
+
+        tests.append(test_absent_keys_take_the_class_defaults)
 
     return {test.__name__: test for test in tests}

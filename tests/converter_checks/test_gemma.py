@@ -45,6 +45,13 @@ HF_REFUSALS = [(key, {**CONVERTER.export_config(BASE), **extra}) for key, extra 
 ]]
 
 
+#: absent keys take GemmaConfig's defaults (16 KV heads, head_dim 256, tied, 8192 positions)
+CLASS_DEFAULTS = ({"model_type": "gemma", "vocab_size": 11, "hidden_size": 64, "intermediate_size": 4,
+                   "num_hidden_layers": 1, "num_attention_heads": 32}, {
+    "layer0.attention.kv_heads": "num_key_value_heads", "layer0.attention.head_dim": "head_dim",
+    "cfg.head.tied": "tie_word_embeddings", "cfg.max_position_embeddings": "max_position_embeddings"})
+
+
 def check_example(cfg: native.ModelConfig) -> None:
     assert cfg.decoder.blocks[0].mlp.activation == "gelu_tanh"  # gemma-7b's legacy "gelu" is the tanh one
 
@@ -52,7 +59,8 @@ def check_example(cfg: native.ModelConfig) -> None:
 globals().update(standard_tests(
     CONVERTER, FORWARD_CASES, hf_examples=EXAMPLES, check_example=check_example,
     example_ids=hc.example_ids(EXAMPLES, ("default", "gemma-7b", "gemma-7b-small")), refusals=REFUSALS,
-    hf_refusals=HF_REFUSALS, dtypes=(torch.float64, torch.float32), exact_hf=gemma_norms_in_float64, redraw=small_norms))
+    hf_refusals=HF_REFUSALS, dtypes=(torch.float64, torch.float32), exact_hf=gemma_norms_in_float64, redraw=small_norms,
+    class_defaults=CLASS_DEFAULTS))
 
 
 def test_transformers_default_config_roundtrips():
@@ -63,13 +71,6 @@ def test_transformers_default_config_roundtrips():
     assert cfg.head.tied and cfg.embeddings.multiplier == 3072 ** 0.5
     assert (b.placement, b.attention.head_dim, b.attention.kv_heads, b.mlp.activation) == ("pre", 256, 16, "gelu_tanh")
     assert b.norm == native.RMSNormConfig(eps=1e-6, zero_centered=True) and b.attention.softmax_scale is None
-
-
-def test_absent_keys_take_the_class_defaults():
-    cfg = CONVERTER.import_config({"model_type": "gemma", "vocab_size": 11, "hidden_size": 64, "intermediate_size": 4,
-                                   "num_hidden_layers": 1, "num_attention_heads": 32})
-    a = cfg.decoder.blocks[0].attention
-    assert (a.kv_heads, a.head_dim, cfg.head.tied, cfg.max_position_embeddings) == (16, 256, True, 8192)
 
 
 def test_hidden_activation_agreeing_with_hidden_act_is_carried():

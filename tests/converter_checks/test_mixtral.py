@@ -56,6 +56,13 @@ HF_REFUSALS = [(key, {**CONVERTER.export_config(BASE), **change}) for key, chang
 ]]
 
 
+#: absent keys take MixtralConfig's defaults, not Llama's (8 KV heads, eps 1e-5, theta 1e6)
+MINIMAL = {"model_type": "mixtral", "hidden_size": 64, "num_attention_heads": 16, "num_hidden_layers": 2, "vocab_size": 50}
+CLASS_DEFAULTS = (MINIMAL, {
+    "layer0.attention.kv_heads": "num_key_value_heads", "layer0.norm.eps": "rms_norm_eps",
+    "layer0.attention.rotary.theta": "rope_parameters.rope_theta", "layer0.mlp.experts": "num_local_experts"})
+
+
 def check_example(cfg: native.ModelConfig) -> None:
     assert all(isinstance(b.mlp, MoEConfig) and b.mlp.normalize_top_k for b in cfg.decoder.layers())
 
@@ -63,7 +70,7 @@ def check_example(cfg: native.ModelConfig) -> None:
 globals().update(standard_tests(
     CONVERTER, FORWARD_CASES, hf_examples=EXAMPLES, check_example=check_example,
     example_ids=hc.example_ids(EXAMPLES, ("transformers-default", "Mixtral-8x7B", "Mixtral-8x7B-small")),
-    refusals=REFUSALS, hf_refusals=HF_REFUSALS, on_disk=True, saved=EXAMPLES[2]))
+    refusals=REFUSALS, hf_refusals=HF_REFUSALS, on_disk=True, saved=EXAMPLES[2], class_defaults=CLASS_DEFAULTS))
 
 
 def test_real_config_reads_every_key():
@@ -77,22 +84,6 @@ def test_real_config_reads_every_key():
     assert out["num_local_experts"] == 8 and "num_experts" not in out and out["head_dim"] is None
 
 
-def test_absent_keys_take_mixtral_defaults():
-    """Absent keys mean MixtralConfig's defaults (not Llama's): 8 KV heads, eps 1e-5, theta 1e6."""
-    from transformers import MixtralConfig
-
-    hf = {"model_type": "mixtral", "hidden_size": 64, "num_attention_heads": 16, "num_hidden_layers": 2,
-          "vocab_size": 50}
-    cfg = CONVERTER.import_config(hf)
-    reference = MixtralConfig(**{k: v for k, v in hf.items() if k != "model_type"})
-    a = cfg.decoder.layer(0).attention
-    assert a.kv_heads == reference.num_key_value_heads == 8
-    assert cfg.decoder.layer(0).norm.eps == reference.rms_norm_eps
-    assert a.rotary.theta == reference.rope_parameters["rope_theta"]
-    assert cfg.decoder.layer(0).mlp.experts == reference.num_local_experts
-    assert a.head_dim == 4
-
-
 def test_num_experts_alias():
     hf = CONVERTER.export_config(BASE)
     alias = {**{k: v for k, v in hf.items() if k != "num_local_experts"}, "num_experts": 4}
@@ -101,6 +92,7 @@ def test_num_experts_alias():
 
 
 def test_head_dim_spellings():
+    assert CONVERTER.import_config(MINIMAL).decoder.layer(0).attention.head_dim == 4  # absent: hidden / heads
     cfg = config(head_dim=6)  # hidden 24 / 4 heads = 6: the default
     assert CONVERTER.export_config(cfg)["head_dim"] is None
     hf = CONVERTER.export_config(cfg)

@@ -82,12 +82,20 @@ HF_REFUSALS = [(key, small(**change)) for key, change in [
     ("qkv_bias", {"qkv_bias": "yes"}),
 ]]
 
+#: absent keys take Qwen2MoeConfig's (16 KV heads for 32 heads, q/k/v biases on) defaults
+CLASS_DEFAULTS = ({"model_type": "qwen2_moe", "hidden_size": 64, "num_attention_heads": 32, "num_hidden_layers": 2,
+                  "vocab_size": 50}, {
+    "layer0.attention.kv_heads": "num_key_value_heads", "layer0.mlp.experts": "num_experts",
+    "layer0.mlp.top_k": "num_experts_per_tok", "layer0.mlp.shared_intermediate": "shared_expert_intermediate_size",
+    "layer0.attention.q_bias": "qkv_bias"})
+
 globals().update(standard_tests(
     CONVERTER, FORWARD_CASES, hf_examples=EXAMPLES,
     example_ids=hc.example_ids(EXAMPLES, ("transformers-default", "Qwen1.5-MoE-A2.7B", "A2.7B-small")), refusals=REFUSALS,
     hf_refusals=HF_REFUSALS, on_disk=True, structures=STRUCTURES,
     saved=small(decoder_sparse_step=2, mlp_only_layers=[3, 0], use_sliding_window=True, sliding_window=3,
-                max_window_layers=3)))
+                max_window_layers=3),
+    class_defaults=CLASS_DEFAULTS))
 
 
 def test_real_config_reads_every_key():
@@ -108,20 +116,6 @@ def test_canonical_export_of_a_pattern():
     out = CONVERTER.export_config(config(sparse=(False, True, True), windows=(None, None, None)))
     assert (out["decoder_sparse_step"], out["mlp_only_layers"]) == (1, [0])
     assert out["layer_types"] == ["full_attention"] * 3 and out["use_sliding_window"] is False
-
-
-def test_absent_keys_take_qwen2_moe_defaults():
-    from transformers import Qwen2MoeConfig
-
-    hf = {"model_type": "qwen2_moe", "hidden_size": 64, "num_attention_heads": 32, "num_hidden_layers": 2,
-          "vocab_size": 50}
-    cfg = CONVERTER.import_config(hf)
-    reference = Qwen2MoeConfig(**{k: v for k, v in hf.items() if k != "model_type"})
-    block = cfg.decoder.layer(0)
-    assert block.attention.kv_heads == reference.num_key_value_heads == 16
-    assert block.mlp.experts == reference.num_experts and block.mlp.top_k == reference.num_experts_per_tok
-    assert block.mlp.shared_intermediate == reference.shared_expert_intermediate_size
-    assert block.attention.q_bias is reference.qkv_bias is True
 
 
 def test_on_disk_names():

@@ -72,12 +72,19 @@ HF_REFUSALS = [(key, small(**change)) for key, change in [
     ("mlp_only_layers", {"mlp_only_layers": [True]}),
 ]]
 
+#: absent keys take Qwen3MoeConfig's (4 KV heads, 128 experts, no top-k renormalisation) defaults
+CLASS_DEFAULTS = ({"model_type": "qwen3_moe", "hidden_size": 64, "num_attention_heads": 8, "num_hidden_layers": 2,
+                  "vocab_size": 50}, {
+    "layer0.attention.kv_heads": "num_key_value_heads", "layer0.mlp.experts": "num_experts",
+    "layer0.mlp.normalize_top_k": "norm_topk_prob"})
+
 globals().update(standard_tests(
     CONVERTER, FORWARD_CASES, hf_examples=EXAMPLES,
     example_ids=hc.example_ids(EXAMPLES, ("transformers-default", "Qwen3-30B-A3B", "30B-A3B-small")),
     refusals=REFUSALS, hf_refusals=HF_REFUSALS, on_disk=True, structures=STRUCTURES,
     saved=small(decoder_sparse_step=2, mlp_only_layers=[1], use_sliding_window=True, sliding_window=3, head_dim=6,
-                attention_bias=True)))
+                attention_bias=True),
+    class_defaults=CLASS_DEFAULTS))
 
 
 def test_real_config_reads_every_key():
@@ -97,19 +104,6 @@ def test_head_dim_absent_means_hidden_over_heads():
     assert cfg.decoder.layer(0).attention.head_dim == 4  # not Qwen3's 128: Qwen3MoeConfig has no head_dim field
     assert "head_dim" not in CONVERTER.export_config(cfg)
     assert CONVERTER.export_config(CONVERTER.import_config(small(head_dim=4)))["head_dim"] == 4
-
-
-def test_absent_keys_take_qwen3_moe_defaults():
-    from transformers import Qwen3MoeConfig
-
-    hf = {"model_type": "qwen3_moe", "hidden_size": 64, "num_attention_heads": 8, "num_hidden_layers": 2,
-          "vocab_size": 50}
-    cfg = CONVERTER.import_config(hf)
-    reference = Qwen3MoeConfig(**{k: v for k, v in hf.items() if k != "model_type"})
-    block = cfg.decoder.layer(0)
-    assert block.attention.kv_heads == reference.num_key_value_heads == 4
-    assert block.mlp.experts == reference.num_experts == 128
-    assert block.mlp.normalize_top_k is reference.norm_topk_prob is False
 
 
 def test_on_disk_names():
