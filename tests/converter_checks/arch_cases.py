@@ -12,9 +12,9 @@ option of :func:`standard_tests`:
 - ``structures``/``saved``: the per-layer structure transformers builds from HF dicts, and a
   ``save_pretrained`` checkpoint's bit-exact round trip.
 
-Config dicts are compared through ``properties.normalize`` (the gate's own), sequences are as long
-as ``strategies.building_blocks.min_forward_length`` asks, and forward bounds come from
-``fixtures.tolerances``. (The laws over *drawn* configs are the gate's, tests/test_properties.py;
+Config dicts are compared through ``properties.normalize`` (the gate's own), forward inputs are
+:func:`forward_length` long (``strategies.building_blocks.min_forward_length`` plus three, at least
+16 tokens), and forward bounds come from ``fixtures.tolerances``. (The laws over *drawn* configs are the gate's, tests/test_properties.py;
 they are not re-run here.)
 """
 from __future__ import annotations
@@ -137,9 +137,15 @@ def attention(block: native.BlockConfig, **changes) -> native.BlockConfig:
 
 
 # ---------------------------------------------------------------------------------------- forward
+#: The shortest forward input: 16 tokens a row route enough tokens through every MoE layer to reach
+#: most experts, and give attention more than a handful of keys.
+MIN_FORWARD_TOKENS = 16
+
+
 def forward_length(cfg: native.ModelConfig) -> int:
-    """Three tokens past every window and every original context (the one length rule)."""
-    return min_forward_length(cfg) + 3
+    """Three tokens past every window and every original context, and at least
+    :data:`MIN_FORWARD_TOKENS` (the one length rule of the forward cases)."""
+    return max(min_forward_length(cfg) + 3, MIN_FORWARD_TOKENS)
 
 
 def padded_batch(cfg: native.ModelConfig, length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
