@@ -14,8 +14,8 @@ option of :func:`standard_tests`:
 
 Config dicts are compared through ``properties.normalize`` (the gate's own), forward inputs are
 :func:`forward_length` long (``strategies.building_blocks.min_forward_length`` plus three, at least
-16 tokens), and forward bounds come from ``fixtures.tolerances``. (The laws over *drawn* configs are the gate's, tests/test_properties.py;
-they are not re-run here.)
+16 tokens), and forward bounds come from ``fixtures.tolerances``. (The laws over *drawn* configs are
+the gate's, tests/test_properties.py; they are not re-run here.)
 """
 from __future__ import annotations
 
@@ -110,7 +110,8 @@ def import_refusal(converter, hf: Mapping[str, Any], *fragments: str) -> str:
     return _named(info, fragments)
 
 
-def with_layers(cfg: native.ModelConfig, fn: Callable[[int, native.BlockConfig], native.BlockConfig]) -> native.ModelConfig:
+def with_layers(cfg: native.ModelConfig,
+                fn: Callable[[int, native.BlockConfig], native.BlockConfig]) -> native.ModelConfig:
     """``cfg`` with layer ``i`` replaced by ``fn(i, layer)``."""
     layers = [fn(i, b) for i, b in enumerate(cfg.decoder.layers())]
     return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers(layers))
@@ -358,18 +359,20 @@ def hf_structure(hf: Mapping[str, Any]) -> list[tuple[bool, bool]]:
         model = causal_lm_class(config)._from_config(config)
     layer_types = getattr(config, "layer_types", None)
     sliding_all = getattr(config, "sliding_window", None) is not None and layer_types is None
-    return [(hasattr(layer.mlp, "experts"), sliding_all or (layer_types is not None and layer_types[i] == "sliding_attention"))
+    return [(hasattr(layer.mlp, "experts"),
+             sliding_all or (layer_types is not None and layer_types[i] == "sliding_attention"))
             for i, layer in enumerate(model.model.layers)]
 
 
 def native_structure(cfg: native.ModelConfig) -> list[tuple[bool, bool]]:
-    return [(isinstance(b.mlp, (native.MoEConfig, native.DeepSeekMoEConfig)), getattr(b.attention, "window", None) is not None)
-            for b in cfg.decoder.layers()]
+    return [(isinstance(b.mlp, (native.MoEConfig, native.DeepSeekMoEConfig)),
+             getattr(b.attention, "window", None) is not None) for b in cfg.decoder.layers()]
 
 
 # ------------------------------------------------------------------------------------------ tests
 def standard_tests(converter, forward_cases: Mapping[str, native.ModelConfig], *, hf_examples: Sequence[dict] = (),
-                   example_ids: Sequence[str] | None = None, check_example: Callable[[native.ModelConfig], None] | None = None,
+                   example_ids: Sequence[str] | None = None,
+                   check_example: Callable[[native.ModelConfig], None] | None = None,
                    refusals: Sequence[tuple[str, native.ModelConfig]] = (),
                    hf_refusals: Sequence[tuple[str, dict]] = (), weight_seed: int = 0,
                    dtypes: Sequence[torch.dtype] = (torch.float64,), exact_hf=None, on_disk: bool = False,

@@ -91,8 +91,8 @@ CLASS_DEFAULTS = ({"model_type": "qwen2_moe", "hidden_size": 64, "num_attention_
 
 globals().update(standard_tests(
     CONVERTER, FORWARD_CASES, hf_examples=EXAMPLES,
-    example_ids=hc.example_ids(EXAMPLES, ("transformers-default", "Qwen1.5-MoE-A2.7B", "A2.7B-small")), refusals=REFUSALS,
-    hf_refusals=HF_REFUSALS, on_disk=True, structures=STRUCTURES,
+    example_ids=hc.example_ids(EXAMPLES, ("transformers-default", "Qwen1.5-MoE-A2.7B", "A2.7B-small")),
+    refusals=REFUSALS, hf_refusals=HF_REFUSALS, on_disk=True, structures=STRUCTURES,
     saved=small(decoder_sparse_step=2, mlp_only_layers=[3, 0], use_sliding_window=True, sliding_window=3,
                 max_window_layers=3),
     class_defaults=CLASS_DEFAULTS))
