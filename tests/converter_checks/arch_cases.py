@@ -68,9 +68,11 @@ def attribute(obj: Any, dotted: str) -> Any:
 
 
 def assert_class_defaults(converter, hf: Mapping[str, Any], fields: Mapping[str, str]) -> native.ModelConfig:
-    """A key absent from ``hf`` means the default of the architecture's transformers config class:
-    the import equals that of the dict the class fills in, and each native field of ``fields`` (a
-    path from the config, ``layer0.`` for the first layer's block) holds the class attribute named."""
+    """A key absent from an HF dict means the default of the architecture's transformers config
+    class. ``fields`` maps native paths (from the config; ``layer0.`` for the first layer's block) to
+    the class attributes whose keys are left out of ``hf``: the import holds the class's values there,
+    and equals the import of the dict the class fills in."""
+    hf = {k: v for k, v in hf.items() if k not in {name.split(".")[0] for name in fields.values()}}
     cfg = converter.import_config(hf)
     reference = hf_config(hf)
     assert without_metadata(cfg) == without_metadata(converter.import_config(jsonable(reference.to_dict())))
@@ -389,7 +391,8 @@ def standard_tests(converter, forward_cases: Mapping[str, native.ModelConfig], *
     - ``hf_refusals``: ``(key, hf)``, ``import_config(hf)`` refuses naming ``key``;
     - ``structures``: ``{name: hf}``, the imported per-layer structure is the one transformers builds;
     - ``saved``: an HF dict whose ``save_pretrained`` checkpoint round trips bit-exactly;
-    - ``class_defaults``: ``(hf, fields)``, a dict with keys left out (:func:`assert_class_defaults`).
+    - ``class_defaults``: ``(hf, fields)``, the keys of ``fields`` left out of ``hf`` take transformers'
+      defaults (:func:`assert_class_defaults`).
 
     A file installs them with ``globals().update(standard_tests(...))``."""
     names = sorted(forward_cases)

@@ -82,20 +82,16 @@ HF_REFUSALS = [(key, small(**change)) for key, change in [
     ("qkv_bias", {"qkv_bias": "yes"}),
 ]]
 
-#: absent keys take Qwen2MoeConfig's (16 KV heads for 32 heads, q/k/v biases on) defaults
-CLASS_DEFAULTS = ({"model_type": "qwen2_moe", "hidden_size": 64, "num_attention_heads": 32, "num_hidden_layers": 2,
-                  "vocab_size": 50}, {
-    "layer0.attention.kv_heads": "num_key_value_heads", "layer0.mlp.experts": "num_experts",
-    "layer0.mlp.top_k": "num_experts_per_tok", "layer0.mlp.shared_intermediate": "shared_expert_intermediate_size",
-    "layer0.attention.q_bias": "qkv_bias"})
-
 globals().update(standard_tests(
     CONVERTER, FORWARD_CASES, hf_examples=EXAMPLES,
     example_ids=hc.example_ids(EXAMPLES, ("transformers-default", "Qwen1.5-MoE-A2.7B", "A2.7B-small")),
     refusals=REFUSALS, hf_refusals=HF_REFUSALS, on_disk=True, structures=STRUCTURES,
     saved=small(decoder_sparse_step=2, mlp_only_layers=[3, 0], use_sliding_window=True, sliding_window=3,
                 max_window_layers=3),
-    class_defaults=CLASS_DEFAULTS))
+    class_defaults=(small(hidden_size=64, num_attention_heads=32), {  # Qwen2MoeConfig has 16 KV heads
+        "layer0.attention.kv_heads": "num_key_value_heads", "layer0.mlp.experts": "num_experts",
+        "layer0.mlp.top_k": "num_experts_per_tok", "layer0.mlp.shared_intermediate": "shared_expert_intermediate_size",
+        "layer0.attention.q_bias": "qkv_bias"})))
 
 
 def test_real_config_reads_every_key():

@@ -72,19 +72,15 @@ HF_REFUSALS = [(key, small(**change)) for key, change in [
     ("mlp_only_layers", {"mlp_only_layers": [True]}),
 ]]
 
-#: absent keys take Qwen3MoeConfig's (4 KV heads, 128 experts, no top-k renormalisation) defaults
-CLASS_DEFAULTS = ({"model_type": "qwen3_moe", "hidden_size": 64, "num_attention_heads": 8, "num_hidden_layers": 2,
-                  "vocab_size": 50}, {
-    "layer0.attention.kv_heads": "num_key_value_heads", "layer0.mlp.experts": "num_experts",
-    "layer0.mlp.normalize_top_k": "norm_topk_prob"})
-
 globals().update(standard_tests(
     CONVERTER, FORWARD_CASES, hf_examples=EXAMPLES,
     example_ids=hc.example_ids(EXAMPLES, ("transformers-default", "Qwen3-30B-A3B", "30B-A3B-small")),
     refusals=REFUSALS, hf_refusals=HF_REFUSALS, on_disk=True, structures=STRUCTURES,
     saved=small(decoder_sparse_step=2, mlp_only_layers=[1], use_sliding_window=True, sliding_window=3, head_dim=6,
                 attention_bias=True),
-    class_defaults=CLASS_DEFAULTS))
+    class_defaults=(small(), {
+        "layer0.attention.kv_heads": "num_key_value_heads", "layer0.mlp.experts": "num_experts",
+        "layer0.mlp.normalize_top_k": "norm_topk_prob"})))
 
 
 def test_real_config_reads_every_key():
