@@ -99,13 +99,11 @@ def redis_round_trip() -> float | None:
     proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                              "--dir", folder], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
-        client = redis.Redis(port=port)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.1)
+        from redis.backoff import ConstantBackoff
+        from redis.retry import Retry
+
+        client = redis.Redis(port=port, retry=Retry(ConstantBackoff(0.1), 100))  # retried until the server listens
+        client.ping()
         client.sadd(b"hypothesis-example:k", *[os.urandom(64) for _ in range(20)])
         times = []
         for _ in range(200):

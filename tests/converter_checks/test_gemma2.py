@@ -3,20 +3,20 @@ from __future__ import annotations
 
 import dataclasses
 
-import pytest
 import torch
 
 import native
-from arch_cases import refusal
-from converters import ConversionError
-from converters.gemma2 import FULL, SLIDING, Gemma2Converter
-from gemma_cases import (
-    assert_hf_roundtrip, assert_weight_roundtrips, block, forward_check, hf_model_keys, model,
+from arch_cases import (
+    assert_hf_roundtrip, attention, gemma_norms_in_float64, small_norms, standard_tests, with_attention, with_layer,
+    with_layers,
 )
-from strategies import gemma2 as strategy
+from converters.gemma2 import FULL, SLIDING, Gemma2Converter
+from gemma_cases import block, model
 from strategies import _hf_common as hc
+from strategies import gemma2 as strategy
 
 CONVERTER = Gemma2Converter()
+EXAMPLES = strategy.hf_examples()
 
 
 def sandwich(**kw) -> native.BlockConfig:
@@ -34,10 +34,39 @@ FORWARD_CASES = {
         (False, True, True), [native.YarnRotary(theta=1000.0, factor=4.0, original_max_position_embeddings=16)] * 3)]),
     "all_sliding_dynamic": model([sandwich(window=5, rotary=native.DynamicRotary(theta=100.0, factor=2.0))] * 2,
                                  max_position=12),
+    "gemma-2-2b-small": CONVERTER.import_config(EXAMPLES[2]),
 }
+BASE = FORWARD_CASES["alternating_softcaps_qpas"]
+REFUSALS = [
+    ("attention.window", with_layers(BASE, lambda i, b: attention(b, window=2 + i) if b.attention.window else b)),
+    ("attention.softmax_scale", with_attention(BASE, softmax_scale=0.3)),
+    ("attention.softmax_scale", with_attention(BASE, softmax_scale=8 ** -0.5)),
+    ("attention.logit_softcap", with_layers(BASE, lambda i, b: attention(b, logit_softcap=10.0 + i))),
+    ("placement", with_layer(BASE, placement="pre")),
+    ("attention.qk_norm", with_attention(BASE, qk_norm=native.RMSNormConfig(1e-6, zero_centered=True))),
+    ("hidden_size", dataclasses.replace(BASE, hidden_size=34, embeddings=native.EmbeddingConfig(61, 34 ** 0.5))),
+]
+HF_REFUSALS = [(key, {**CONVERTER.export_config(BASE), **extra}) for key, extra in [
+    ("use_bidirectional_attention", {"use_bidirectional_attention": True}),
+    ("sliding_window", {"sliding_window": None}),
+    ("sliding_window", {"sliding_window": 0}),
+    ("layer_types", {"layer_types": [SLIDING, "chunked_attention", FULL, SLIDING]}),
+    ("layer_types", {"layer_types": [SLIDING]}),
+    ("query_pre_attn_scalar", {"query_pre_attn_scalar": 144.0}),
+    ("num_attention_heads", {"num_attention_heads": 5, "num_key_value_heads": 5}),
+]]
 
 
-# ----------------------------------------------------------------------------------------- config
+def check_example(cfg: native.ModelConfig) -> None:
+    assert cfg.metadata.get("cache_implementation", "hybrid") == "hybrid"
+
+
+globals().update(standard_tests(
+    CONVERTER, FORWARD_CASES, hf_examples=EXAMPLES, check_example=check_example,
+    example_ids=hc.example_ids(EXAMPLES, ("default", "gemma-2-2b", "gemma-2-2b-small")), refusals=REFUSALS,
+    hf_refusals=HF_REFUSALS, dtypes=(torch.float64, torch.float32), exact_hf=gemma_norms_in_float64, redraw=small_norms))
+
+
 def test_transformers_default_config_roundtrips():
     from transformers import AutoConfig
 
@@ -49,20 +78,18 @@ def test_transformers_default_config_roundtrips():
     assert cfg.decoder.pattern == (0, 1) * 13
 
 
-@pytest.mark.parametrize("hf", strategy.hf_examples(), ids=hc.example_ids(strategy.hf_examples(), ("default", "gemma-2-2b", "gemma-2-2b-small")))
-def test_example_configs_roundtrip(hf):
-    cfg = assert_hf_roundtrip(CONVERTER, hf)
-    assert cfg.metadata.get("cache_implementation", "hybrid") == "hybrid"
-
-
 def test_real_config_carries_inert_keys():
     cfg = CONVERTER.import_config(strategy.GEMMA2_2B)
     assert cfg.metadata["hidden_act"] == "gelu_pytorch_tanh" and cfg.metadata["cache_implementation"] == "hybrid"
     assert cfg.decoder.layer(0).mlp.activation == "gelu_tanh"
 
 
+def test_scaled_down_real_config_alternates_windows():
+    assert [b.attention.window for b in FORWARD_CASES["gemma-2-2b-small"].decoder.layers()] == [3, None, 3]
+
+
 def test_query_pre_attn_scalar():
-    hf = CONVERTER.export_config(FORWARD_CASES["alternating_softcaps_qpas"])
+    hf = CONVERTER.export_config(BASE)
     assert hf["query_pre_attn_scalar"] == 12 and hf["head_dim"] == 8
     cfg = CONVERTER.import_config({**hf, "query_pre_attn_scalar": 8})
     assert cfg.decoder.layer(0).attention.softmax_scale is None
@@ -84,75 +111,9 @@ def test_inert_window_is_carried():
     assert back.metadata["sliding_window"] is None and CONVERTER.export_config(back)["sliding_window"] is None
 
 
-# --------------------------------------------------------------------------------------- refusals
-BASE = FORWARD_CASES["alternating_softcaps_qpas"]
-
-
-def _layers(cfg, fn):
-    return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers([fn(i, b) for i, b in enumerate(cfg.decoder.layers())]))
-
-
-def _attn(b, **changes):
-    return dataclasses.replace(b, attention=dataclasses.replace(b.attention, **changes))
-
-
-@pytest.mark.parametrize("change, field", [
-    (lambda c: _layers(c, lambda i, b: _attn(b, window=2 + i) if b.attention.window else b), "attention.window"),
-    (lambda c: _layers(c, lambda i, b: _attn(b, softmax_scale=0.3)), "attention.softmax_scale"),
-    (lambda c: _layers(c, lambda i, b: _attn(b, softmax_scale=8 ** -0.5)), "attention.softmax_scale"),
-    (lambda c: _layers(c, lambda i, b: _attn(b, logit_softcap=10.0 + i)), "attention.logit_softcap"),
-    (lambda c: _layers(c, lambda i, b: dataclasses.replace(b, placement="pre")), "placement"),
-    (lambda c: _layers(c, lambda i, b: _attn(b, qk_norm=native.RMSNormConfig(1e-6, zero_centered=True))), "attention.qk_norm"),
-    (lambda c: dataclasses.replace(c, hidden_size=34, embeddings=native.EmbeddingConfig(61, 34 ** 0.5)), "hidden_size"),
-])
-def test_unrepresentable_native_features_are_named(change, field):
-    refusal(CONVERTER, change(BASE), field)
-
-
-@pytest.mark.parametrize("extra, fragment", [
-    ({"use_bidirectional_attention": True}, "use_bidirectional_attention"),
-    ({"sliding_window": None}, "sliding_window"),
-    ({"sliding_window": 0}, "sliding_window"),
-    ({"layer_types": [SLIDING, "chunked_attention", FULL, SLIDING]}, "layer_types"),
-    ({"layer_types": [SLIDING]}, "layer_types"),
-    ({"query_pre_attn_scalar": 144.0}, "query_pre_attn_scalar"),
-    ({"num_attention_heads": 5, "num_key_value_heads": 5}, "num_attention_heads"),
-])
-def test_hf_refusals(extra, fragment):
-    hf = {**CONVERTER.export_config(BASE), **extra}
-    with pytest.raises(ConversionError, match=fragment):
-        CONVERTER.import_config(hf)
-
-
-# ---------------------------------------------------------------------------------------- weights
-@pytest.mark.parametrize("name", sorted(FORWARD_CASES))
-def test_weights_roundtrip_and_match_the_hf_model(name):
-    cfg = FORWARD_CASES[name]
-    hf_state = assert_weight_roundtrips(CONVERTER, cfg)
-    assert {k: tuple(v.shape) for k, v in hf_state.items()} == hf_model_keys(CONVERTER.export_config(cfg))
-
-
 def test_sandwich_norms_map_to_gemma2_names_as_they_are():
-    cfg = BASE
-    state = native.random_state(cfg, 0)
-    hf = dict(CONVERTER.export_weights(cfg, state))
+    state = native.random_state(BASE, 0)
+    hf = dict(CONVERTER.export_weights(BASE, state))
     for native_name, hf_name in (("attn_norm", "input_layernorm"), ("attn_post_norm", "post_attention_layernorm"),
                                  ("mlp_norm", "pre_feedforward_layernorm"), ("mlp_post_norm", "post_feedforward_layernorm")):
         assert torch.equal(hf[f"model.layers.2.{hf_name}.weight"], state[f"layers.2.{native_name}.weight"])
-
-
-# ---------------------------------------------------------------------------------------- forward
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
-@pytest.mark.parametrize("name", sorted(FORWARD_CASES))
-def test_forward_matches_transformers(name, dtype):
-    result = forward_check(CONVERTER, FORWARD_CASES[name], dtype=dtype)
-    assert result.ok, result.describe()
-
-
-def test_forward_of_scaled_down_real_config():
-    cfg = CONVERTER.import_config(strategy.hf_examples()[2])
-    assert [b.attention.window for b in cfg.decoder.layers()] == [3, None, 3]
-    result = forward_check(CONVERTER, cfg, seed=5)
-    assert result.ok, result.describe()
-
-

@@ -1,22 +1,19 @@
 """The gemma3_text converter against transformers' Gemma3TextConfig / Gemma3ForCausalLM."""
 from __future__ import annotations
 
-import dataclasses
-
-import pytest
 import torch
 
 import native
-from arch_cases import refusal
-from converters import ConversionError
-from converters.gemma3_text import FULL, SLIDING, Gemma3TextConverter
-from gemma_cases import (
-    assert_hf_roundtrip, assert_weight_roundtrips, block, forward_check, hf_model_keys, model,
+from arch_cases import (
+    assert_hf_roundtrip, attention, gemma_norms_in_float64, small_norms, standard_tests, with_attention, with_layers,
 )
-from strategies import gemma3_text as strategy
+from converters.gemma3_text import FULL, SLIDING, Gemma3TextConverter
+from gemma_cases import block, model
 from strategies import _hf_common as hc
+from strategies import gemma3_text as strategy
 
 CONVERTER = Gemma3TextConverter()
+EXAMPLES = strategy.hf_examples()
 LOCAL = native.DefaultRotary(theta=10000.0)
 GLOBAL = native.LinearRotary(theta=1_000_000.0, factor=8.0)
 
@@ -44,10 +41,39 @@ FORWARD_CASES = {
         max_position=64),
     "all_global_dynamic": model([gemma3(None, native.DynamicRotary(theta=1000.0, factor=2.0))] * 2, max_position=10),
     "all_sliding_window_1": model([gemma3(1, LOCAL)] * 2),
+    "1b-small": CONVERTER.import_config(EXAMPLES[3]),
+    "4b-small": CONVERTER.import_config(EXAMPLES[4]),
 }
+BASE = FORWARD_CASES["five_to_one_linear_global"]
+REFUSALS = [
+    ("attention.rotary", with_layers(BASE, lambda i, b: attention(b, rotary=native.DefaultRotary(theta=100.0 + i))
+                                     if b.attention.window else b)),
+    ("attention.logit_softcap", with_attention(BASE, logit_softcap=50.0)),
+    ("attention.qk_norm", with_attention(BASE, qk_norm=None)),
+    ("attention.qk_norm_scope", with_attention(BASE, qk_norm_scope="full")),
+    ("rms_norm_eps", with_attention(BASE, qk_norm=native.RMSNormConfig(1e-5, zero_centered=True))),
+    ("truncate", with_layers(BASE, lambda i, b: b if b.attention.window else attention(b, rotary=native.YarnRotary(
+        theta=1e4, factor=4.0, original_max_position_embeddings=16, truncate=False)))),
+    ("fraction", with_attention(BASE, rotary=native.DefaultRotary(theta=1e4, fraction=0.5))),
+]
+HF_REFUSALS = [(key, {**CONVERTER.export_config(BASE), **extra}) for key, extra in [
+    ("use_bidirectional_attention", {"use_bidirectional_attention": True}),
+    ("attn_logit_softcapping", {"attn_logit_softcapping": 50.0}),
+    ("rope_parameters", {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4}}),
+    ("rope_theta", {"rope_theta": 5.0}),  # contradicts rope_parameters.full_attention.rope_theta
+    ("rope_local_base_freq", {"rope_local_base_freq": 5.0}),
+    ("rope_scaling", {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}),
+    ("truncate", {"rope_parameters": {SLIDING: {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0,
+                                                "original_max_position_embeddings": 16, "truncate": False}}}),
+    ("num_attention_heads", {"num_attention_heads": 6, "num_key_value_heads": 2}),
+]]
+
+globals().update(standard_tests(
+    CONVERTER, FORWARD_CASES, hf_examples=EXAMPLES,
+    example_ids=hc.example_ids(EXAMPLES, ("default", "1b", "4b", "1b-small", "4b-small")), refusals=REFUSALS,
+    hf_refusals=HF_REFUSALS, dtypes=(torch.float64, torch.float32), exact_hf=gemma_norms_in_float64, redraw=small_norms))
 
 
-# ----------------------------------------------------------------------------------------- config
 def test_transformers_default_config_roundtrips():
     from transformers import AutoConfig
 
@@ -60,9 +86,9 @@ def test_transformers_default_config_roundtrips():
     assert cfg.head.final_softcap is None and cfg.head.tied
 
 
-@pytest.mark.parametrize("hf", strategy.hf_examples(), ids=hc.example_ids(strategy.hf_examples(), ("default", "1b", "4b", "1b-small", "4b-small")))
-def test_example_configs_roundtrip(hf):
-    assert_hf_roundtrip(CONVERTER, hf)
+def test_scaled_down_real_configs_are_five_to_one():
+    for name in ("1b-small", "4b-small"):
+        assert [b.attention.window for b in FORWARD_CASES[name].decoder.layers()] == [3] * 5 + [None], name
 
 
 def test_v4_rope_keys_mean_global_theta_local_theta_and_global_scaling():
@@ -94,82 +120,9 @@ def test_unused_layer_type_rope_is_carried():
     assert CONVERTER.export_config(cfg)["rope_parameters"][FULL] == custom
 
 
-# --------------------------------------------------------------------------------------- refusals
-BASE = FORWARD_CASES["five_to_one_linear_global"]
-
-
-def _layers(cfg, fn):
-    return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers([fn(i, b) for i, b in enumerate(cfg.decoder.layers())]))
-
-
-def _attn(b, **changes):
-    return dataclasses.replace(b, attention=dataclasses.replace(b.attention, **changes))
-
-
-@pytest.mark.parametrize("change, field", [
-    (lambda c: _layers(c, lambda i, b: _attn(b, rotary=native.DefaultRotary(theta=100.0 + i)) if b.attention.window else b),
-     "attention.rotary"),
-    (lambda c: _layers(c, lambda i, b: _attn(b, logit_softcap=50.0)), "attention.logit_softcap"),
-    (lambda c: _layers(c, lambda i, b: _attn(b, qk_norm=None)), "attention.qk_norm"),
-    (lambda c: _layers(c, lambda i, b: _attn(b, qk_norm_scope="full")), "attention.qk_norm_scope"),
-    (lambda c: _layers(c, lambda i, b: _attn(b, qk_norm=native.RMSNormConfig(1e-5, zero_centered=True))), "rms_norm_eps"),
-    (lambda c: _layers(c, lambda i, b: b if b.attention.window else _attn(b, rotary=native.YarnRotary(
-        theta=1e4, factor=4.0, original_max_position_embeddings=16, truncate=False))), "truncate"),
-    (lambda c: _layers(c, lambda i, b: _attn(b, rotary=native.DefaultRotary(theta=1e4, fraction=0.5))), "fraction"),
-])
-def test_unrepresentable_native_features_are_named(change, field):
-    refusal(CONVERTER, change(BASE), field)
-
-
-@pytest.mark.parametrize("extra, fragment", [
-    ({"use_bidirectional_attention": True}, "use_bidirectional_attention"),
-    ({"attn_logit_softcapping": 50.0}, "attn_logit_softcapping"),
-    ({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4}}, "rope_parameters"),
-    ({"rope_theta": 5.0}, "rope_theta"),  # contradicts rope_parameters.full_attention.rope_theta
-    ({"rope_local_base_freq": 5.0}, "rope_local_base_freq"),
-    ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "rope_scaling"),
-    ({"rope_parameters": {SLIDING: {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0,
-                                    "original_max_position_embeddings": 16, "truncate": False}}}, "truncate"),
-    ({"num_attention_heads": 6, "num_key_value_heads": 2}, "num_attention_heads"),
-])
-def test_hf_refusals(extra, fragment):
-    hf = {**CONVERTER.export_config(BASE), **extra}
-    with pytest.raises(ConversionError, match=fragment):
-        CONVERTER.import_config(hf)
-
-
-# ---------------------------------------------------------------------------------------- weights
-@pytest.mark.parametrize("name", sorted(FORWARD_CASES))
-def test_weights_roundtrip_and_match_the_hf_model(name):
-    cfg = FORWARD_CASES[name]
-    hf_state = assert_weight_roundtrips(CONVERTER, cfg)
-    assert {k: tuple(v.shape) for k, v in hf_state.items()} == hf_model_keys(CONVERTER.export_config(cfg))
-
-
 def test_qk_norms_are_permuted_to_rotate_half_order_as_they_are():
-    cfg = BASE
-    state = native.random_state(cfg, 0)
-    hf = dict(CONVERTER.export_weights(cfg, state))
-    native_q = state["layers.0.attn.q_norm.weight"]  # interleaved pairs (0,1), (2,3), ...
-    expected = torch.cat((native_q[0::2], native_q[1::2]))
-    assert torch.equal(hf["model.layers.0.self_attn.q_norm.weight"], expected)
-    assert torch.equal(hf["model.layers.0.self_attn.k_norm.weight"],
-                       torch.cat((state["layers.0.attn.k_norm.weight"][0::2], state["layers.0.attn.k_norm.weight"][1::2])))
-
-
-# ---------------------------------------------------------------------------------------- forward
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
-@pytest.mark.parametrize("name", sorted(FORWARD_CASES))
-def test_forward_matches_transformers(name, dtype):
-    result = forward_check(CONVERTER, FORWARD_CASES[name], dtype=dtype)
-    assert result.ok, result.describe()
-
-
-@pytest.mark.parametrize("index", [3, 4], ids=("1b-small", "4b-small"))
-def test_forward_of_scaled_down_real_configs(index):
-    cfg = CONVERTER.import_config(strategy.hf_examples()[index])
-    assert [b.attention.window for b in cfg.decoder.layers()] == [3] * 5 + [None]
-    result = forward_check(CONVERTER, cfg, seed=7)
-    assert result.ok, result.describe()
-
-
+    state = native.random_state(BASE, 0)
+    hf = dict(CONVERTER.export_weights(BASE, state))
+    for which in ("q", "k"):
+        norm = state[f"layers.0.attn.{which}_norm.weight"]  # interleaved pairs (0,1), (2,3), ...
+        assert torch.equal(hf[f"model.layers.0.self_attn.{which}_norm.weight"], torch.cat((norm[0::2], norm[1::2])))

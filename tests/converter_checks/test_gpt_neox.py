@@ -7,7 +7,9 @@ import pytest
 import torch
 
 import native
-from arch_cases import assert_hf_roundtrip, hf_disk_state, refusal, standard_tests, with_layers
+from arch_cases import (
+    assert_hf_roundtrip, hf_disk_state, import_refusal, refusal, standard_tests, with_attention, with_layer, with_mlp,
+)
 from converters import ConversionError
 from converters.gpt_neox import GPTNeoXConverter
 from strategies import gpt_neox as strategy
@@ -69,24 +71,22 @@ def test_legacy_contradiction_is_refused():
     hf = {"model_type": "gpt_neox", "vocab_size": 30, "hidden_size": 16, "num_hidden_layers": 1,
           "num_attention_heads": 2, "intermediate_size": 8, "rotary_pct": 0.5,
           "rope_parameters": {"rope_type": "default", "rope_theta": 100.0, "partial_rotary_factor": 0.25}}
-    with pytest.raises(ConversionError, match="rotary_pct"):
-        CONVERTER.import_config(hf)
+    import_refusal(CONVERTER, hf, "rotary_pct")
 
 
 BASE = FORWARD_CASES["parallel_quarter_rotary"]
+REFUSALS = [
+    ("placement", with_layer(BASE, placement="post")),
+    ("kv_heads", with_attention(BASE, kv_heads=2)),
+    ("attention_bias", with_attention(BASE, v_bias=False)),
+    ("bias", with_mlp(BASE, bias=False)),
+    ("gated", with_mlp(BASE, gated=True)),
+    ("bias", with_layer(BASE, norm=native.LayerNormConfig(eps=1e-5, bias=False))),
+    ("attention.window", with_attention(BASE, window=3)),
+]
 
-
-@pytest.mark.parametrize("change, field", [
-    (lambda b: dataclasses.replace(b, placement="post"), "placement"),
-    (lambda b: dataclasses.replace(b, attention=dataclasses.replace(b.attention, kv_heads=2)), "kv_heads"),
-    (lambda b: dataclasses.replace(b, attention=dataclasses.replace(b.attention, v_bias=False)), "attention_bias"),
-    (lambda b: dataclasses.replace(b, mlp=dataclasses.replace(b.mlp, bias=False)), "bias"),
-    (lambda b: dataclasses.replace(b, mlp=dataclasses.replace(b.mlp, gated=True)), "gated"),
-    (lambda b: dataclasses.replace(b, norm=native.LayerNormConfig(eps=1e-5, bias=False)), "bias"),
-    (lambda b: dataclasses.replace(b, attention=dataclasses.replace(b.attention, window=3)), "attention.window"),
-])
-def test_refusals_name_the_field(change, field):
-    refusal(CONVERTER, with_layers(BASE, change), field)
+globals().update(standard_tests(CONVERTER, FORWARD_CASES, hf_examples=strategy.hf_examples(), refusals=REFUSALS,
+                                weight_seed=5))
 
 
 def test_free_head_dim_is_refused():
@@ -121,5 +121,3 @@ def test_unknown_tensor_is_still_refused():
     with pytest.raises(ConversionError, match="attention.extra"):
         dict(CONVERTER.import_weights(BASE, source))
 
-
-globals().update(standard_tests(CONVERTER, FORWARD_CASES, hf_examples=strategy.hf_examples(), weight_seed=5))

@@ -5,21 +5,24 @@ from __future__ import annotations
 
 import dataclasses
 
-import pytest
 import torch
 
-import moe_cases as mc
 import native
-from converters import ConversionError
+from arch_cases import (
+    forward_length, hf_logits, import_refusal, native_logits, padded_batch, standard_tests, with_attention, with_layer,
+    with_mlp,
+)
 from converters.mixtral import MixtralConverter
+from fixtures.tolerances import HAND_WRITTEN_FLOAT64, relative_error
 from native import (
     AttentionConfig, BlockConfig, DecoderConfig, DefaultRotary, EmbeddingConfig, HeadConfig, MLPConfig,
     ModelConfig, MoEConfig, RMSNormConfig, YarnRotary,
 )
+from strategies import _hf_common as hc
 from strategies import mixtral as strategy
 
-
 CONVERTER = MixtralConverter()
+EXAMPLES = strategy.hf_examples()
 
 
 def config(*, window=5, tied=False, rotary=DefaultRotary(theta=1000.0), layers=3, experts=4, top_k=2,
@@ -32,22 +35,46 @@ def config(*, window=5, tied=False, rotary=DefaultRotary(theta=1000.0), layers=3
                        final_norm=RMSNormConfig(1e-5), head=HeadConfig(tied=tied))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _quiet():
-    mc.quiet()
+FORWARD_CASES = {
+    "gqa-window": config(),
+    "mqa-tied-top3": config(window=None, tied=True, kv_heads=1, experts=5, top_k=3),
+    "yarn-window": config(window=3, layers=2, rotary=YarnRotary(theta=500.0, factor=4.0, original_max_position_embeddings=16)),
+}
+BASE = FORWARD_CASES["gqa-window"]
+REFUSALS = [
+    ("mlp.kind", with_layer(BASE, 1, mlp=MLPConfig(intermediate=10))),
+    ("normalize_top_k", with_mlp(BASE, 0, normalize_top_k=False)),
+    ("shared_intermediate", with_mlp(BASE, 0, shared_intermediate=4)),
+    ("attention.window", with_attention(BASE, 2, window=7)),
+    ("q_bias", with_attention(BASE, 0, q_bias=True)),
+    ("attention.rotary", config(head_dim=2, rotary=native.DynamicRotary(factor=2.0))),
+]
+HF_REFUSALS = [(key, {**CONVERTER.export_config(BASE), **change}) for key, change in [
+    ("num_key_value_heads", {"num_key_value_heads": None}),
+    ("window", {"sliding_window": 0}),
+    ("hidden_act", {"hidden_act": "swish"}),
+]]
 
 
-# ------------------------------------------------------------------------------------- configs
-@pytest.mark.parametrize("which", range(3), ids=["transformers-default", "Mixtral-8x7B", "Mixtral-8x7B-small"])
-def test_examples_roundtrip(which):
-    hf = strategy.hf_examples()[which]
-    cfg = mc.assert_hf_roundtrip(CONVERTER, hf)
+#: absent keys take MixtralConfig's defaults, not Llama's (8 KV heads, eps 1e-5, theta 1e6)
+MINIMAL = {"model_type": "mixtral", "hidden_size": 64, "num_attention_heads": 16, "num_hidden_layers": 2, "vocab_size": 50}
+CLASS_DEFAULTS = (MINIMAL, {
+    "layer0.attention.kv_heads": "num_key_value_heads", "layer0.norm.eps": "rms_norm_eps",
+    "layer0.attention.rotary.theta": "rope_parameters.rope_theta", "layer0.mlp.experts": "num_local_experts"})
+
+
+def check_example(cfg: native.ModelConfig) -> None:
     assert all(isinstance(b.mlp, MoEConfig) and b.mlp.normalize_top_k for b in cfg.decoder.layers())
 
 
+globals().update(standard_tests(
+    CONVERTER, FORWARD_CASES, hf_examples=EXAMPLES, check_example=check_example,
+    example_ids=hc.example_ids(EXAMPLES, ("transformers-default", "Mixtral-8x7B", "Mixtral-8x7B-small")),
+    refusals=REFUSALS, hf_refusals=HF_REFUSALS, on_disk=True, saved=EXAMPLES[2], class_defaults=CLASS_DEFAULTS))
+
+
 def test_real_config_reads_every_key():
-    real = strategy.hf_examples()[1]
-    cfg = CONVERTER.import_config(real)
+    cfg = CONVERTER.import_config(EXAMPLES[1])
     block = cfg.decoder.layer(0)
     assert (block.mlp.experts, block.mlp.top_k, block.mlp.intermediate) == (8, 2, 14336)
     assert block.attention.window is None and block.attention.rotary.theta == 1e6
@@ -57,31 +84,15 @@ def test_real_config_reads_every_key():
     assert out["num_local_experts"] == 8 and "num_experts" not in out and out["head_dim"] is None
 
 
-def test_absent_keys_take_mixtral_defaults():
-    """Absent keys mean MixtralConfig's defaults (not Llama's): 8 KV heads, eps 1e-5, theta 1e6."""
-    from transformers import MixtralConfig
-
-    hf = {"model_type": "mixtral", "hidden_size": 64, "num_attention_heads": 16, "num_hidden_layers": 2,
-          "vocab_size": 50}
-    cfg = CONVERTER.import_config(hf)
-    reference = MixtralConfig(**{k: v for k, v in hf.items() if k != "model_type"})
-    a = cfg.decoder.layer(0).attention
-    assert a.kv_heads == reference.num_key_value_heads == 8
-    assert cfg.decoder.layer(0).norm.eps == reference.rms_norm_eps
-    assert a.rotary.theta == reference.rope_parameters["rope_theta"]
-    assert cfg.decoder.layer(0).mlp.experts == reference.num_local_experts
-    assert a.head_dim == 4
-
-
 def test_num_experts_alias():
-    hf = CONVERTER.export_config(config())
+    hf = CONVERTER.export_config(BASE)
     alias = {**{k: v for k, v in hf.items() if k != "num_local_experts"}, "num_experts": 4}
     assert CONVERTER.import_config(alias) == CONVERTER.import_config(hf)
-    with pytest.raises(ConversionError, match="num_experts"):
-        CONVERTER.import_config({**hf, "num_experts": 5})
+    import_refusal(CONVERTER, {**hf, "num_experts": 5}, "num_experts")
 
 
 def test_head_dim_spellings():
+    assert CONVERTER.import_config(MINIMAL).decoder.layer(0).attention.head_dim == 4  # absent: hidden / heads
     cfg = config(head_dim=6)  # hidden 24 / 4 heads = 6: the default
     assert CONVERTER.export_config(cfg)["head_dim"] is None
     hf = CONVERTER.export_config(cfg)
@@ -90,32 +101,17 @@ def test_head_dim_spellings():
     assert CONVERTER.export_config(config(head_dim=8))["head_dim"] == 8
     uneven = dataclasses.replace(config(head_dim=6), hidden_size=25)  # 25 // 4 == 6, but 4 does not divide 25
     assert CONVERTER.export_config(uneven)["head_dim"] == 6  # spelled out, not left to transformers' floor
-    with pytest.raises(ConversionError, match="head_dim"):
-        CONVERTER.import_config({**CONVERTER.export_config(uneven), "head_dim": None})
+    import_refusal(CONVERTER, {**CONVERTER.export_config(uneven), "head_dim": None}, "head_dim")
 
 
-# ------------------------------------------------------------------------------------- forward
-@pytest.mark.parametrize("cfg", [
-    config(),
-    config(window=None, tied=True, kv_heads=1, experts=5, top_k=3),
-    config(window=3, layers=2, rotary=YarnRotary(theta=500.0, factor=4.0, original_max_position_embeddings=16)),
-], ids=["gqa-window", "mqa-tied-top3", "yarn-window"])
-def test_forward_matches_transformers(cfg, tmp_path):
-    length = 20  # longer than every window and the YaRN original context
-    err = mc.forward_error(CONVERTER, cfg, tmp_path, length=length)
-    assert err < mc.FORWARD_TOLERANCE, err
-
-
-def test_forward_detects_reversed_experts(tmp_path):
+def test_forward_detects_reversed_experts():
     """The comparison has power: experts in reverse order on disk move the logits far past the
-    tolerance."""
-    cfg = config()
-    state = native.random_state(cfg, 0, dtype=torch.float64)
+    hand-written bound."""
+    state = native.random_state(BASE, 0, dtype=torch.float64)
     flipped = {k: v.flip(0) if ".experts." in k else v for k, v in state.items()}
-    ids, mask = mc.batch(cfg, 16)
-    directory = mc.export_to_disk(CONVERTER, cfg, flipped, tmp_path / "hf")
-    err = mc.relative_error(mc.hf_logits_from_disk(directory, ids, mask), mc.native_logits(cfg, state, ids, mask), mask)
-    assert err > 1e3 * mc.FORWARD_TOLERANCE
+    ids, mask = padded_batch(BASE, forward_length(BASE), 0)
+    theirs = hf_logits(CONVERTER, BASE, flipped, ids, mask, on_disk=True)
+    assert relative_error(native_logits(BASE, state, ids, mask), theirs, mask.bool()) > 1e3 * HAND_WRITTEN_FLOAT64
 
 
 def test_on_disk_names():
@@ -125,40 +121,3 @@ def test_on_disk_names():
             "model.layers.0.block_sparse_moe.experts.1.w2.weight",
             "model.layers.0.block_sparse_moe.experts.1.w3.weight"} <= names
     assert not any("gate_up_proj" in n or ".mlp." in n for n in names)
-
-
-def test_save_pretrained_roundtrip(tmp_path):
-    small = strategy.hf_examples()[2]
-    cfg = mc.save_pretrained_roundtrip(CONVERTER, small, tmp_path)
-    assert cfg.num_layers == 2
-
-
-# ------------------------------------------------------------------------------------ refusals
-def _layer(cfg, i, **changes):
-    layers = cfg.decoder.layers()
-    layers[i] = dataclasses.replace(layers[i], **changes)
-    return dataclasses.replace(cfg, decoder=DecoderConfig.from_layers(layers))
-
-
-@pytest.mark.parametrize("field, make", [
-    ("mlp.kind", lambda c: _layer(c, 1, mlp=MLPConfig(intermediate=10))),
-    ("normalize_top_k", lambda c: _layer(c, 0, mlp=dataclasses.replace(c.decoder.layer(0).mlp, normalize_top_k=False))),
-    ("shared_intermediate", lambda c: _layer(c, 0, mlp=dataclasses.replace(c.decoder.layer(0).mlp, shared_intermediate=4))),
-    ("attention.window", lambda c: _layer(c, 2, attention=dataclasses.replace(c.decoder.layer(2).attention, window=7))),
-    ("q_bias", lambda c: _layer(c, 0, attention=dataclasses.replace(c.decoder.layer(0).attention, q_bias=True))),
-    ("attention.rotary", lambda c: config(head_dim=2, rotary=native.DynamicRotary(factor=2.0))),
-])
-def test_refuses_what_mixtral_cannot_express(field, make):
-    with pytest.raises(ConversionError, match=field.replace(".", r"\.")):
-        CONVERTER.export_config(make(config()))
-
-
-@pytest.mark.parametrize("change, key", [
-    ({"num_key_value_heads": None}, "num_key_value_heads"),
-    ({"sliding_window": 0}, "window"),
-    ({"hidden_act": "swish"}, "hidden_act"),
-])
-def test_refuses_hf_configs_it_cannot_read(change, key):
-    hf = {**CONVERTER.export_config(config()), **change}
-    with pytest.raises(ConversionError, match=key):
-        CONVERTER.import_config(hf)

@@ -1,12 +1,8 @@
 """The olmo2 converter against transformers' Olmo2Config / Olmo2ForCausalLM."""
 from __future__ import annotations
 
-import dataclasses
-
-import pytest
-
 import native
-from arch_cases import assert_hf_roundtrip, refusal, standard_tests, with_layers
+from arch_cases import assert_hf_roundtrip, standard_tests, with_attention, with_layer, with_mlp
 from converters.olmo2 import Olmo2Converter
 from strategies import olmo2 as strategy
 
@@ -43,23 +39,19 @@ def test_transformers_default_config_roundtrips():
 
 
 BASE = FORWARD_CASES["gqa_bias_head_dim"]
+REFUSALS = [
+    ("placement", with_layer(BASE, placement="pre")),
+    ("attention.qk_norm_scope", with_attention(BASE, qk_norm_scope="head")),
+    ("attention.qk_norm", with_attention(BASE, qk_norm=None)),
+    ("attention_bias", with_attention(BASE, o_bias=False)),
+    ("bias", with_mlp(BASE, bias=True)),
+    ("attention.window", with_attention(BASE, window=4)),
+    ("fraction", with_attention(BASE, rotary=native.DefaultRotary(fraction=2 / 3))),
+    ("rms_norm_eps", with_attention(BASE, qk_norm=native.RMSNormConfig(eps=1e-5))),
+]
 
-
-@pytest.mark.parametrize("change, field", [
-    (lambda b: dataclasses.replace(b, placement="pre"), "placement"),
-    (lambda b: dataclasses.replace(b, attention=dataclasses.replace(b.attention, qk_norm_scope="head")),
-     "attention.qk_norm_scope"),
-    (lambda b: dataclasses.replace(b, attention=dataclasses.replace(b.attention, qk_norm=None)), "attention.qk_norm"),
-    (lambda b: dataclasses.replace(b, attention=dataclasses.replace(b.attention, o_bias=False)), "attention_bias"),
-    (lambda b: dataclasses.replace(b, mlp=dataclasses.replace(b.mlp, bias=True)), "bias"),
-    (lambda b: dataclasses.replace(b, attention=dataclasses.replace(b.attention, window=4)), "attention.window"),
-    (lambda b: dataclasses.replace(b, attention=dataclasses.replace(
-        b.attention, rotary=native.DefaultRotary(fraction=2 / 3))), "fraction"),
-    (lambda b: dataclasses.replace(b, attention=dataclasses.replace(
-        b.attention, qk_norm=native.RMSNormConfig(eps=1e-5))), "rms_norm_eps"),
-])
-def test_refusals_name_the_field(change, field):
-    refusal(CONVERTER, with_layers(BASE, change), field)
+globals().update(standard_tests(CONVERTER, FORWARD_CASES, hf_examples=strategy.hf_examples(), refusals=REFUSALS,
+                                weight_seed=3))
 
 
 def test_norm_names_on_disk():
@@ -70,5 +62,3 @@ def test_norm_names_on_disk():
     assert "model.layers.0.post_feedforward_layernorm.weight" in shapes
     assert "model.layers.0.input_layernorm.weight" not in shapes
 
-
-globals().update(standard_tests(CONVERTER, FORWARD_CASES, hf_examples=strategy.hf_examples(), weight_seed=3))

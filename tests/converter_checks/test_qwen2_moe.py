@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 
-import pytest
-
-import moe_cases as mc
-from converters import ConversionError
+from arch_cases import standard_tests, with_attention, with_layer
+from strategies import _hf_common as hc
 from converters.qwen2_moe import Qwen2MoeConverter
 from native import (
     AttentionConfig, BlockConfig, DecoderConfig, DefaultRotary, EmbeddingConfig, HeadConfig, Llama3Rotary,
@@ -18,6 +16,7 @@ from native import (
 from strategies import qwen2_moe as strategy
 
 CONVERTER = Qwen2MoeConverter()
+EXAMPLES = strategy.hf_examples()
 MOE = MoEConfig(experts=5, top_k=2, intermediate=10, normalize_top_k=False, shared_intermediate=14, shared_gate=True)
 DENSE = MLPConfig(intermediate=18)
 
@@ -34,15 +33,65 @@ def config(*, sparse=(True, False, True), windows=(None, 5, 5), bias=True, tied=
                        head=HeadConfig(tied=tied))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _quiet():
-    mc.quiet()
+def small(**changes) -> dict:
+    base = {"model_type": "qwen2_moe", "hidden_size": 16, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "num_hidden_layers": 4, "vocab_size": 31, "intermediate_size": 12, "moe_intermediate_size": 6,
+            "shared_expert_intermediate_size": 8, "num_experts": 3, "num_experts_per_tok": 2}
+    return {**base, **changes}
 
 
-# ------------------------------------------------------------------------------------- configs
-@pytest.mark.parametrize("which", range(3), ids=["transformers-default", "Qwen1.5-MoE-A2.7B", "A2.7B-small"])
-def test_examples_roundtrip(which):
-    mc.assert_hf_roundtrip(CONVERTER, strategy.hf_examples()[which])
+FORWARD_CASES = {
+    "mixed-windows": config(),
+    "dense-ends-tied-norm-topk": config(sparse=(False, True, False), windows=(3, None, 3), bias=False, tied=True,
+                                        moe=dataclasses.replace(MOE, normalize_top_k=True, top_k=3)),
+    "llama3-head-dim": config(sparse=(True, True), windows=(None, None), head_dim=10,
+                              rotary=Llama3Rotary(theta=500.0, factor=4.0, original_max_position_embeddings=12)),
+}
+BASE = FORWARD_CASES["mixed-windows"]
+# Each: an HF dict (small sizes merged in) whose per-layer structure transformers decides.
+STRUCTURES = {name: small(**changes) for name, changes in {
+    "step2": {"decoder_sparse_step": 2},
+    "step2-mlp-only": {"decoder_sparse_step": 2, "mlp_only_layers": [3, 0]},
+    "mlp-only-out-of-range": {"mlp_only_layers": [1, 7]},
+    "no-experts": {"num_experts": 0, "decoder_sparse_step": 3},
+    "derived-windows": {"use_sliding_window": True, "sliding_window": 3, "max_window_layers": 3},
+    "explicit-windows": {"use_sliding_window": True, "sliding_window": 3,
+                         "layer_types": ["full_attention", "sliding_attention", "sliding_attention", "full_attention"]},
+    "window-unused": {"use_sliding_window": True, "sliding_window": 6, "max_window_layers": 0},
+    "window-disabled": {"use_sliding_window": False, "sliding_window": 6, "max_window_layers": 4},
+}.items()}
+REFUSALS = [
+    ("o_bias", with_attention(BASE, 0, o_bias=True)),
+    ("k_bias", with_attention(BASE, 0, k_bias=False)),
+    ("shared_intermediate", config(moe=dataclasses.replace(MOE, shared_intermediate=None, shared_gate=False))),
+    ("shared_gate", config(moe=dataclasses.replace(MOE, shared_gate=False))),
+    ("experts", with_layer(BASE, 2, mlp=dataclasses.replace(MOE, experts=4))),
+    ("activation", with_layer(BASE, 1, mlp=dataclasses.replace(DENSE, activation="relu"))),
+    ("gated", with_layer(BASE, 1, mlp=dataclasses.replace(DENSE, gated=False))),
+    ("attention.window", with_attention(BASE, 2, window=3)),
+    ("qk_norm", with_attention(BASE, 0, qk_norm=RMSNormConfig(1e-6))),
+]
+HF_REFUSALS = [(key, small(**change)) for key, change in [
+    ("use_sliding_window", {"layer_types": ["sliding_attention"] * 4, "use_sliding_window": False}),
+    ("sliding_window", {"layer_types": ["sliding_attention"] * 4, "use_sliding_window": True, "sliding_window": None}),
+    ("decoder_sparse_step", {"decoder_sparse_step": 0}),
+    ("mlp_only_layers", {"mlp_only_layers": "0"}),
+    ("head_dim", {"head_dim": None}),
+    ("head_dim", {"hidden_size": 18}),  # 4 heads do not divide 18: transformers' floored default refused
+    ("num_key_value_heads", {"num_key_value_heads": None}),
+    ("qkv_bias", {"qkv_bias": "yes"}),
+]]
+
+globals().update(standard_tests(
+    CONVERTER, FORWARD_CASES, hf_examples=EXAMPLES,
+    example_ids=hc.example_ids(EXAMPLES, ("transformers-default", "Qwen1.5-MoE-A2.7B", "A2.7B-small")),
+    refusals=REFUSALS, hf_refusals=HF_REFUSALS, on_disk=True, structures=STRUCTURES,
+    saved=small(decoder_sparse_step=2, mlp_only_layers=[3, 0], use_sliding_window=True, sliding_window=3,
+                max_window_layers=3),
+    class_defaults=(small(hidden_size=64, num_attention_heads=32), {  # Qwen2MoeConfig has 16 KV heads
+        "layer0.attention.kv_heads": "num_key_value_heads", "layer0.mlp.experts": "num_experts",
+        "layer0.mlp.top_k": "num_experts_per_tok", "layer0.mlp.shared_intermediate": "shared_expert_intermediate_size",
+        "layer0.attention.q_bias": "qkv_bias"})))
 
 
 def test_real_config_reads_every_key():
@@ -59,71 +108,10 @@ def test_real_config_reads_every_key():
     assert out["max_window_layers"] == 21 and out["mlp_only_layers"] == [] and out["decoder_sparse_step"] == 1
 
 
-# Each: an HF dict (small sizes merged in) whose per-layer structure transformers decides.
-STRUCTURES = {
-    "step2": {"decoder_sparse_step": 2},
-    "step2-mlp-only": {"decoder_sparse_step": 2, "mlp_only_layers": [3, 0]},
-    "mlp-only-out-of-range": {"mlp_only_layers": [1, 7]},
-    "no-experts": {"num_experts": 0, "decoder_sparse_step": 3},
-    "derived-windows": {"use_sliding_window": True, "sliding_window": 3, "max_window_layers": 3},
-    "explicit-windows": {"use_sliding_window": True, "sliding_window": 3,
-                         "layer_types": ["full_attention", "sliding_attention", "sliding_attention", "full_attention"]},
-    "window-unused": {"use_sliding_window": True, "sliding_window": 6, "max_window_layers": 0},
-    "window-disabled": {"use_sliding_window": False, "sliding_window": 6, "max_window_layers": 4},
-}
-
-
-def small(**changes) -> dict:
-    base = {"model_type": "qwen2_moe", "hidden_size": 16, "num_attention_heads": 4, "num_key_value_heads": 2,
-            "num_hidden_layers": 4, "vocab_size": 31, "intermediate_size": 12, "moe_intermediate_size": 6,
-            "shared_expert_intermediate_size": 8, "num_experts": 3, "num_experts_per_tok": 2}
-    return {**base, **changes}
-
-
-@pytest.mark.parametrize("name", sorted(STRUCTURES))
-def test_layer_structure_as_transformers_builds_it(name):
-    hf = small(**STRUCTURES[name])
-    cfg = mc.assert_hf_roundtrip(CONVERTER, hf)
-    assert mc.native_structure(cfg) == mc.hf_structure(hf)
-
-
 def test_canonical_export_of_a_pattern():
     out = CONVERTER.export_config(config(sparse=(False, True, True), windows=(None, None, None)))
     assert (out["decoder_sparse_step"], out["mlp_only_layers"]) == (1, [0])
     assert out["layer_types"] == ["full_attention"] * 3 and out["use_sliding_window"] is False
-
-
-def test_absent_keys_take_qwen2_moe_defaults():
-    from transformers import Qwen2MoeConfig
-
-    hf = {"model_type": "qwen2_moe", "hidden_size": 64, "num_attention_heads": 32, "num_hidden_layers": 2,
-          "vocab_size": 50}
-    cfg = CONVERTER.import_config(hf)
-    reference = Qwen2MoeConfig(**{k: v for k, v in hf.items() if k != "model_type"})
-    block = cfg.decoder.layer(0)
-    assert block.attention.kv_heads == reference.num_key_value_heads == 16
-    assert block.mlp.experts == reference.num_experts and block.mlp.top_k == reference.num_experts_per_tok
-    assert block.mlp.shared_intermediate == reference.shared_expert_intermediate_size
-    assert block.attention.q_bias is reference.qkv_bias is True
-
-
-# ------------------------------------------------------------------------------------- forward
-@pytest.mark.parametrize("cfg", [
-    config(),
-    config(sparse=(False, True, False), windows=(3, None, 3), bias=False, tied=True,
-           moe=dataclasses.replace(MOE, normalize_top_k=True, top_k=3)),
-    config(sparse=(True, True), windows=(None, None), head_dim=10,
-           rotary=Llama3Rotary(theta=500.0, factor=4.0, original_max_position_embeddings=12)),
-], ids=["mixed-windows", "dense-ends-tied-norm-topk", "llama3-head-dim"])
-def test_forward_matches_transformers(cfg, tmp_path):
-    err = mc.forward_error(CONVERTER, cfg, tmp_path, length=16)
-    assert err < mc.FORWARD_TOLERANCE, err
-
-
-def test_save_pretrained_roundtrip(tmp_path):
-    hf = small(**STRUCTURES["step2-mlp-only"], use_sliding_window=True, sliding_window=3, max_window_layers=3)
-    cfg = mc.save_pretrained_roundtrip(CONVERTER, hf, tmp_path)
-    assert mc.native_structure(cfg) == mc.hf_structure(hf)
 
 
 def test_on_disk_names():
@@ -133,45 +121,3 @@ def test_on_disk_names():
             "model.layers.0.mlp.shared_expert.gate_proj.weight", "model.layers.0.mlp.shared_expert_gate.weight",
             "model.layers.1.mlp.gate_proj.weight", "model.layers.0.self_attn.q_proj.bias"} <= names
     assert not any("gate_up_proj" in n or "o_proj.bias" in n for n in names)
-
-
-# ------------------------------------------------------------------------------------ refusals
-def _layer(cfg, i, **changes):
-    layers = cfg.decoder.layers()
-    layers[i] = dataclasses.replace(layers[i], **changes)
-    return dataclasses.replace(cfg, decoder=DecoderConfig.from_layers(layers))
-
-
-def _attention(cfg, i, **changes):
-    return _layer(cfg, i, attention=dataclasses.replace(cfg.decoder.layer(i).attention, **changes))
-
-
-@pytest.mark.parametrize("field, make", [
-    ("o_bias", lambda c: _attention(c, 0, o_bias=True)),
-    ("k_bias", lambda c: _attention(c, 0, k_bias=False)),
-    ("shared_intermediate", lambda c: config(moe=dataclasses.replace(MOE, shared_intermediate=None, shared_gate=False))),
-    ("shared_gate", lambda c: config(moe=dataclasses.replace(MOE, shared_gate=False))),
-    ("experts", lambda c: _layer(c, 2, mlp=dataclasses.replace(MOE, experts=4))),
-    ("activation", lambda c: _layer(c, 1, mlp=dataclasses.replace(DENSE, activation="relu"))),
-    ("gated", lambda c: _layer(c, 1, mlp=dataclasses.replace(DENSE, gated=False))),
-    ("attention.window", lambda c: _attention(c, 2, window=3)),
-    ("qk_norm", lambda c: _attention(c, 0, qk_norm=RMSNormConfig(1e-6))),
-])
-def test_refuses_what_qwen2_moe_cannot_express(field, make):
-    with pytest.raises(ConversionError, match=field.replace(".", r"\.")):
-        CONVERTER.export_config(make(config()))
-
-
-@pytest.mark.parametrize("change, key", [
-    ({"layer_types": ["sliding_attention"] * 4, "use_sliding_window": False}, "use_sliding_window"),
-    ({"layer_types": ["sliding_attention"] * 4, "use_sliding_window": True, "sliding_window": None}, "sliding_window"),
-    ({"decoder_sparse_step": 0}, "decoder_sparse_step"),
-    ({"mlp_only_layers": "0"}, "mlp_only_layers"),
-    ({"head_dim": None}, "head_dim"),
-    ({"hidden_size": 18}, "head_dim"),  # 4 heads do not divide 18: transformers' floored default refused
-    ({"num_key_value_heads": None}, "num_key_value_heads"),
-    ({"qkv_bias": "yes"}, "qkv_bias"),
-])
-def test_refuses_hf_configs_it_cannot_read(change, key):
-    with pytest.raises(ConversionError, match=key):
-        CONVERTER.import_config(small(**change))

@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import dataclasses
 
-import pytest
-
-import moe_cases as mc
-from converters import ConversionError
+from arch_cases import standard_tests, with_attention, with_layer
 from converters.qwen3_moe import Qwen3MoeConverter
 from native import (
     AttentionConfig, BlockConfig, DecoderConfig, DefaultRotary, EmbeddingConfig, HeadConfig, LinearRotary,
     MLPConfig, ModelConfig, MoEConfig, RMSNormConfig,
 )
+from strategies import _hf_common as hc
 from strategies import qwen3_moe as strategy
 
 CONVERTER = Qwen3MoeConverter()
+EXAMPLES = strategy.hf_examples()
 MOE = MoEConfig(experts=5, top_k=3, intermediate=10, normalize_top_k=True)
 DENSE = MLPConfig(intermediate=18)
 EPS = 1e-6
@@ -33,15 +32,55 @@ def config(*, sparse=(True, False, True), window=4, bias=False, tied=False, moe=
                        head=HeadConfig(tied=tied))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _quiet():
-    mc.quiet()
+def small(**changes) -> dict:
+    base = {"model_type": "qwen3_moe", "hidden_size": 16, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "num_hidden_layers": 4, "vocab_size": 31, "intermediate_size": 12, "moe_intermediate_size": 6,
+            "num_experts": 3, "num_experts_per_tok": 2}
+    return {**base, **changes}
 
 
-# ------------------------------------------------------------------------------------- configs
-@pytest.mark.parametrize("which", range(3), ids=["transformers-default", "Qwen3-30B-A3B", "30B-A3B-small"])
-def test_examples_roundtrip(which):
-    mc.assert_hf_roundtrip(CONVERTER, strategy.hf_examples()[which])
+FORWARD_CASES = {
+    "mixed-window-qknorm": config(),
+    "biases-tied-no-renorm": config(sparse=(False, True), window=None, bias=True, tied=True,
+                                    moe=dataclasses.replace(MOE, normalize_top_k=False)),
+    "all-sparse-linear-default-head-dim": config(sparse=(True, True, True), window=3, head_dim=6,
+                                                 rotary=LinearRotary(theta=100.0, factor=2.0)),
+}
+BASE = FORWARD_CASES["mixed-window-qknorm"]
+STRUCTURES = {name: small(**changes) for name, changes in {
+    "step2-mlp-only": {"decoder_sparse_step": 2, "mlp_only_layers": [1]},
+    "all-dense": {"mlp_only_layers": [0, 1, 2, 3]},
+    "no-experts": {"num_experts": 0},
+    "window": {"use_sliding_window": True, "sliding_window": 3},
+    "window-disabled": {"use_sliding_window": False, "sliding_window": 3},
+    "window-null": {"use_sliding_window": True, "sliding_window": None},
+}.items()}
+REFUSALS = [
+    ("shared_intermediate", config(moe=dataclasses.replace(MOE, shared_intermediate=8))),
+    ("attention.window", with_attention(BASE, 1, window=None)),
+    ("qk_norm", with_attention(BASE, 0, qk_norm=None)),
+    ("qk_norm_scope", with_attention(BASE, 0, qk_norm_scope="full")),
+    ("o_bias", with_attention(BASE, 0, o_bias=True)),
+    ("top_k", with_layer(BASE, 0, mlp=dataclasses.replace(MOE, top_k=1))),
+    ("bias", with_layer(BASE, 1, mlp=dataclasses.replace(DENSE, bias=True))),
+]
+HF_REFUSALS = [(key, small(**change)) for key, change in [
+    ("num_experts", {"num_local_experts": 4}),  # both spellings, different values
+    ("layer_types", {"layer_types": ["full_attention"] * 4}),
+    ("sliding_window", {"sliding_window": 0, "use_sliding_window": True}),
+    ("head_dim", {"head_dim": None}),
+    ("mlp_only_layers", {"mlp_only_layers": [True]}),
+]]
+
+globals().update(standard_tests(
+    CONVERTER, FORWARD_CASES, hf_examples=EXAMPLES,
+    example_ids=hc.example_ids(EXAMPLES, ("transformers-default", "Qwen3-30B-A3B", "30B-A3B-small")),
+    refusals=REFUSALS, hf_refusals=HF_REFUSALS, on_disk=True, structures=STRUCTURES,
+    saved=small(decoder_sparse_step=2, mlp_only_layers=[1], use_sliding_window=True, sliding_window=3, head_dim=6,
+                attention_bias=True),
+    class_defaults=(small(), {
+        "layer0.attention.kv_heads": "num_key_value_heads", "layer0.mlp.experts": "num_experts",
+        "layer0.mlp.normalize_top_k": "norm_topk_prob"})))
 
 
 def test_real_config_reads_every_key():
@@ -56,66 +95,11 @@ def test_real_config_reads_every_key():
     assert out["head_dim"] == 128
 
 
-def small(**changes) -> dict:
-    base = {"model_type": "qwen3_moe", "hidden_size": 16, "num_attention_heads": 4, "num_key_value_heads": 2,
-            "num_hidden_layers": 4, "vocab_size": 31, "intermediate_size": 12, "moe_intermediate_size": 6,
-            "num_experts": 3, "num_experts_per_tok": 2}
-    return {**base, **changes}
-
-
-STRUCTURES = {
-    "step2-mlp-only": {"decoder_sparse_step": 2, "mlp_only_layers": [1]},
-    "all-dense": {"mlp_only_layers": [0, 1, 2, 3]},
-    "no-experts": {"num_experts": 0},
-    "window": {"use_sliding_window": True, "sliding_window": 3},
-    "window-disabled": {"use_sliding_window": False, "sliding_window": 3},
-    "window-null": {"use_sliding_window": True, "sliding_window": None},
-}
-
-
-@pytest.mark.parametrize("name", sorted(STRUCTURES))
-def test_layer_structure_as_transformers_builds_it(name):
-    hf = small(**STRUCTURES[name])
-    cfg = mc.assert_hf_roundtrip(CONVERTER, hf)
-    assert mc.native_structure(cfg) == mc.hf_structure(hf)
-
-
 def test_head_dim_absent_means_hidden_over_heads():
     cfg = CONVERTER.import_config(small())
     assert cfg.decoder.layer(0).attention.head_dim == 4  # not Qwen3's 128: Qwen3MoeConfig has no head_dim field
     assert "head_dim" not in CONVERTER.export_config(cfg)
     assert CONVERTER.export_config(CONVERTER.import_config(small(head_dim=4)))["head_dim"] == 4
-
-
-def test_absent_keys_take_qwen3_moe_defaults():
-    from transformers import Qwen3MoeConfig
-
-    hf = {"model_type": "qwen3_moe", "hidden_size": 64, "num_attention_heads": 8, "num_hidden_layers": 2,
-          "vocab_size": 50}
-    cfg = CONVERTER.import_config(hf)
-    reference = Qwen3MoeConfig(**{k: v for k, v in hf.items() if k != "model_type"})
-    block = cfg.decoder.layer(0)
-    assert block.attention.kv_heads == reference.num_key_value_heads == 4
-    assert block.mlp.experts == reference.num_experts == 128
-    assert block.mlp.normalize_top_k is reference.norm_topk_prob is False
-
-
-# ------------------------------------------------------------------------------------- forward
-@pytest.mark.parametrize("cfg", [
-    config(),
-    config(sparse=(False, True), window=None, bias=True, tied=True, moe=dataclasses.replace(MOE, normalize_top_k=False)),
-    config(sparse=(True, True, True), window=3, head_dim=6, rotary=LinearRotary(theta=100.0, factor=2.0)),
-], ids=["mixed-window-qknorm", "biases-tied-no-renorm", "all-sparse-linear-default-head-dim"])
-def test_forward_matches_transformers(cfg, tmp_path):
-    err = mc.forward_error(CONVERTER, cfg, tmp_path, length=16)
-    assert err < mc.FORWARD_TOLERANCE, err
-
-
-def test_save_pretrained_roundtrip(tmp_path):
-    hf = small(**STRUCTURES["step2-mlp-only"], use_sliding_window=True, sliding_window=3, head_dim=6,
-               attention_bias=True)
-    cfg = mc.save_pretrained_roundtrip(CONVERTER, hf, tmp_path)
-    assert mc.native_structure(cfg) == mc.hf_structure(hf)
 
 
 def test_on_disk_names():
@@ -124,40 +108,3 @@ def test_on_disk_names():
             "model.layers.0.mlp.experts.4.up_proj.weight", "model.layers.0.mlp.experts.4.down_proj.weight",
             "model.layers.1.mlp.gate_proj.weight", "model.layers.0.self_attn.q_norm.weight"} <= names
     assert not any("gate_up_proj" in n or "shared_expert" in n for n in names)
-
-
-# ------------------------------------------------------------------------------------ refusals
-def _layer(cfg, i, **changes):
-    layers = cfg.decoder.layers()
-    layers[i] = dataclasses.replace(layers[i], **changes)
-    return dataclasses.replace(cfg, decoder=DecoderConfig.from_layers(layers))
-
-
-def _attention(cfg, i, **changes):
-    return _layer(cfg, i, attention=dataclasses.replace(cfg.decoder.layer(i).attention, **changes))
-
-
-@pytest.mark.parametrize("field, make", [
-    ("shared_intermediate", lambda c: config(moe=dataclasses.replace(MOE, shared_intermediate=8))),
-    ("attention.window", lambda c: _attention(c, 1, window=None)),
-    ("qk_norm", lambda c: _attention(c, 0, qk_norm=None)),
-    ("qk_norm_scope", lambda c: _attention(c, 0, qk_norm_scope="full")),
-    ("o_bias", lambda c: _attention(c, 0, o_bias=True)),
-    ("top_k", lambda c: _layer(c, 0, mlp=dataclasses.replace(MOE, top_k=1))),
-    ("bias", lambda c: _layer(c, 1, mlp=dataclasses.replace(DENSE, bias=True))),
-])
-def test_refuses_what_qwen3_moe_cannot_express(field, make):
-    with pytest.raises(ConversionError, match=field.replace(".", r"\.")):
-        CONVERTER.export_config(make(config()))
-
-
-@pytest.mark.parametrize("change, key", [
-    ({"num_local_experts": 4}, "num_experts"),  # both spellings, different values
-    ({"layer_types": ["full_attention"] * 4}, "layer_types"),
-    ({"sliding_window": 0, "use_sliding_window": True}, "sliding_window"),
-    ({"head_dim": None}, "head_dim"),
-    ({"mlp_only_layers": [True]}, "mlp_only_layers"),
-])
-def test_refuses_hf_configs_it_cannot_read(change, key):
-    with pytest.raises(ConversionError, match=key):
-        CONVERTER.import_config(small(**change))

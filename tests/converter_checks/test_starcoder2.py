@@ -1,12 +1,8 @@
 """The starcoder2 converter against transformers' Starcoder2Config / Starcoder2ForCausalLM."""
 from __future__ import annotations
 
-import dataclasses
-
-import pytest
-
 import native
-from arch_cases import assert_hf_roundtrip, refusal, standard_tests, with_layers
+from arch_cases import assert_hf_roundtrip, standard_tests, with_attention, with_layer, with_mlp
 from converters.starcoder2 import Starcoder2Converter
 from strategies import starcoder2 as strategy
 
@@ -45,20 +41,18 @@ def test_transformers_default_config_roundtrips():
 
 
 BASE = FORWARD_CASES["gqa_bias_window_tied"]
+REFUSALS = [
+    ("use_bias", with_mlp(BASE, bias=False)),
+    ("use_bias", with_attention(BASE, k_bias=False)),
+    ("gated", with_mlp(BASE, gated=True)),
+    ("bias", with_layer(BASE, norm=native.LayerNormConfig(eps=1e-5, bias=False))),
+    ("norm", with_layer(BASE, norm=native.RMSNormConfig(eps=1e-5))),
+    ("placement", with_layer(BASE, placement="parallel")),
+    ("fraction", with_attention(BASE, rotary=native.DefaultRotary(fraction=2 / 3))),
+]
 
-
-@pytest.mark.parametrize("change, field", [
-    (lambda b: dataclasses.replace(b, mlp=dataclasses.replace(b.mlp, bias=False)), "use_bias"),
-    (lambda b: dataclasses.replace(b, attention=dataclasses.replace(b.attention, k_bias=False)), "use_bias"),
-    (lambda b: dataclasses.replace(b, mlp=dataclasses.replace(b.mlp, gated=True)), "gated"),
-    (lambda b: dataclasses.replace(b, norm=native.LayerNormConfig(eps=1e-5, bias=False)), "bias"),
-    (lambda b: dataclasses.replace(b, norm=native.RMSNormConfig(eps=1e-5)), "norm"),
-    (lambda b: dataclasses.replace(b, placement="parallel"), "placement"),
-    (lambda b: dataclasses.replace(b, attention=dataclasses.replace(
-        b.attention, rotary=native.DefaultRotary(fraction=2 / 3))), "fraction"),
-])
-def test_refusals_name_the_field(change, field):
-    refusal(CONVERTER, with_layers(BASE, change), field)
+globals().update(standard_tests(CONVERTER, FORWARD_CASES, hf_examples=strategy.hf_examples(), refusals=REFUSALS,
+                                weight_seed=4))
 
 
 def test_biases_on_disk():
@@ -71,5 +65,3 @@ def test_biases_on_disk():
     assert not any(n.endswith("proj.bias") or n.endswith("c_fc.bias") for n in no_bias)
     assert "model.layers.0.input_layernorm.bias" in no_bias  # LayerNorm keeps its bias regardless of use_bias
 
-
-globals().update(standard_tests(CONVERTER, FORWARD_CASES, hf_examples=strategy.hf_examples(), weight_seed=4))

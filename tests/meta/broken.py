@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 
@@ -232,13 +232,21 @@ class ImportUpcasts(LlamaConverter):
 
 
 # ------------------------------------------------------------------------------ config bugs
-class TieFlagLost(LlamaConverter):
-    """``tie_word_embeddings`` not written (LlamaConfig then unties, and the head is missing)."""
+class KeyNotWritten(LlamaConverter):
+    """The HF key ``key`` left out of every export."""
+
+    key: ClassVar[str] = ""
 
     def export_config(self, cfg):
         hf = super().export_config(cfg)
-        hf.pop("tie_word_embeddings", None)
+        hf.pop(self.key, None)
         return hf
+
+
+class TieFlagLost(KeyNotWritten):
+    """``tie_word_embeddings`` not written (LlamaConfig then unties, and the head is missing)."""
+
+    key = "tie_word_embeddings"
 
 
 class RopeThetaDropped(LlamaConverter):
@@ -269,13 +277,10 @@ class PlainRopeFactor(LlamaConverter):
         return hf
 
 
-class HeadDimDropped(LlamaConverter):
+class HeadDimDropped(KeyNotWritten):
     """``head_dim`` not written (transformers then derives ``hidden_size // num_attention_heads``)."""
 
-    def export_config(self, cfg):
-        hf = super().export_config(cfg)
-        hf.pop("head_dim", None)
-        return hf
+    key = "head_dim"
 
 
 class WindowIgnored(LlamaConverter):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
 
 import pytest
 
@@ -79,19 +78,17 @@ def redis_url(tmp_path):
     if server is None:
         pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
     redis = pytest.importorskip("redis", reason="the redis client is not installed (pip install 'convcheck[redis]')")
+    from redis.backoff import ConstantBackoff
+    from redis.retry import Retry
+
     port = _free_port()
     proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                              "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     url = f"redis://127.0.0.1:{port}/0"
     try:
-        client = redis.Redis.from_url(url)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.1)
-        else:
+        try:  # the server takes a moment to listen: the client's own retry waits for it
+            redis.Redis.from_url(url, retry=Retry(ConstantBackoff(0.1), 100)).ping()
+        except redis.ConnectionError:
             pytest.fail(f"redis-server on port {port} did not answer within 10 s")
         yield url
     finally:

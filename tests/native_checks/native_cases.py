@@ -5,25 +5,9 @@ from __future__ import annotations
 import torch
 
 from native import (
-    AttentionConfig,
-    BlockConfig,
-    DecoderConfig,
-    DefaultRotary,
-    DynamicRotary,
-    EmbeddingConfig,
-    HeadConfig,
-    LayerNormConfig,
-    LinearRotary,
-    Llama3Rotary,
-    LongRopeRotary,
-    MLPConfig,
-    ModelConfig,
-    MoEConfig,
-    NativeModel,
-    NoRotary,
-    RMSNormConfig,
-    YarnRotary,
-    random_state,
+    AttentionConfig, BlockConfig, DecoderConfig, DefaultRotary, DynamicRotary, EmbeddingConfig, HeadConfig,
+    LayerNormConfig, LinearRotary, Llama3Rotary, LongRopeRotary, MLPConfig, ModelConfig, MoEConfig, NativeModel,
+    NoRotary, RMSNormConfig, YarnRotary, random_state,
 )
 
 HIDDEN = 32

@@ -7,15 +7,15 @@ checked here.
 """
 from __future__ import annotations
 
-import logging
-import warnings
 from collections import Counter
 
 import pytest
 
 import native
 import strategies
+from properties.common import hf_config
 from strategies import building_blocks as bb
+from strategies._hf_common import transformers_warns
 
 from strategy_sampling import cached_sample, minimal
 
@@ -87,14 +87,20 @@ def _suffix_windows(cfg):
     assert len({w for w in windows if w is not None}) <= 1
 
 
-def test_llama_constraints():
-    configs = cached_sample("llama", N)
+def _one_block_family(arch: str) -> tuple:
+    """The sampled configs of a Llama-family architecture with one block kind for every layer."""
+    configs = cached_sample(arch, N)
     for cfg in configs:
         _common_llama_family(cfg)
         assert len(cfg.decoder.blocks) == 1
-        a = cfg.decoder.blocks[0].attention
-        assert cfg.hidden_size % a.heads == 0
+    return configs
+
+
+def test_llama_constraints():
+    configs = _one_block_family("llama")
+    for a in (cfg.decoder.blocks[0].attention for cfg in configs):
         assert _biases(a) in {(False,) * 4, (True,) * 4} and a.qk_norm is None and a.window is None
+    assert all(cfg.hidden_size % cfg.decoder.blocks[0].attention.heads == 0 for cfg in configs)
     kinds = Counter(cfg.decoder.blocks[0].attention.rotary.kind for cfg in configs)
     assert set(kinds) == {"default", "linear", "dynamic", "llama3", "yarn", "longrope"}, kinds
     assert {cfg.decoder.blocks[0].mlp.bias for cfg in configs} == {False, True}
@@ -105,12 +111,9 @@ def test_llama_constraints():
 
 
 def test_mistral_constraints():
-    configs = cached_sample("mistral", N)
-    for cfg in configs:
-        _common_llama_family(cfg)
-        assert len(cfg.decoder.blocks) == 1
-        a = cfg.decoder.blocks[0].attention
-        assert _biases(a) == (False,) * 4 and not cfg.decoder.blocks[0].mlp.bias
+    configs = _one_block_family("mistral")
+    for b in (cfg.decoder.blocks[0] for cfg in configs):
+        assert _biases(b.attention) == (False,) * 4 and not b.mlp.bias
     assert {cfg.decoder.blocks[0].attention.window is None for cfg in configs} == {True, False}
     assert any(cfg.hidden_size % cfg.decoder.blocks[0].attention.heads for cfg in configs)
 
@@ -185,30 +188,12 @@ def _hf_kwargs(arch: str, cfg) -> dict:
     return kwargs
 
 
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.records: list[str] = []
-
-    def emit(self, record):
-        self.records.append(record.getMessage())
-
-
 @pytest.mark.parametrize("arch", LLAMA_FAMILY)
 def test_transformers_accepts_the_configs_without_warnings(arch):
-    transformers = pytest.importorskip("transformers")
-    config_class = transformers.CONFIG_MAPPING[arch]
-    handler = _Records()
-    logger = logging.getLogger("transformers")
-    logger.addHandler(handler)
-    try:
-        for cfg in cached_sample(arch, N)[:40]:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error")
-                hf = config_class(**_hf_kwargs(arch, cfg))
-            assert not handler.records, (cfg.to_json(), handler.records)
-            if arch in ("qwen2", "qwen3"):
-                expected = ["sliding_attention" if b.attention.window else "full_attention" for b in layers(cfg)]
-                assert hf.layer_types == expected
-    finally:
-        logger.removeHandler(handler)
+    for cfg in cached_sample(arch, N)[:40]:
+        hf = {"model_type": arch, **_hf_kwargs(arch, cfg)}
+        messages = transformers_warns(hf)
+        assert not messages, (cfg.to_json(), messages)
+        if arch in ("qwen2", "qwen3"):
+            expected = ["sliding_attention" if b.attention.window else "full_attention" for b in layers(cfg)]
+            assert hf_config(hf).layer_types == expected

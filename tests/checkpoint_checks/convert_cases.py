@@ -116,3 +116,19 @@ def bits(t: torch.Tensor) -> torch.Tensor:
 
 def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
+def refused(src: Path, dst: Path, capsys, *fragments, extra=()) -> str:
+    """``convcheck convert src dst`` exits 2 with one line naming the fragments; nothing at ``dst``
+    changed, no temporary left."""
+    from checkpoints.cli import main
+
+    before = snapshot(dst) if dst.exists() else None
+    assert main(["convert", str(src), str(dst), "-q", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("convcheck: error:") and "\n" not in err and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+    assert (snapshot(dst) if dst.exists() else None) == before, "the destination changed"
+    assert not list(dst.parent.glob(f".{dst.name}.tmp-*")), "a temporary directory was left behind"
+    return err

@@ -13,7 +13,6 @@ import checkpoints.prefetch
 import native
 from checkpoints import native_writer
 from checkpoints.cli import main
-from checkpoints.hf_reader import open_hf_checkpoint
 from checkpoints.pipeline import convert
 from checkpoints.plan import stream_hf_weights
 from converters.errors import ConversionError

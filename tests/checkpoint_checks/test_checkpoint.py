@@ -74,6 +74,19 @@ def test_roundtrip_exact(tmp_path, dtype, stages):
     assert leftovers(tmp_path) == []
 
 
+def test_load_model_computes_what_the_saved_state_computes(tmp_path):
+    cfg = tiny_config(moe=True)
+    state = native.random_state(cfg, 3)
+    checkpoints.save_checkpoint(tmp_path / "ckpt", cfg, state)
+    loaded = checkpoints.load_model(tmp_path / "ckpt")
+    assert loaded.cfg == cfg
+    reference = native.NativeModel(cfg)
+    reference.load_state_dict(state)
+    ids = torch.randint(0, cfg.vocab_size, (2, 11), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(loaded(ids), reference(ids))
+    assert checkpoints.load_model(tmp_path / "ckpt", dtype=torch.float64)(ids).dtype == torch.float64
+
+
 def test_stage_split_and_manifests(tmp_path):
     cfg = tiny_config(num_layers=5)
     checkpoints.save_checkpoint(tmp_path / "c", cfg, random_state(cfg), pipeline_stages=3)

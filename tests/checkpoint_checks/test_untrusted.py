@@ -28,7 +28,7 @@ from checkpoints.hf_reader import open_hf_checkpoint
 from checkpoints.hf_writer import write_hf_checkpoint
 from checkpoints.pipeline import convert
 
-from convert_cases import hf_config, hf_tensors, llama_config, read_hf, snapshot, write_hf
+from convert_cases import hf_tensors, llama_config, read_hf, refused, snapshot, write_hf
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,19 +72,6 @@ class Payload:
 
     def __reduce__(self):
         return exec, (f"open({str(self.marker)!r}, 'w').write('ran')",)
-
-
-def refused(src: Path, dst: Path, capsys, *fragments, extra=()) -> str:
-    """Exit 2, one line naming the fragments, nothing at ``dst`` changed, no temporary left."""
-    before = snapshot(dst) if dst.exists() else None
-    assert main(["convert", str(src), str(dst), "-q", *extra]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("convcheck: error:") and "\n" not in err and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in err, (fragment, err)
-    assert (snapshot(dst) if dst.exists() else None) == before, "the destination changed"
-    assert not list(dst.parent.glob(f".{dst.name}.tmp-*")), "a temporary directory was left behind"
-    return err
 
 
 def no_payload(work: Path) -> None:
