@@ -38,7 +38,7 @@ def test_fuzz_an_adapter_saves_a_case_that_replays(broken_module, regression_dir
                       "--examples", "30", "-q"])
     out = capsys.readouterr().out
     assert code == EXIT_FAILED, out
-    assert "via adapter" in out and "saved as" in out
+    assert "via adapter" in out and "saved as" in out, out  # the whole report, should it ever fail
     (path,) = regression_dir.glob("convcheck_broken_adapters_TieFlagLost-llama-hf_config_roundtrip-*.json")
     case = json.loads(path.read_text())
     assert case["adapter"] == broken_module and case["hf_config"]["model_type"] == "llama"
