@@ -71,7 +71,7 @@ def test_forward_equivalence(arch):
     check("forward_equivalence", arch)
 
 
-#: forward_equivalence's reduced-precision columns (issue 7). CPU float64/float32 stay the default
+#: forward_equivalence's reduced-precision columns. CPU float64/float32 stay the default
 #: columns above; these use the derived tolerance (fixtures.tolerances.derived_tolerance). The CUDA
 #: columns are marked ``gpu``: skipped with "CUDA not available" when there is none, never failed.
 PRECISION_COLUMNS = [

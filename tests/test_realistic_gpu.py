@@ -1,4 +1,4 @@
-"""forward_equivalence at realistic sizes (issue 7): the real configs at 2 layers and full width,
+"""forward_equivalence at realistic sizes: the real configs at 2 layers and full width,
 random weights, bf16, 2k–8k tokens, on CUDA (marked ``gpu``: skipped with "CUDA not available"
 without one). On CPU, one smoke test runs the same code at reduced width and 256 tokens.
 """

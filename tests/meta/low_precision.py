@@ -1,4 +1,4 @@
-"""Single converter bugs at every precision (issue 7): fixed small configs that exercise each bug,
+"""Single converter bugs at every precision: fixed small configs that exercise each bug,
 and the figures ``benchmarks/power_table.py`` prints and ``test_low_precision_power.py`` asserts.
 
 For float64/float32 the error is ``rel(native, HF)`` in that dtype against the static tolerance
@@ -75,7 +75,7 @@ class Bug:
 LLAMA3 = {"rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
                               "high_freq_factor": 4.0, "original_max_position_embeddings": 16}}
 
-#: (bug, broken converter, config) for every bug issue 7 names.
+#: (bug, broken converter, config) for every single bug the reduced-precision checks must catch.
 BUGS = [
     Bug("qk_permutation_skipped", broken.QKPermutationSkipped, "llama", {}),
     Bug("k_and_v_swapped", broken.KVSwapped, "llama", {}),

@@ -1,4 +1,4 @@
-"""Power at low precision (issue 7): every single converter bug fails forward_equivalence in
+"""Power at low precision: every single converter bug fails forward_equivalence in
 bfloat16 (and float16) under the derived tolerance, on CPU here and on CUDA when present.
 
 - ``test_bug_margin``: fixed small configs that exercise each bug (tests/meta/low_precision.py);

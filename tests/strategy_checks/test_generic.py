@@ -1,4 +1,4 @@
-"""Meta-tests of ``strategies.native_configs``: valid, covering, shrinking (issue 4, strategies/)."""
+"""Meta-tests of ``strategies.native_configs``: valid, covering, shrinking."""
 from __future__ import annotations
 
 from collections import Counter
