@@ -21,7 +21,6 @@ from . import _hf_common as hc
 from . import building_blocks as bb
 from . import moe_common as mc
 
-ROPE_KINDS = hc.ROPE_KINDS
 MAX_EXPERTS = 8
 
 
@@ -127,13 +126,10 @@ def hf_base(draw, model_type: str, architecture: str, *, q_lora: bool = True) ->
         hf["num_key_value_heads"] = heads
     if draw(st.booleans()):
         hf["moe_layer_freq"] = 1
-    rotary = draw(hc.rotary_for(rope, max_position))
-    rope_keys = draw(hc.rope_keys(rotary))
-    if getattr(rotary, "truncate", False):  # as DeepSeek configs write YaRN: truncate only when false
-        for params in (rope_keys.get("rope_parameters"), rope_keys.get("rope_scaling")):
-            if isinstance(params, dict):
-                params.pop("truncate", None)
-    hf.update(rope_keys)
+    params = draw(hc.rope_parameters(rope, max_position))
+    if params.get("truncate"):  # as DeepSeek configs write YaRN: truncate only when false
+        del params["truncate"]
+    hf.update(draw(hc.rope_keys(params)))
     hf.update(draw(hc.token_and_training_keys(vocab, ("output_router_logits",))))
     hf.update(draw(hc.file_keys(architecture, **hc.LATER_FILES)))
     if draw(st.booleans()):

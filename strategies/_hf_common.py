@@ -6,8 +6,7 @@ and independently of the converters (a converter bug cannot shape its own test i
 - :func:`hf_sizes`: the keys every dense-attention config opens with (sizes, heads, ``head_dim``
   as the class spells it); each ``hf_configs`` then adds only its own keys;
 - rope: a native rotary drawn as transformers can build it (:func:`rotary_for`), spelled as v5
-  ``rope_parameters`` (:func:`rope_parameters_of`), and in the v4 forms (:func:`rope_keys`,
-  :func:`v4_rope`);
+  ``rope_parameters`` (:func:`rope_parameters_of`), or in the v4 forms (:func:`rope_keys`);
 - carried keys (token ids inside the vocabulary, training and file keys), each present or absent;
 - real configs and scaled-down copies for ``@example``; the forms real files carry
   (:func:`real_file_forms`); single changes a format cannot express (:func:`mutate`).
@@ -100,11 +99,12 @@ def hf_sizes(draw, model_type: str, *, hidden: Sequence[str] = ("free",), hidden
 
 @st.composite
 def head_dim_keys(draw, hidden_size: int, layout: bb.HeadLayout, *, null_allowed: bool) -> dict[str, Any]:
-    """How ``head_dim`` is spelled: drawn freely, or the default spelled explicitly, left out, or
-    ``null`` (where the class reads ``null`` as the default). Left out or ``null`` only when the
-    heads divide ``hidden_size`` (the converters refuse transformers' floored default)."""
+    """How ``head_dim`` is spelled: left out (first, so examples shrink to fewer keys), drawn
+    freely, the default spelled explicitly, or ``null`` (where the class reads ``null`` as the
+    default). Left out or ``null`` only when the heads divide ``hidden_size`` into an even default
+    (the converters refuse transformers' floored default)."""
     default = hidden_size // layout.heads
-    choice = draw(st.sampled_from(("drawn", "default_explicit", "absent") + (("null",) if null_allowed else ())))
+    choice = draw(st.sampled_from(("absent", "drawn", "default_explicit") + (("null",) if null_allowed else ())))
     if choice == "drawn" or default < 2 or default % 2 or hidden_size % layout.heads:
         return {"head_dim": layout.head_dim}
     if choice == "default_explicit":
@@ -173,38 +173,30 @@ def rope_parameters(draw, head_dim: int, max_position: int, kinds: Sequence[str]
     return rope_parameters_of(rotary, partial="partial" in fractions)
 
 
-@st.composite
-def rope_keys(draw, rotary) -> dict[str, Any]:
-    """``{"rope_parameters": …}`` (v5) or ``{"rope_theta": …, "rope_scaling": …}`` (v4, scaling
-    ``null``, absent or a dict for plain RoPE, keyed by ``type`` or ``rope_type``)."""
-    params = rope_parameters_of(rotary)
-    if draw(st.booleans()):
-        return {"rope_parameters": params}
-    theta = params.pop("rope_theta")
-    kind = params.pop("rope_type")
-    if kind == "default" and draw(st.booleans()):
-        return {"rope_theta": theta, "rope_scaling": None} if draw(st.booleans()) else {"rope_theta": theta}
-    params[draw(st.sampled_from(("rope_type", "type")))] = kind
-    return {"rope_theta": theta, "rope_scaling": params}
+#: How a v4 config may spell default rope: no ``rope_scaling``, ``null``, or ``{"rope_type": "default"}``.
+DEFAULT_SCALINGS = ("absent", "null", "dict")
 
 
 @st.composite
-def v4_or_v5(draw, hf: dict[str, Any]) -> dict[str, Any]:
-    """``hf`` as drawn (v5 ``rope_parameters``) or in the v4 spelling, keyed by ``type`` or ``rope_type``."""
+def rope_keys(draw, params: dict[str, Any], default_scaling: Sequence[str] = DEFAULT_SCALINGS) -> dict[str, Any]:
+    """``{"rope_parameters": params}`` (v5) or the same rope in the v4 keys (:func:`v4_rope_keys`)."""
     if draw(st.booleans()):
-        return v4_rope(hf, draw(st.sampled_from(["type", "rope_type"])))
-    return hf
+        return draw(v4_rope_keys(params, default_scaling))
+    return {"rope_parameters": dict(params)}
 
 
-def v4_rope(hf: dict[str, Any], key: str = "type") -> dict[str, Any]:
-    """The same config in the v4 spelling: ``rope_theta`` at top level, ``rope_scaling`` holding the
-    rest (``None`` for default rope), the rope type under ``key`` (``type`` or ``rope_type``)."""
-    out = copy.deepcopy(hf)
-    params = out.pop("rope_parameters")
-    out["rope_theta"] = params.pop("rope_theta")
-    kind = params.pop("rope_type")
-    out["rope_scaling"] = None if kind == "default" and not params else {key: kind, **params}
-    return out
+@st.composite
+def v4_rope_keys(draw, params: dict[str, Any], default_scaling: Sequence[str] = DEFAULT_SCALINGS) -> dict[str, Any]:
+    """A v5 ``rope_parameters`` dict in the v4 spelling: ``rope_theta`` at top level, the rest in a
+    ``rope_scaling`` keyed by ``type`` or ``rope_type``; plain RoPE (no parameters) as one of
+    ``default_scaling`` (the spellings the class's real files use)."""
+    rest = dict(params)
+    theta, kind = rest.pop("rope_theta"), rest.pop("rope_type")
+    if kind == "default" and not rest:
+        form = draw(bb.choice(tuple(default_scaling)))
+        if form != "dict":
+            return {"rope_theta": theta} if form == "absent" else {"rope_theta": theta, "rope_scaling": None}
+    return {"rope_theta": theta, "rope_scaling": {draw(st.sampled_from(("rope_type", "type"))): kind, **rest}}
 
 
 # -------------------------------------------------------------------------------- carried keys

@@ -53,7 +53,7 @@ def hf_configs(draw, model_type: str, architecture: str, *, hidden_multiple_of_h
         from .qwen2_moe import window_keys
 
         hf.update(draw(window_keys(num_layers)))
-    hf.update(draw(hc.rope_keys(draw(hc.rotary_for(layout.head_dim, max_position)))))
+    hf.update(draw(hc.rope_keys(draw(hc.rope_parameters(layout.head_dim, max_position)))))
     hf.update(draw(hc.token_and_training_keys(vocab)))
     for key in carried:
         if draw(st.booleans()):

@@ -12,7 +12,7 @@ What HF Gemma (transformers 5.x ``GemmaConfig``/``modeling_gemma``) can express,
 - rotary: default, linear, dynamic, llama3, yarn, longrope over the whole head;
 - no window, softcap, softmax scale, q/k norm.
 
-The HF strategies here (:func:`optional_keys`, :func:`rope_forms`, :func:`hf_extras`) are shared by
+The HF strategies here (:func:`optional_keys`, :func:`rope_keys`, :func:`hf_extras`) are shared by
 the Gemma2 and Gemma3 modules. HF dicts are written independently of the converter (the pieces come
 from :mod:`strategies._hf_common`).
 """
@@ -138,25 +138,6 @@ def unrepresentable_configs(breaks: dict | None = None, base: st.SearchStrategy 
 
 # ------------------------------------------------------------------------------------- HF dicts
 @st.composite
-def rope_forms(draw, params: dict[str, Any]) -> dict[str, Any]:
-    """One rope dict in the v5 form (``rope_parameters``) or the v4 form (top-level ``rope_theta`` and
-    a ``rope_scaling`` keyed by ``type`` or ``rope_type``, or none for default rope)."""
-    form = draw(st.sampled_from(("v5", "v4")))
-    if form == "v5":
-        return {"rope_parameters": dict(params)}
-    scaling = {k: v for k, v in params.items() if k != "rope_theta"}
-    out: dict[str, Any] = {"rope_theta": params["rope_theta"]}
-    if scaling["rope_type"] == "default":
-        if draw(st.booleans()):
-            out["rope_scaling"] = None
-    else:
-        if draw(st.booleans()):
-            scaling["type"] = scaling.pop("rope_type")
-        out["rope_scaling"] = scaling
-    return out
-
-
-@st.composite
 def hf_extras(draw, vocab_size: int, model_type: str, architecture: str) -> dict[str, Any]:
     """The keys real configs carry that do not change the forward pass (token ids below the vocab)."""
     out: dict[str, Any] = {}
@@ -191,8 +172,8 @@ def optional_keys(layout: bb.HeadLayout) -> dict[str, st.SearchStrategy]:
 
 @st.composite
 def rope_keys(draw, head_dim: int, max_position: int) -> dict[str, Any]:
-    """One rotary for every layer, in the v5 or the v4 form (:func:`rope_forms`)."""
-    return draw(rope_forms(draw(hc.rope_parameters(head_dim, max_position))))
+    """One rotary for every layer, v5 or v4 (default rope without ``rope_scaling`` or ``null``)."""
+    return draw(hc.rope_keys(draw(hc.rope_parameters(head_dim, max_position)), default_scaling=("absent", "null")))
 
 
 @st.composite

@@ -13,7 +13,6 @@ from .generic import native_configs as generic_configs
 
 MODEL_TYPE = "gpt_neox"
 ARCHITECTURE = "GPTNeoXForCausalLM"
-ROPE_KINDS = hc.ROPE_KINDS
 DEFAULT_ROTARY_PCT = 0.25
 
 
@@ -40,8 +39,7 @@ def hf_configs(draw):
     layouts = bb.head_layouts(max_group=1, max_q_width=bb.MAX_HIDDEN, even_head_dim=False, min_head_dim=3)
     hf, layout = draw(hc.hf_sizes(MODEL_TYPE, hidden=("heads_times_head_dim",), layouts=layouts, kv_heads="never"))
     hf["layer_norm_eps"] = draw(bb.epsilons())
-    params = draw(hc.rope_parameters(layout.head_dim, hf["max_position_embeddings"], ROPE_KINDS,
-                                     fractions=("partial", "full")))
+    params = draw(hc.rope_parameters(layout.head_dim, hf["max_position_embeddings"], fractions=("partial", "full")))
     hf.update(draw(hc.optional_keys({
         "hidden_act": bb.choice(("gelu", "gelu_pytorch_tanh", "silu", "relu")),
         "use_parallel_residual": st.booleans(), "attention_bias": st.booleans(), "tie_word_embeddings": st.booleans(),

@@ -33,10 +33,10 @@ def hf_base(draw, model_type: str, architecture: str, *, null_head_dim: bool = F
                                   head_dim="any_or_null" if null_head_dim else "any"))
     hf.update(rms_norm_eps=draw(bb.epsilons()), tie_word_embeddings=draw(st.booleans()),
               hidden_act=draw(st.sampled_from(sorted(hc.ACTIVATIONS.values()))))
-    rotary = draw(hc.rotary_for(layout.head_dim, hf["max_position_embeddings"]))
-    if longrope_head_dim and rotary.kind == "longrope":
+    params = draw(hc.rope_parameters(layout.head_dim, hf["max_position_embeddings"]))
+    if longrope_head_dim and params["rope_type"] == "longrope":
         hf["head_dim"] = layout.head_dim
-    hf.update(draw(hc.rope_keys(rotary)))
+    hf.update(draw(hc.rope_keys(params)))
     hf.update(draw(hc.token_and_training_keys(hf["vocab_size"], training)))
     hf.update(draw(hc.file_keys(architecture, **hc.LATER_FILES)))
     return hf

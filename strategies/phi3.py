@@ -75,7 +75,7 @@ def hf_configs(draw):
     if draw(st.booleans()):  # v4: both keys top-level, the rest in rope_scaling
         fraction = params.pop("partial_rotary_factor")
         params.pop("original_max_position_embeddings", None)
-        hf = hc.v4_rope(hf, draw(st.sampled_from(["type", "rope_type"])))
+        hf.update(draw(hc.v4_rope_keys(hf.pop("rope_parameters"), default_scaling=("null",))))
         if fraction != 1.0 or draw(st.booleans()):
             hf["partial_rotary_factor"] = fraction
     return hf

@@ -34,7 +34,6 @@ def hf_configs(draw):
         "norm_epsilon": draw(bb.epsilons()),
         "use_bias": draw(st.booleans()),
         "sliding_window": draw(st.one_of(st.none(), bb.windows())),
-        "rope_parameters": draw(hc.rope_parameters(layout.head_dim, hf["max_position_embeddings"], hc.ROPE_KINDS)),
         **draw(hc.token_ids(hf["vocab_size"])),
     })
     hf.update(draw(hc.optional_keys({
@@ -42,7 +41,9 @@ def hf_configs(draw):
         "residual_dropout": hc.dropouts(), "embedding_dropout": hc.dropouts(),
         "initializer_range": st.sampled_from([0.018042, 0.02]), "use_cache": st.booleans()})))
     hf.update(draw(hc.file_keys(ARCHITECTURE)))
-    return draw(hc.v4_or_v5(hf))
+    params = draw(hc.rope_parameters(layout.head_dim, hf["max_position_embeddings"]))
+    hf.update(draw(hc.rope_keys(params, default_scaling=("null",))))
+    return hf
 
 
 def hf_examples() -> list[dict]:
