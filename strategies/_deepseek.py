@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 import native
 
 from . import _hf_common as hc
+from . import _mutations as mu
 from . import building_blocks as bb
-from . import moe_common as mc
 
 MAX_EXPERTS = 8
 
@@ -146,7 +146,7 @@ def moe_layer(cfg: native.ModelConfig, make) -> tuple[native.ModelConfig, int]:
     """``cfg`` with a MoE last layer (``make(cfg)`` when it is dense) and that layer's index."""
     last = cfg.num_layers - 1
     if not isinstance(cfg.decoder.layer(last).mlp, native.DeepSeekMoEConfig):
-        cfg = mc.mutate_block(cfg, last, mlp=make(cfg))
+        cfg = mu.mutate_block(cfg, last, mlp=make(cfg))
     return cfg, last
 
 
@@ -154,7 +154,7 @@ def dense_layer(cfg: native.ModelConfig) -> tuple[native.ModelConfig, int]:
     """``cfg`` with a dense first layer and its index 0."""
     if not isinstance(cfg.decoder.layer(0).mlp, native.MLPConfig):
         act = cfg.decoder.layer(0).mlp.activation
-        cfg = mc.mutate_block(cfg, 0, mlp=native.MLPConfig(intermediate=8, activation=act))
+        cfg = mu.mutate_block(cfg, 0, mlp=native.MLPConfig(intermediate=8, activation=act))
     return cfg, 0
 
 
@@ -164,8 +164,8 @@ def moe_breaker(make, fresh: bool = False, **changes):
     def breaker(cfg, i, draw):
         cfg, last = moe_layer(cfg, make)
         if fresh:
-            cfg = mc.mutate_block(cfg, last, mlp=make(cfg))
-        return mc.mutate_mlp(cfg, last, **changes)
+            cfg = mu.mutate_block(cfg, last, mlp=make(cfg))
+        return mu.mutate_mlp(cfg, last, **changes)
 
     return breaker
 
@@ -174,25 +174,25 @@ def common_breakers(make) -> dict:
     """Changes neither version can express, keyed by the field the refusal must name."""
 
     def plain_attention(cfg, i, draw):
-        return mc.mutate_block(cfg, i, attention=native.AttentionConfig(heads=2, kv_heads=2, head_dim=4))
+        return mu.mutate_block(cfg, i, attention=native.AttentionConfig(heads=2, kv_heads=2, head_dim=4))
 
     def other_activation(cfg, i, draw):
-        cfg = mc.at_least_layers(cfg, 2)
-        return mc.mutate_mlp(cfg, 1, activation=mc.other_activation(cfg.decoder.layer(1).mlp.activation))
+        cfg = mu.at_least_layers(cfg, 2)
+        return mu.mutate_mlp(cfg, 1, activation=mu.other_activation(cfg.decoder.layer(1).mlp.activation))
 
     def ungated(cfg, i, draw):
         cfg, j = dense_layer(cfg)
-        return mc.mutate_mlp(cfg, j, gated=False)
+        return mu.mutate_mlp(cfg, j, gated=False)
 
     def old_moe(cfg, i, draw):
         cfg, last = moe_layer(cfg, make)
-        return mc.mutate_block(cfg, last, mlp=native.MoEConfig(experts=4, top_k=2, intermediate=8))
+        return mu.mutate_block(cfg, last, mlp=native.MoEConfig(experts=4, top_k=2, intermediate=8))
 
     return {
-        "placement": lambda cfg, i, draw: mc.mutate_block(cfg, i, placement=draw(st.sampled_from(("post", "sandwich", "parallel")))),
-        "norm": lambda cfg, i, draw: mc.mutate_block(cfg, i, norm=native.LayerNormConfig(eps=cfg.decoder.layer(i).norm.eps)),
+        "placement": lambda cfg, i, draw: mu.mutate_block(cfg, i, placement=draw(st.sampled_from(("post", "sandwich", "parallel")))),
+        "norm": lambda cfg, i, draw: mu.mutate_block(cfg, i, norm=native.LayerNormConfig(eps=cfg.decoder.layer(i).norm.eps)),
         "attention.kind": plain_attention,
-        "lora_norm_eps": lambda cfg, i, draw: mc.mutate_attention(cfg, i, lora_norm_eps=1e-5),
+        "lora_norm_eps": lambda cfg, i, draw: mu.mutate_attention(cfg, i, lora_norm_eps=1e-5),
         "activation": other_activation,
         "gated": ungated,
         "mlp.kind": old_moe,
@@ -203,12 +203,12 @@ def common_breakers(make) -> dict:
 
 def _moe_before_dense(cfg: native.ModelConfig, make) -> native.ModelConfig:
     """A MoE layer 0 followed by a dense layer 1: dense layers must come first."""
-    cfg = mc.at_least_layers(cfg, 2)
+    cfg = mu.at_least_layers(cfg, 2)
     act = cfg.decoder.layer(0).mlp.activation
     moe = make(cfg)
     moe = dataclasses.replace(moe, activation=act)
-    cfg = mc.mutate_block(cfg, 0, mlp=moe)
-    return mc.mutate_block(cfg, 1, mlp=native.MLPConfig(intermediate=8, activation=act))
+    cfg = mu.mutate_block(cfg, 0, mlp=moe)
+    return mu.mutate_block(cfg, 1, mlp=native.MLPConfig(intermediate=8, activation=act))
 
 
 #: The sizes :func:`scaled_down` gives a real config (small enough for weights and a forward pass).

@@ -9,7 +9,7 @@ and independently of the converters (a converter bug cannot shape its own test i
   ``rope_parameters`` (:func:`rope_parameters_of`), or in the v4 forms (:func:`rope_keys`);
 - carried keys (token ids inside the vocabulary, training and file keys), each present or absent;
 - real configs and scaled-down copies for ``@example``; the forms real files carry
-  (:func:`real_file_forms`); single changes a format cannot express (:func:`mutate`).
+  (:func:`real_file_forms`).
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 import native
 
+from . import _mutations as mu
 from . import building_blocks as bb
 from .paths import REAL_CONFIGS
 
@@ -131,13 +132,11 @@ def hf_buildable_rotary(rotary, head_dim: int, max_position: int):
 
 def hf_buildable(cfg: native.ModelConfig) -> native.ModelConfig:
     """:func:`hf_buildable_rotary` on every layer of a native config."""
-    layers = []
-    for block in cfg.decoder.layers():
+    def buildable(block):
         a = block.attention
         rotary = hf_buildable_rotary(a.rotary, a.head_dim, cfg.max_position_embeddings)
-        layers.append(block if rotary == a.rotary else dataclasses.replace(
-            block, attention=dataclasses.replace(a, rotary=rotary)))
-    return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers(layers))
+        return block if rotary == a.rotary else dataclasses.replace(block, attention=dataclasses.replace(a, rotary=rotary))
+    return mu.every_block(cfg, buildable)
 
 
 @st.composite
@@ -297,99 +296,6 @@ def scaled_down(real: dict[str, Any], **sizes: Any) -> dict[str, Any]:
         elif vocab is not None and isinstance(value, list):
             out[key] = [v % vocab if isinstance(v, int) and v >= vocab else v for v in value]
     return out
-
-
-#: What :func:`mutate` can change, each a feature some of these formats cannot hold, and the text
-#: the refusal must contain (the native field, or the HF key a conflict is reported under).
-MUTATIONS = {
-    "q_bias_flip": "q_bias", "o_bias_flip": "o_bias", "qk_norm": "qk_norm", "qk_norm_scope": "qk_norm",
-    "mlp_gated_flip": "gated", "mlp_bias_flip": "bias", "norm_kind": "norm", "norm_bias_off": "bias",
-    "final_norm_eps": "eps", "placement": "placement", "no_rotary": "rotary", "partial_rotary": "fraction",
-    "window": "window", "window_pattern": "window", "multiplier": "multiplier", "final_softcap": "final_softcap",
-    "logit_softcap": "logit_softcap", "softmax_scale": "softmax_scale", "moe": "mlp",
-}
-
-
-def mutate(cfg: native.ModelConfig, kind: str, draw, placements: Sequence[str] = ("pre",)
-           ) -> tuple[native.ModelConfig, str]:
-    """``(cfg with one feature changed in every layer or in the model, the text its refusal must
-    contain)``: see :data:`MUTATIONS`. ``placements`` are the ones the format allows."""
-    changed = _mutate(cfg, kind, draw, placements)
-    return changed if isinstance(changed, tuple) else (changed, MUTATIONS[kind])
-
-
-def _mutate(cfg, kind, draw, placements):
-    def layers(fn):
-        return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers([fn(b) for b in cfg.decoder.layers()]))
-
-    def attn(**changes):
-        return layers(lambda b: dataclasses.replace(b, attention=dataclasses.replace(b.attention, **changes)))
-
-    def mlp(**changes):
-        return layers(lambda b: dataclasses.replace(b, mlp=dataclasses.replace(b.mlp, **changes)))
-
-    block = cfg.decoder.blocks[0]
-    a = block.attention
-    if kind in ("q_bias_flip", "o_bias_flip"):
-        name = kind.removesuffix("_flip")
-        return attn(**{name: not getattr(a, name)})
-    if kind == "qk_norm":
-        return attn(qk_norm=None if a.qk_norm is not None else native.RMSNormConfig(eps=1e-6))
-    if kind == "qk_norm_scope":
-        norm = a.qk_norm or native.RMSNormConfig(eps=1e-6)
-        return attn(qk_norm=norm, qk_norm_scope="head" if a.qk_norm_scope == "full" else "full")
-    if kind == "mlp_gated_flip":
-        return mlp(gated=not block.mlp.gated)
-    if kind == "mlp_bias_flip":
-        return mlp(bias=not block.mlp.bias)
-    if kind == "norm_kind":
-        eps = block.norm.eps
-        other = native.LayerNormConfig(eps=eps) if isinstance(block.norm, native.RMSNormConfig) else native.RMSNormConfig(eps=eps)
-        return layers(lambda b: dataclasses.replace(b, norm=other))
-    if kind == "norm_bias_off":
-        return layers(lambda b: dataclasses.replace(b, norm=native.LayerNormConfig(eps=b.norm.eps, bias=False)))
-    if kind == "final_norm_eps":
-        return dataclasses.replace(cfg, final_norm=dataclasses.replace(cfg.final_norm, eps=cfg.final_norm.eps * 2))
-    if kind == "placement":
-        others = [p for p in native.config.PLACEMENTS if p not in placements]
-        return layers(lambda b: dataclasses.replace(b, placement=draw(st.sampled_from(others))))
-    if kind == "no_rotary":
-        return attn(rotary=native.NoRotary())
-    if kind == "partial_rotary":
-        half = draw(st.integers(1, max(1, (a.head_dim - 1) // 2)))
-        fraction = bb.fraction_for(2 * half, a.head_dim) if a.head_dim >= 3 else 1.0
-        if fraction == 1.0:  # no partial rotation fits head_dim 2: refuse rotary altogether
-            return attn(rotary=native.NoRotary()), "rotary"
-        return attn(rotary=native.DefaultRotary(theta=10000.0, fraction=fraction))
-    if kind == "window":
-        return attn(window=draw(bb.windows()))
-    if kind == "window_pattern":
-        blocks = cfg.decoder.layers()
-        if len(blocks) == 1:
-            blocks = blocks * 2
-        new = [dataclasses.replace(b, attention=dataclasses.replace(b.attention, window=3 if i % 2 == 0 else None))
-               for i, b in enumerate(blocks)]
-        return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers(new))
-    if kind == "multiplier":
-        return dataclasses.replace(cfg, embeddings=dataclasses.replace(cfg.embeddings, multiplier=2.0))
-    if kind == "final_softcap":
-        return dataclasses.replace(cfg, head=dataclasses.replace(cfg.head, final_softcap=30.0))
-    if kind == "logit_softcap":
-        return attn(logit_softcap=50.0)
-    if kind == "softmax_scale":
-        return attn(softmax_scale=0.5)
-    if kind == "moe":
-        return layers(lambda b: dataclasses.replace(b, mlp=native.MoEConfig(experts=2, top_k=1, intermediate=4)))
-    raise ValueError(f"unknown mutation {kind!r}; choose from {MUTATIONS}")
-
-
-@st.composite
-def unrepresentable(draw, configs: st.SearchStrategy[native.ModelConfig], kinds: Sequence[str],
-                    placements: Sequence[str] = ("pre",)):
-    """``(cfg, field)``: an accepted config with one of ``kinds`` of :data:`MUTATIONS` applied, and
-    the text the ``ConversionError`` must contain."""
-    kind = draw(st.sampled_from(tuple(kinds)))
-    return mutate(draw(configs), kind, draw, placements)
 
 
 # ------------------------------------------------------------------------- real-file forms

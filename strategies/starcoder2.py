@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 import native
 
 from . import _hf_common as hc
+from . import _mutations as mu
 from . import building_blocks as bb
 from .generic import native_configs as generic_configs
 
@@ -67,7 +68,7 @@ def unrepresentable_configs() -> st.SearchStrategy[tuple[native.ModelConfig, str
     gated MLP, an MLP bias apart from the attention biases, RMSNorm or a bias-free LayerNorm, another
     placement, partial or no rotary, per-layer windows, a lone q or o bias, two norm epsilons, an
     embedding multiplier, softcaps, a softmax scale, MoE), and the text the refusal must contain."""
-    return hc.unrepresentable(native_configs(), REFUSED, placements=("pre",))
+    return mu.unrepresentable(native_configs(), REFUSED, placements=("pre",))
 
 
 hf_configs = hc.with_real_file_forms(hf_configs, MODEL_TYPE)
