@@ -1,5 +1,5 @@
-"""Pieces shared by the MoE strategies (mixtral, qwen2_moe, qwen3_moe; the DeepSeek ones use the
-mutations).
+"""Pieces shared by the MoE strategies (mixtral, qwen2_moe, qwen3_moe; the DeepSeek ones draw their
+refusals with :func:`broken` too).
 
 HF side: :func:`hf_base`, the keys the MoE classes share beyond the sizes (``_hf_common`` holds the
 pieces every architecture uses). Everything is small (hidden <= 48, <= 3 layers, <= 6 experts,
