@@ -135,7 +135,9 @@ def hf_buildable(cfg: native.ModelConfig) -> native.ModelConfig:
     def buildable(block):
         a = block.attention
         rotary = hf_buildable_rotary(a.rotary, a.head_dim, cfg.max_position_embeddings)
-        return block if rotary == a.rotary else dataclasses.replace(block, attention=dataclasses.replace(a, rotary=rotary))
+        if rotary == a.rotary:
+            return block
+        return dataclasses.replace(block, attention=dataclasses.replace(a, rotary=rotary))
     return mu.every_block(cfg, buildable)
 
 

@@ -65,7 +65,8 @@ def partial_rotary(cfg: native.ModelConfig) -> native.ModelConfig:
     def rotate_two(block):
         head_dim = max(4, block.attention.head_dim)
         rotary = native.DefaultRotary(theta=10000.0, fraction=bb.fraction_for(2, head_dim))
-        return dataclasses.replace(block, attention=dataclasses.replace(block.attention, head_dim=head_dim, rotary=rotary))
+        attention = dataclasses.replace(block.attention, head_dim=head_dim, rotary=rotary)
+        return dataclasses.replace(block, attention=attention)
     return every_block(cfg, rotate_two)
 
 
