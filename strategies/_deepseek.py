@@ -18,10 +18,9 @@ from hypothesis import strategies as st
 import native
 
 from . import _hf_common as hc
+from . import _mutations as mu
 from . import building_blocks as bb
-from . import moe_common as mc
 
-ROPE_KINDS = hc.ROPE_KINDS
 MAX_EXPERTS = 8
 
 
@@ -127,13 +126,10 @@ def hf_base(draw, model_type: str, architecture: str, *, q_lora: bool = True) ->
         hf["num_key_value_heads"] = heads
     if draw(st.booleans()):
         hf["moe_layer_freq"] = 1
-    rotary = draw(hc.rotary_for(rope, max_position))
-    rope_keys = draw(hc.rope_keys(rotary))
-    if getattr(rotary, "truncate", False):  # as DeepSeek configs write YaRN: truncate only when false
-        for params in (rope_keys.get("rope_parameters"), rope_keys.get("rope_scaling")):
-            if isinstance(params, dict):
-                params.pop("truncate", None)
-    hf.update(rope_keys)
+    params = draw(hc.rope_parameters(rope, max_position))
+    if params.get("truncate"):  # as DeepSeek configs write YaRN: truncate only when false
+        del params["truncate"]
+    hf.update(draw(hc.rope_keys(params)))
     hf.update(draw(hc.token_and_training_keys(vocab, ("output_router_logits",))))
     hf.update(draw(hc.file_keys(architecture, **hc.LATER_FILES)))
     if draw(st.booleans()):
@@ -150,7 +146,7 @@ def moe_layer(cfg: native.ModelConfig, make) -> tuple[native.ModelConfig, int]:
     """``cfg`` with a MoE last layer (``make(cfg)`` when it is dense) and that layer's index."""
     last = cfg.num_layers - 1
     if not isinstance(cfg.decoder.layer(last).mlp, native.DeepSeekMoEConfig):
-        cfg = mc.mutate_block(cfg, last, mlp=make(cfg))
+        cfg = mu.mutate_block(cfg, last, mlp=make(cfg))
     return cfg, last
 
 
@@ -158,7 +154,7 @@ def dense_layer(cfg: native.ModelConfig) -> tuple[native.ModelConfig, int]:
     """``cfg`` with a dense first layer and its index 0."""
     if not isinstance(cfg.decoder.layer(0).mlp, native.MLPConfig):
         act = cfg.decoder.layer(0).mlp.activation
-        cfg = mc.mutate_block(cfg, 0, mlp=native.MLPConfig(intermediate=8, activation=act))
+        cfg = mu.mutate_block(cfg, 0, mlp=native.MLPConfig(intermediate=8, activation=act))
     return cfg, 0
 
 
@@ -168,8 +164,8 @@ def moe_breaker(make, fresh: bool = False, **changes):
     def breaker(cfg, i, draw):
         cfg, last = moe_layer(cfg, make)
         if fresh:
-            cfg = mc.mutate_block(cfg, last, mlp=make(cfg))
-        return mc.mutate_mlp(cfg, last, **changes)
+            cfg = mu.mutate_block(cfg, last, mlp=make(cfg))
+        return mu.mutate_mlp(cfg, last, **changes)
 
     return breaker
 
@@ -178,25 +174,25 @@ def common_breakers(make) -> dict:
     """Changes neither version can express, keyed by the field the refusal must name."""
 
     def plain_attention(cfg, i, draw):
-        return mc.mutate_block(cfg, i, attention=native.AttentionConfig(heads=2, kv_heads=2, head_dim=4))
+        return mu.mutate_block(cfg, i, attention=native.AttentionConfig(heads=2, kv_heads=2, head_dim=4))
 
     def other_activation(cfg, i, draw):
-        cfg = mc.at_least_layers(cfg, 2)
-        return mc.mutate_mlp(cfg, 1, activation=mc.other_activation(cfg.decoder.layer(1).mlp.activation))
+        cfg = mu.at_least_layers(cfg, 2)
+        return mu.mutate_mlp(cfg, 1, activation=mu.other_activation(cfg.decoder.layer(1).mlp.activation))
 
     def ungated(cfg, i, draw):
         cfg, j = dense_layer(cfg)
-        return mc.mutate_mlp(cfg, j, gated=False)
+        return mu.mutate_mlp(cfg, j, gated=False)
 
     def old_moe(cfg, i, draw):
         cfg, last = moe_layer(cfg, make)
-        return mc.mutate_block(cfg, last, mlp=native.MoEConfig(experts=4, top_k=2, intermediate=8))
+        return mu.mutate_block(cfg, last, mlp=native.MoEConfig(experts=4, top_k=2, intermediate=8))
 
     return {
-        "placement": lambda cfg, i, draw: mc.mutate_block(cfg, i, placement=draw(st.sampled_from(("post", "sandwich", "parallel")))),
-        "norm": lambda cfg, i, draw: mc.mutate_block(cfg, i, norm=native.LayerNormConfig(eps=cfg.decoder.layer(i).norm.eps)),
+        "placement": lambda cfg, i, draw: mu.mutate_block(cfg, i, placement=draw(st.sampled_from(("post", "sandwich", "parallel")))),
+        "norm": lambda cfg, i, draw: mu.mutate_block(cfg, i, norm=native.LayerNormConfig(eps=cfg.decoder.layer(i).norm.eps)),
         "attention.kind": plain_attention,
-        "lora_norm_eps": lambda cfg, i, draw: mc.mutate_attention(cfg, i, lora_norm_eps=1e-5),
+        "lora_norm_eps": lambda cfg, i, draw: mu.mutate_attention(cfg, i, lora_norm_eps=1e-5),
         "activation": other_activation,
         "gated": ungated,
         "mlp.kind": old_moe,
@@ -207,12 +203,12 @@ def common_breakers(make) -> dict:
 
 def _moe_before_dense(cfg: native.ModelConfig, make) -> native.ModelConfig:
     """A MoE layer 0 followed by a dense layer 1: dense layers must come first."""
-    cfg = mc.at_least_layers(cfg, 2)
+    cfg = mu.at_least_layers(cfg, 2)
     act = cfg.decoder.layer(0).mlp.activation
     moe = make(cfg)
     moe = dataclasses.replace(moe, activation=act)
-    cfg = mc.mutate_block(cfg, 0, mlp=moe)
-    return mc.mutate_block(cfg, 1, mlp=native.MLPConfig(intermediate=8, activation=act))
+    cfg = mu.mutate_block(cfg, 0, mlp=moe)
+    return mu.mutate_block(cfg, 1, mlp=native.MLPConfig(intermediate=8, activation=act))
 
 
 #: The sizes :func:`scaled_down` gives a real config (small enough for weights and a forward pass).

@@ -6,11 +6,10 @@ and independently of the converters (a converter bug cannot shape its own test i
 - :func:`hf_sizes`: the keys every dense-attention config opens with (sizes, heads, ``head_dim``
   as the class spells it); each ``hf_configs`` then adds only its own keys;
 - rope: a native rotary drawn as transformers can build it (:func:`rotary_for`), spelled as v5
-  ``rope_parameters`` (:func:`rope_parameters_of`), and in the v4 forms (:func:`rope_keys`,
-  :func:`v4_rope`);
+  ``rope_parameters`` (:func:`rope_parameters_of`), or in the v4 forms (:func:`rope_keys`);
 - carried keys (token ids inside the vocabulary, training and file keys), each present or absent;
 - real configs and scaled-down copies for ``@example``; the forms real files carry
-  (:func:`real_file_forms`); single changes a format cannot express (:func:`mutate`).
+  (:func:`real_file_forms`).
 """
 from __future__ import annotations
 
@@ -24,6 +23,7 @@ from hypothesis import strategies as st
 
 import native
 
+from . import _mutations as mu
 from . import building_blocks as bb
 from .paths import REAL_CONFIGS
 
@@ -100,11 +100,12 @@ def hf_sizes(draw, model_type: str, *, hidden: Sequence[str] = ("free",), hidden
 
 @st.composite
 def head_dim_keys(draw, hidden_size: int, layout: bb.HeadLayout, *, null_allowed: bool) -> dict[str, Any]:
-    """How ``head_dim`` is spelled: drawn freely, or the default spelled explicitly, left out, or
-    ``null`` (where the class reads ``null`` as the default). Left out or ``null`` only when the
-    heads divide ``hidden_size`` (the converters refuse transformers' floored default)."""
+    """How ``head_dim`` is spelled: left out (first, so examples shrink to fewer keys), drawn
+    freely, the default spelled explicitly, or ``null`` (where the class reads ``null`` as the
+    default). Left out or ``null`` only when the heads divide ``hidden_size`` into an even default
+    (the converters refuse transformers' floored default)."""
     default = hidden_size // layout.heads
-    choice = draw(st.sampled_from(("drawn", "default_explicit", "absent") + (("null",) if null_allowed else ())))
+    choice = draw(st.sampled_from(("absent", "drawn", "default_explicit") + (("null",) if null_allowed else ())))
     if choice == "drawn" or default < 2 or default % 2 or hidden_size % layout.heads:
         return {"head_dim": layout.head_dim}
     if choice == "default_explicit":
@@ -131,13 +132,13 @@ def hf_buildable_rotary(rotary, head_dim: int, max_position: int):
 
 def hf_buildable(cfg: native.ModelConfig) -> native.ModelConfig:
     """:func:`hf_buildable_rotary` on every layer of a native config."""
-    layers = []
-    for block in cfg.decoder.layers():
+    def buildable(block):
         a = block.attention
         rotary = hf_buildable_rotary(a.rotary, a.head_dim, cfg.max_position_embeddings)
-        layers.append(block if rotary == a.rotary else dataclasses.replace(
-            block, attention=dataclasses.replace(a, rotary=rotary)))
-    return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers(layers))
+        if rotary == a.rotary:
+            return block
+        return dataclasses.replace(block, attention=dataclasses.replace(a, rotary=rotary))
+    return mu.every_block(cfg, buildable)
 
 
 @st.composite
@@ -173,38 +174,30 @@ def rope_parameters(draw, head_dim: int, max_position: int, kinds: Sequence[str]
     return rope_parameters_of(rotary, partial="partial" in fractions)
 
 
-@st.composite
-def rope_keys(draw, rotary) -> dict[str, Any]:
-    """``{"rope_parameters": …}`` (v5) or ``{"rope_theta": …, "rope_scaling": …}`` (v4, scaling
-    ``null``, absent or a dict for plain RoPE, keyed by ``type`` or ``rope_type``)."""
-    params = rope_parameters_of(rotary)
-    if draw(st.booleans()):
-        return {"rope_parameters": params}
-    theta = params.pop("rope_theta")
-    kind = params.pop("rope_type")
-    if kind == "default" and draw(st.booleans()):
-        return {"rope_theta": theta, "rope_scaling": None} if draw(st.booleans()) else {"rope_theta": theta}
-    params[draw(st.sampled_from(("rope_type", "type")))] = kind
-    return {"rope_theta": theta, "rope_scaling": params}
+#: How a v4 config may spell default rope: no ``rope_scaling``, ``null``, or ``{"rope_type": "default"}``.
+DEFAULT_SCALINGS = ("absent", "null", "dict")
 
 
 @st.composite
-def v4_or_v5(draw, hf: dict[str, Any]) -> dict[str, Any]:
-    """``hf`` as drawn (v5 ``rope_parameters``) or in the v4 spelling, keyed by ``type`` or ``rope_type``."""
+def rope_keys(draw, params: dict[str, Any], default_scaling: Sequence[str] = DEFAULT_SCALINGS) -> dict[str, Any]:
+    """``{"rope_parameters": params}`` (v5) or the same rope in the v4 keys (:func:`v4_rope_keys`)."""
     if draw(st.booleans()):
-        return v4_rope(hf, draw(st.sampled_from(["type", "rope_type"])))
-    return hf
+        return draw(v4_rope_keys(params, default_scaling))
+    return {"rope_parameters": dict(params)}
 
 
-def v4_rope(hf: dict[str, Any], key: str = "type") -> dict[str, Any]:
-    """The same config in the v4 spelling: ``rope_theta`` at top level, ``rope_scaling`` holding the
-    rest (``None`` for default rope), the rope type under ``key`` (``type`` or ``rope_type``)."""
-    out = copy.deepcopy(hf)
-    params = out.pop("rope_parameters")
-    out["rope_theta"] = params.pop("rope_theta")
-    kind = params.pop("rope_type")
-    out["rope_scaling"] = None if kind == "default" and not params else {key: kind, **params}
-    return out
+@st.composite
+def v4_rope_keys(draw, params: dict[str, Any], default_scaling: Sequence[str] = DEFAULT_SCALINGS) -> dict[str, Any]:
+    """A v5 ``rope_parameters`` dict in the v4 spelling: ``rope_theta`` at top level, the rest in a
+    ``rope_scaling`` keyed by ``type`` or ``rope_type``; plain RoPE (no parameters) as one of
+    ``default_scaling`` (the spellings the class's real files use)."""
+    rest = dict(params)
+    theta, kind = rest.pop("rope_theta"), rest.pop("rope_type")
+    if kind == "default" and not rest:
+        form = draw(bb.choice(tuple(default_scaling)))
+        if form != "dict":
+            return {"rope_theta": theta} if form == "absent" else {"rope_theta": theta, "rope_scaling": None}
+    return {"rope_theta": theta, "rope_scaling": {draw(st.sampled_from(("rope_type", "type"))): kind, **rest}}
 
 
 # -------------------------------------------------------------------------------- carried keys
@@ -305,99 +298,6 @@ def scaled_down(real: dict[str, Any], **sizes: Any) -> dict[str, Any]:
         elif vocab is not None and isinstance(value, list):
             out[key] = [v % vocab if isinstance(v, int) and v >= vocab else v for v in value]
     return out
-
-
-#: What :func:`mutate` can change, each a feature some of these formats cannot hold, and the text
-#: the refusal must contain (the native field, or the HF key a conflict is reported under).
-MUTATIONS = {
-    "q_bias_flip": "q_bias", "o_bias_flip": "o_bias", "qk_norm": "qk_norm", "qk_norm_scope": "qk_norm",
-    "mlp_gated_flip": "gated", "mlp_bias_flip": "bias", "norm_kind": "norm", "norm_bias_off": "bias",
-    "final_norm_eps": "eps", "placement": "placement", "no_rotary": "rotary", "partial_rotary": "fraction",
-    "window": "window", "window_pattern": "window", "multiplier": "multiplier", "final_softcap": "final_softcap",
-    "logit_softcap": "logit_softcap", "softmax_scale": "softmax_scale", "moe": "mlp",
-}
-
-
-def mutate(cfg: native.ModelConfig, kind: str, draw, placements: Sequence[str] = ("pre",)
-           ) -> tuple[native.ModelConfig, str]:
-    """``(cfg with one feature changed in every layer or in the model, the text its refusal must
-    contain)``: see :data:`MUTATIONS`. ``placements`` are the ones the format allows."""
-    changed = _mutate(cfg, kind, draw, placements)
-    return changed if isinstance(changed, tuple) else (changed, MUTATIONS[kind])
-
-
-def _mutate(cfg, kind, draw, placements):
-    def layers(fn):
-        return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers([fn(b) for b in cfg.decoder.layers()]))
-
-    def attn(**changes):
-        return layers(lambda b: dataclasses.replace(b, attention=dataclasses.replace(b.attention, **changes)))
-
-    def mlp(**changes):
-        return layers(lambda b: dataclasses.replace(b, mlp=dataclasses.replace(b.mlp, **changes)))
-
-    block = cfg.decoder.blocks[0]
-    a = block.attention
-    if kind in ("q_bias_flip", "o_bias_flip"):
-        name = kind.removesuffix("_flip")
-        return attn(**{name: not getattr(a, name)})
-    if kind == "qk_norm":
-        return attn(qk_norm=None if a.qk_norm is not None else native.RMSNormConfig(eps=1e-6))
-    if kind == "qk_norm_scope":
-        norm = a.qk_norm or native.RMSNormConfig(eps=1e-6)
-        return attn(qk_norm=norm, qk_norm_scope="head" if a.qk_norm_scope == "full" else "full")
-    if kind == "mlp_gated_flip":
-        return mlp(gated=not block.mlp.gated)
-    if kind == "mlp_bias_flip":
-        return mlp(bias=not block.mlp.bias)
-    if kind == "norm_kind":
-        eps = block.norm.eps
-        other = native.LayerNormConfig(eps=eps) if isinstance(block.norm, native.RMSNormConfig) else native.RMSNormConfig(eps=eps)
-        return layers(lambda b: dataclasses.replace(b, norm=other))
-    if kind == "norm_bias_off":
-        return layers(lambda b: dataclasses.replace(b, norm=native.LayerNormConfig(eps=b.norm.eps, bias=False)))
-    if kind == "final_norm_eps":
-        return dataclasses.replace(cfg, final_norm=dataclasses.replace(cfg.final_norm, eps=cfg.final_norm.eps * 2))
-    if kind == "placement":
-        others = [p for p in native.config.PLACEMENTS if p not in placements]
-        return layers(lambda b: dataclasses.replace(b, placement=draw(st.sampled_from(others))))
-    if kind == "no_rotary":
-        return attn(rotary=native.NoRotary())
-    if kind == "partial_rotary":
-        half = draw(st.integers(1, max(1, (a.head_dim - 1) // 2)))
-        fraction = bb.fraction_for(2 * half, a.head_dim) if a.head_dim >= 3 else 1.0
-        if fraction == 1.0:  # no partial rotation fits head_dim 2: refuse rotary altogether
-            return attn(rotary=native.NoRotary()), "rotary"
-        return attn(rotary=native.DefaultRotary(theta=10000.0, fraction=fraction))
-    if kind == "window":
-        return attn(window=draw(bb.windows()))
-    if kind == "window_pattern":
-        blocks = cfg.decoder.layers()
-        if len(blocks) == 1:
-            blocks = blocks * 2
-        new = [dataclasses.replace(b, attention=dataclasses.replace(b.attention, window=3 if i % 2 == 0 else None))
-               for i, b in enumerate(blocks)]
-        return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers(new))
-    if kind == "multiplier":
-        return dataclasses.replace(cfg, embeddings=dataclasses.replace(cfg.embeddings, multiplier=2.0))
-    if kind == "final_softcap":
-        return dataclasses.replace(cfg, head=dataclasses.replace(cfg.head, final_softcap=30.0))
-    if kind == "logit_softcap":
-        return attn(logit_softcap=50.0)
-    if kind == "softmax_scale":
-        return attn(softmax_scale=0.5)
-    if kind == "moe":
-        return layers(lambda b: dataclasses.replace(b, mlp=native.MoEConfig(experts=2, top_k=1, intermediate=4)))
-    raise ValueError(f"unknown mutation {kind!r}; choose from {MUTATIONS}")
-
-
-@st.composite
-def unrepresentable(draw, configs: st.SearchStrategy[native.ModelConfig], kinds: Sequence[str],
-                    placements: Sequence[str] = ("pre",)):
-    """``(cfg, field)``: an accepted config with one of ``kinds`` of :data:`MUTATIONS` applied, and
-    the text the ``ConversionError`` must contain."""
-    kind = draw(st.sampled_from(tuple(kinds)))
-    return mutate(draw(configs), kind, draw, placements)
 
 
 # ------------------------------------------------------------------------- real-file forms

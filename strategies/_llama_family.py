@@ -20,7 +20,7 @@ import native
 
 from . import _hf_common as hc
 from . import building_blocks as bb
-from .moe_common import mutate_attention, mutate_block, mutate_mlp
+from ._mutations import at_least_layers, every_attention, mutate_attention, mutate_block, mutate_mlp
 
 
 # ------------------------------------------------------------------------------------ HF dicts
@@ -53,7 +53,7 @@ def hf_configs(draw, model_type: str, architecture: str, *, hidden_multiple_of_h
         from .qwen2_moe import window_keys
 
         hf.update(draw(window_keys(num_layers)))
-    hf.update(draw(hc.rope_keys(draw(hc.rotary_for(layout.head_dim, max_position)))))
+    hf.update(draw(hc.rope_keys(draw(hc.rope_parameters(layout.head_dim, max_position)))))
     hf.update(draw(hc.token_and_training_keys(vocab)))
     for key in carried:
         if draw(st.booleans()):
@@ -75,17 +75,6 @@ def examples(model_type: str, real: str | None, small: Callable[[dict], dict] | 
 
 
 # ---------------------------------------------------------------------------- unrepresentable
-def _all_layers(cfg: native.ModelConfig, **attention) -> native.ModelConfig:
-    layers = [dataclasses.replace(b, attention=dataclasses.replace(b.attention, **attention)) for b in cfg.decoder.layers()]
-    return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers(layers))
-
-
-def _two_layers(cfg: native.ModelConfig) -> native.ModelConfig:
-    if cfg.num_layers >= 2:
-        return cfg
-    return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers(cfg.decoder.layers() * 2))
-
-
 def common_breaks(cfg: native.ModelConfig, layer: int) -> dict[str, native.ModelConfig]:
     """Changes no Llama-family format can express, keyed by the field the refusal must name."""
     block = cfg.decoder.layer(layer)
@@ -107,7 +96,7 @@ def common_breaks(cfg: native.ModelConfig, layer: int) -> dict[str, native.Model
     if a.head_dim >= 4:
         out["fraction"] = mutate_attention(cfg, layer, rotary=native.DefaultRotary(
             fraction=bb.fraction_for(2, a.head_dim)))
-    two = _two_layers(cfg)
+    two = at_least_layers(cfg, 2)
     first = two.decoder.layer(0).attention
     out["attention.heads"] = mutate_attention(two, 0, heads=first.heads * 2, kv_heads=first.kv_heads * 2)
     return out
@@ -128,8 +117,8 @@ def bias_breaks(cfg: native.ModelConfig, layer: int, allowed: tuple[bb.BiasPatte
 def window_breaks(cfg: native.ModelConfig, kind: str) -> dict[str, native.ModelConfig]:
     """Windows the format cannot hold: any window (``none``), or two sizes at once."""
     if kind == "none":
-        return {"attention.window": _all_layers(cfg, window=3)}
-    two = _two_layers(cfg)
+        return {"attention.window": every_attention(cfg, window=3)}
+    two = at_least_layers(cfg, 2)
     return {"attention.window": mutate_attention(mutate_attention(two, 0, window=2), 1, window=5)}
 
 

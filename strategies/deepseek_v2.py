@@ -17,6 +17,7 @@ import native
 
 from . import _deepseek as ds
 from . import _hf_common as _hc
+from . import _mutations as mu
 from . import moe_common as mc
 
 MODEL_TYPE = "deepseek_v2"
@@ -69,7 +70,7 @@ BREAKERS = {
     "score_bias": ds.moe_breaker(_make, score_bias=True),
     "group_score": ds.moe_breaker(_make, fresh=True, group_score="top2_sum"),
     "normalize_top_k": ds.moe_breaker(_make, normalize_top_k=True),
-    "hidden_size": lambda cfg, i, draw: mc.mutate_attention(cfg, i, heads=cfg.hidden_size + 1),
+    "hidden_size": lambda cfg, i, draw: mu.mutate_attention(cfg, i, heads=cfg.hidden_size + 1),
 }
 
 

@@ -12,7 +12,7 @@ What HF Gemma (transformers 5.x ``GemmaConfig``/``modeling_gemma``) can express,
 - rotary: default, linear, dynamic, llama3, yarn, longrope over the whole head;
 - no window, softcap, softmax scale, q/k norm.
 
-The HF strategies here (:func:`optional_keys`, :func:`rope_forms`, :func:`hf_extras`) are shared by
+The HF strategies here (:func:`optional_keys`, :func:`rope_keys`, :func:`hf_extras`) are shared by
 the Gemma2 and Gemma3 modules. HF dicts are written independently of the converter (the pieces come
 from :mod:`strategies._hf_common`).
 """
@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 import native
 
 from . import _hf_common as hc
+from . import _mutations as mu
 from . import building_blocks as bb
 from .generic import native_configs as _native_configs
 
@@ -50,22 +51,6 @@ def native_configs(**overrides) -> st.SearchStrategy[native.ModelConfig]:
 
 
 # ------------------------------------------------------------------------------- unrepresentable
-def _replace_blocks(cfg: native.ModelConfig, layers: list[native.BlockConfig]) -> native.ModelConfig:
-    return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers(layers))
-
-
-def _map_blocks(cfg: native.ModelConfig, fn) -> native.ModelConfig:
-    return _replace_blocks(cfg, [fn(b) for b in cfg.decoder.layers()])
-
-
-def _attention(cfg, **changes):
-    return _map_blocks(cfg, lambda b: dataclasses.replace(b, attention=dataclasses.replace(b.attention, **changes)))
-
-
-def _mlp(cfg, **changes):
-    return _map_blocks(cfg, lambda b: dataclasses.replace(b, mlp=dataclasses.replace(b.mlp, **changes)))
-
-
 def _partial_rotary(cfg):
     def fn(block):
         a = block.attention
@@ -73,52 +58,43 @@ def _partial_rotary(cfg):
         rotary = native.DefaultRotary(theta=getattr(a.rotary, "theta", 10000.0),
                                       fraction=bb.fraction_for(2 * max(1, head_dim // 4), head_dim))
         return dataclasses.replace(block, attention=dataclasses.replace(a, head_dim=head_dim, rotary=rotary))
-    return _map_blocks(cfg, fn)
-
-
-def _second_block(cfg, **changes):
-    """Layer 0 differs from the others (a two-layer minimum is enforced)."""
-    layers = cfg.decoder.layers()
-    if len(layers) < 2:
-        layers = layers * 2
-    first = layers[0]
-    layers[0] = dataclasses.replace(first, attention=dataclasses.replace(first.attention, **changes))
-    return _replace_blocks(cfg, layers)
+    return mu.every_block(cfg, fn)
 
 
 #: (native field the error must name, how to break a valid config). Shared with Gemma2/3, which
 #: override entries by key.
 BREAKS: dict[str, tuple[str, Any]] = {
-    "placement": ("placement", lambda cfg, draw: _map_blocks(cfg, lambda b: dataclasses.replace(
+    "placement": ("placement", lambda cfg, draw: mu.every_block(cfg, lambda b: dataclasses.replace(
         b, placement=draw(st.sampled_from(("post", "sandwich", "parallel")))))),
-    "layer_norm": ("norm", lambda cfg, draw: _map_blocks(cfg, lambda b: dataclasses.replace(
+    "layer_norm": ("norm", lambda cfg, draw: mu.every_block(cfg, lambda b: dataclasses.replace(
         b, norm=native.LayerNormConfig(eps=b.norm.eps, bias=draw(st.booleans()))))),
-    "qk_norm": ("attention.qk_norm", lambda cfg, draw: _attention(cfg, qk_norm=native.RMSNormConfig(
+    "qk_norm": ("attention.qk_norm", lambda cfg, draw: mu.every_attention(cfg, qk_norm=native.RMSNormConfig(
         eps=1e-6, zero_centered=True))),
-    "gain_stored": ("zero_centered", lambda cfg, draw: _map_blocks(cfg, lambda b: dataclasses.replace(
+    "gain_stored": ("zero_centered", lambda cfg, draw: mu.every_block(cfg, lambda b: dataclasses.replace(
         b, norm=dataclasses.replace(b.norm, zero_centered=False)))),
     "partial_rotary": ("fraction", lambda cfg, draw: _partial_rotary(cfg)),
-    "no_rotary": ("rotary", lambda cfg, draw: _attention(cfg, rotary=native.NoRotary())),
+    "no_rotary": ("rotary", lambda cfg, draw: mu.every_attention(cfg, rotary=native.NoRotary())),
     "multiplier": ("embeddings.multiplier", lambda cfg, draw: dataclasses.replace(
         cfg, embeddings=dataclasses.replace(cfg.embeddings, multiplier=draw(st.one_of(
             st.none(), bb.positive_floats(0.5, 10.0)).filter(lambda m: m != cfg.hidden_size ** 0.5))))),
-    "window": ("attention.window", lambda cfg, draw: _attention(cfg, window=draw(bb.windows()))),
-    "softmax_scale": ("attention.softmax_scale", lambda cfg, draw: _attention(
+    "window": ("attention.window", lambda cfg, draw: mu.every_attention(cfg, window=draw(bb.windows()))),
+    "softmax_scale": ("attention.softmax_scale", lambda cfg, draw: mu.every_attention(
         cfg, softmax_scale=draw(bb.positive_floats(0.05, 1.0)))),
-    "attention_softcap": ("attention.logit_softcap", lambda cfg, draw: _attention(
+    "attention_softcap": ("attention.logit_softcap", lambda cfg, draw: mu.every_attention(
         cfg, logit_softcap=draw(bb.positive_floats(0.5, 60.0)))),
     "final_softcap": ("head.final_softcap", lambda cfg, draw: dataclasses.replace(
         cfg, head=native.HeadConfig(tied=cfg.head.tied, final_softcap=draw(bb.positive_floats(0.5, 60.0))))),
-    "mlp_bias": ("bias", lambda cfg, draw: _mlp(cfg, bias=True)),
-    "ungated": ("gated", lambda cfg, draw: _mlp(cfg, gated=False)),
-    "exact_gelu": ("activation", lambda cfg, draw: _mlp(cfg, activation="gelu")),
-    "moe": ("mlp", lambda cfg, draw: _map_blocks(cfg, lambda b: dataclasses.replace(
+    "mlp_bias": ("bias", lambda cfg, draw: mu.every_mlp(cfg, bias=True)),
+    "ungated": ("gated", lambda cfg, draw: mu.every_mlp(cfg, gated=False)),
+    "exact_gelu": ("activation", lambda cfg, draw: mu.every_mlp(cfg, activation="gelu")),
+    "moe": ("mlp", lambda cfg, draw: mu.every_block(cfg, lambda b: dataclasses.replace(
         b, mlp=native.MoEConfig(experts=2, top_k=1, intermediate=4, activation="silu")))),
-    "bias_pattern": ("bias", lambda cfg, draw: _attention(cfg, q_bias=True, k_bias=True, v_bias=True, o_bias=False)),
+    "bias_pattern": ("bias", lambda cfg, draw: mu.every_attention(cfg, q_bias=True, k_bias=True, v_bias=True, o_bias=False)),
     "two_eps": ("rms_norm_eps", lambda cfg, draw: dataclasses.replace(
         cfg, final_norm=dataclasses.replace(cfg.final_norm, eps=cfg.final_norm.eps * 2))),
-    "heads_differ": ("attention.heads", lambda cfg, draw: _second_block(
-        cfg, heads=cfg.decoder.layer(0).attention.heads * 2, kv_heads=cfg.decoder.layer(0).attention.kv_heads * 2)),
+    "heads_differ": ("attention.heads", lambda cfg, draw: mu.mutate_attention(
+        mu.at_least_layers(cfg, 2), 0, heads=cfg.decoder.layer(0).attention.heads * 2,
+        kv_heads=cfg.decoder.layer(0).attention.kv_heads * 2)),
 }
 
 
@@ -137,25 +113,6 @@ def unrepresentable_configs(breaks: dict | None = None, base: st.SearchStrategy 
 
 
 # ------------------------------------------------------------------------------------- HF dicts
-@st.composite
-def rope_forms(draw, params: dict[str, Any]) -> dict[str, Any]:
-    """One rope dict in the v5 form (``rope_parameters``) or the v4 form (top-level ``rope_theta`` and
-    a ``rope_scaling`` keyed by ``type`` or ``rope_type``, or none for default rope)."""
-    form = draw(st.sampled_from(("v5", "v4")))
-    if form == "v5":
-        return {"rope_parameters": dict(params)}
-    scaling = {k: v for k, v in params.items() if k != "rope_theta"}
-    out: dict[str, Any] = {"rope_theta": params["rope_theta"]}
-    if scaling["rope_type"] == "default":
-        if draw(st.booleans()):
-            out["rope_scaling"] = None
-    else:
-        if draw(st.booleans()):
-            scaling["type"] = scaling.pop("rope_type")
-        out["rope_scaling"] = scaling
-    return out
-
-
 @st.composite
 def hf_extras(draw, vocab_size: int, model_type: str, architecture: str) -> dict[str, Any]:
     """The keys real configs carry that do not change the forward pass (token ids below the vocab)."""
@@ -191,8 +148,8 @@ def optional_keys(layout: bb.HeadLayout) -> dict[str, st.SearchStrategy]:
 
 @st.composite
 def rope_keys(draw, head_dim: int, max_position: int) -> dict[str, Any]:
-    """One rotary for every layer, in the v5 or the v4 form (:func:`rope_forms`)."""
-    return draw(rope_forms(draw(hc.rope_parameters(head_dim, max_position))))
+    """One rotary for every layer, v5 or v4 (default rope without ``rope_scaling`` or ``null``)."""
+    return draw(hc.rope_keys(draw(hc.rope_parameters(head_dim, max_position)), default_scaling=("absent", "null")))
 
 
 @st.composite

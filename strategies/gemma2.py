@@ -23,9 +23,10 @@ from converters.sliding import FULL, SLIDING
 from native.feedforward_config import ACTIVATIONS
 
 from . import _hf_common as hc
+from . import _mutations as mu
 from . import building_blocks as bb
 from . import gemma
-from .gemma import BREAKS as _GEMMA_BREAKS, CONSTRAINTS as _GEMMA, _attention, _broken, scaled_down
+from .gemma import BREAKS as _GEMMA_BREAKS, CONSTRAINTS as _GEMMA, _broken, scaled_down
 from .generic import native_configs as _native_configs
 
 MODEL_TYPE = "gemma2"
@@ -54,7 +55,7 @@ def scale_for(scalar: int | None, head_dim: int) -> float | None:
 def with_query_pre_attn_scalar(draw, cfg: native.ModelConfig) -> native.ModelConfig:
     """One ``query_pre_attn_scalar`` for the whole model (HF has one key): head_dim, or 1..512."""
     scalar = draw(st.one_of(st.none(), st.integers(1, 512)))
-    return _attention(cfg, softmax_scale=scale_for(scalar, cfg.decoder.layer(0).attention.head_dim))
+    return mu.every_attention(cfg, softmax_scale=scale_for(scalar, cfg.decoder.layer(0).attention.head_dim))
 
 
 @st.composite
@@ -65,18 +66,15 @@ def native_configs(draw, **overrides) -> native.ModelConfig:
 
 # ------------------------------------------------------------------------------- unrepresentable
 def _two_windows(cfg, draw):
-    layers = cfg.decoder.layers()
-    layers = layers if len(layers) >= 2 else layers * 2
     w = draw(bb.windows(7))
-    layers = [dataclasses.replace(b, attention=dataclasses.replace(b.attention, window=w + (i > 0)))
-              for i, b in enumerate(layers)]
-    return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers(layers))
+    return mu.with_layers(cfg, [dataclasses.replace(b, attention=dataclasses.replace(b.attention, window=w + (i > 0)))
+                                for i, b in enumerate(mu.at_least_layers(cfg, 2).decoder.layers())])
 
 
 def _hidden_not_multiple(cfg, draw):
     a = cfg.decoder.layer(0).attention
     if a.heads == 1:
-        cfg = _attention(cfg, heads=2, kv_heads=1)
+        cfg = mu.every_attention(cfg, heads=2, kv_heads=1)
     hidden = cfg.hidden_size + 1 if cfg.hidden_size % 2 == 0 else cfg.hidden_size
     hidden = hidden if hidden % cfg.decoder.layer(0).attention.heads else hidden + 1
     return dataclasses.replace(cfg, hidden_size=hidden,
@@ -86,12 +84,11 @@ def _hidden_not_multiple(cfg, draw):
 BREAKS = {
     **{k: v for k, v in _GEMMA_BREAKS.items()
        if k not in ("window", "attention_softcap", "final_softcap", "exact_gelu", "softmax_scale", "placement")},
-    "placement": ("placement", lambda cfg, draw: dataclasses.replace(
-        cfg, decoder=native.DecoderConfig.from_layers([dataclasses.replace(
-            b, placement=draw(st.sampled_from(("pre", "post", "parallel")))) for b in cfg.decoder.layers()]))),
-    "softmax_scale": ("attention.softmax_scale", lambda cfg, draw: _attention(
+    "placement": ("placement", lambda cfg, draw: mu.every_block(cfg, lambda b: dataclasses.replace(
+        b, placement=draw(st.sampled_from(("pre", "post", "parallel")))))),
+    "softmax_scale": ("attention.softmax_scale", lambda cfg, draw: mu.every_attention(
         cfg, softmax_scale=draw(bb.positive_floats(0.05, 1.0).filter(lambda s: round(s ** -2) ** -0.5 != s)))),
-    "softmax_scale_default": ("attention.softmax_scale", lambda cfg, draw: _attention(
+    "softmax_scale_default": ("attention.softmax_scale", lambda cfg, draw: mu.every_attention(
         cfg, softmax_scale=cfg.decoder.layer(0).attention.head_dim ** -0.5)),
     "windows_differ": ("attention.window", _two_windows),
     "hidden_not_multiple": ("hidden_size", _hidden_not_multiple),
@@ -100,11 +97,8 @@ BREAKS = {
 
 
 def _layer0(cfg, **changes):
-    layers = cfg.decoder.layers()
-    layers = layers if len(layers) >= 2 else layers * 2
-    first = layers[0]
-    layers[0] = dataclasses.replace(first, attention=dataclasses.replace(first.attention, **changes))
-    return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers(layers))
+    """Layer 0 differs from the others (a two-layer minimum is enforced)."""
+    return mu.mutate_attention(mu.at_least_layers(cfg, 2), 0, **changes)
 
 
 def unrepresentable_configs() -> st.SearchStrategy[tuple[native.ModelConfig, str]]:

@@ -20,9 +20,10 @@ from hypothesis import strategies as st
 import native
 
 from . import _hf_common as hc
+from . import _mutations as mu
 from . import building_blocks as bb
 from . import gemma2
-from .gemma import _attention, _broken, _map_blocks, scaled_down
+from .gemma import _broken, scaled_down
 from .gemma2 import BREAKS as _GEMMA2_BREAKS, CONSTRAINTS as _GEMMA2, FULL, SLIDING, _layer0, with_query_pre_attn_scalar
 from .generic import native_configs as _native_configs
 
@@ -54,7 +55,7 @@ def native_configs(draw, **overrides) -> native.ModelConfig:
     mixed = _native_configs(**constraints)
     uniform = _native_configs(**{**constraints, **UNIFORM})
     cfg = draw(with_query_pre_attn_scalar(draw(st.one_of(mixed, uniform))))
-    return hc.hf_buildable(_map_blocks(cfg, lambda b: dataclasses.replace(
+    return hc.hf_buildable(mu.every_block(cfg, lambda b: dataclasses.replace(
         b, attention=dataclasses.replace(b.attention, rotary=_truncating(b.attention.rotary)))))
 
 
@@ -62,31 +63,29 @@ def _yarn_not_truncating(cfg, draw):
     a = cfg.decoder.layer(0).attention
     yarn = native.YarnRotary(theta=10000.0, original_max_position_embeddings=min(4, cfg.max_position_embeddings),
                              truncate=False)
-    return _attention(cfg, rotary=yarn, head_dim=max(a.head_dim, 2))
+    return mu.every_attention(cfg, rotary=yarn, head_dim=max(a.head_dim, 2))
 
 
 # ------------------------------------------------------------------------------- unrepresentable
 def _rotary_differs_in_type(cfg, draw):
     """Two layers of the same type (both full) with different rotary thetas."""
-    layers = [dataclasses.replace(b, attention=dataclasses.replace(b.attention, window=None))
-              for b in cfg.decoder.layers()]
-    layers = layers if len(layers) >= 2 else layers * 2
+    layers = mu.at_least_layers(mu.every_attention(cfg, window=None), 2).decoder.layers()
     a = layers[0].attention
     layers[0] = dataclasses.replace(layers[0], attention=dataclasses.replace(
         a, rotary=native.DefaultRotary(theta=draw(bb.thetas()))))
     layers[1] = dataclasses.replace(layers[1], attention=dataclasses.replace(
         a, rotary=native.DefaultRotary(theta=layers[0].attention.rotary.theta + 1.0)))
-    return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers(layers))
+    return mu.with_layers(cfg, layers)
 
 
 BREAKS = {
     **{k: v for k, v in _GEMMA2_BREAKS.items() if k not in ("qk_norm", "softcaps_differ")},
-    "attention_softcap": ("attention.logit_softcap", lambda cfg, draw: _attention(
+    "attention_softcap": ("attention.logit_softcap", lambda cfg, draw: mu.every_attention(
         cfg, logit_softcap=draw(bb.positive_floats(0.5, 60.0)))),
-    "no_qk_norm": ("attention.qk_norm", lambda cfg, draw: _attention(cfg, qk_norm=None)),
-    "qk_layer_norm": ("attention.qk_norm", lambda cfg, draw: _attention(
+    "no_qk_norm": ("attention.qk_norm", lambda cfg, draw: mu.every_attention(cfg, qk_norm=None)),
+    "qk_layer_norm": ("attention.qk_norm", lambda cfg, draw: mu.every_attention(
         cfg, qk_norm=native.LayerNormConfig(eps=cfg.final_norm.eps, bias=False))),
-    "qk_norm_full": ("attention.qk_norm_scope", lambda cfg, draw: _attention(cfg, qk_norm_scope="full")),
+    "qk_norm_full": ("attention.qk_norm_scope", lambda cfg, draw: mu.every_attention(cfg, qk_norm_scope="full")),
     "rotary_differs": ("attention.rotary", _rotary_differs_in_type),
     "yarn_no_truncate": ("truncate", _yarn_not_truncating),
     "qk_eps_differs": ("rms_norm_eps", lambda cfg, draw: _layer0(cfg, qk_norm=dataclasses.replace(

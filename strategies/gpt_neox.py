@@ -8,12 +8,12 @@ from hypothesis import strategies as st
 import native
 
 from . import _hf_common as hc
+from . import _mutations as mu
 from . import building_blocks as bb
 from .generic import native_configs as generic_configs
 
 MODEL_TYPE = "gpt_neox"
 ARCHITECTURE = "GPTNeoXForCausalLM"
-ROPE_KINDS = hc.ROPE_KINDS
 DEFAULT_ROTARY_PCT = 0.25
 
 
@@ -40,8 +40,7 @@ def hf_configs(draw):
     layouts = bb.head_layouts(max_group=1, max_q_width=bb.MAX_HIDDEN, even_head_dim=False, min_head_dim=3)
     hf, layout = draw(hc.hf_sizes(MODEL_TYPE, hidden=("heads_times_head_dim",), layouts=layouts, kv_heads="never"))
     hf["layer_norm_eps"] = draw(bb.epsilons())
-    params = draw(hc.rope_parameters(layout.head_dim, hf["max_position_embeddings"], ROPE_KINDS,
-                                     fractions=("partial", "full")))
+    params = draw(hc.rope_parameters(layout.head_dim, hf["max_position_embeddings"], fractions=("partial", "full")))
     hf.update(draw(hc.optional_keys({
         "hidden_act": bb.choice(("gelu", "gelu_pytorch_tanh", "silu", "relu")),
         "use_parallel_residual": st.booleans(), "attention_bias": st.booleans(), "tie_word_embeddings": st.booleans(),
@@ -91,8 +90,7 @@ def _attention_shape(draw):
     a = cfg.decoder.blocks[0].attention
     if draw(st.booleans()):
         heads = 2 * a.heads
-        layers = [dataclasses.replace(b, attention=dataclasses.replace(b.attention, heads=heads)) for b in cfg.decoder.layers()]
-        return dataclasses.replace(cfg, hidden_size=heads * a.head_dim, decoder=native.DecoderConfig.from_layers(layers)), "kv_heads"
+        return dataclasses.replace(mu.every_attention(cfg, heads=heads), hidden_size=heads * a.head_dim), "kv_heads"
     return dataclasses.replace(cfg, hidden_size=cfg.hidden_size + draw(st.integers(1, 3))), "head_dim"
 
 
@@ -101,7 +99,7 @@ def unrepresentable_configs() -> st.SearchStrategy[tuple[native.ModelConfig, str
     ``head_dim``, a q/k norm, a gated or bias-free MLP, RMSNorm or a bias-free LayerNorm, post/
     sandwich placement, no rotary, a window, a lone q or o bias, two norm epsilons, an embedding
     multiplier, softcaps, a softmax scale, MoE), and the text the refusal must contain."""
-    return st.one_of(hc.unrepresentable(native_configs(), REFUSED, placements=("parallel", "pre")), _attention_shape())
+    return st.one_of(mu.unrepresentable(native_configs(), REFUSED, placements=("parallel", "pre")), _attention_shape())
 
 
 hf_configs = hc.with_real_file_forms(hf_configs, MODEL_TYPE)

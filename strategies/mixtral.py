@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 import native
 
 from . import _hf_common as hc
+from . import _mutations as mu
 from . import building_blocks as bb
 from . import moe_common as mc
 from .generic import native_configs as generic_configs
@@ -43,19 +44,19 @@ def hf_configs(draw) -> dict:
 
 
 def _other_experts(cfg, draw):
-    return mc.mutate_mlp(cfg, 1, experts=cfg.decoder.layer(1).mlp.experts + 1)
+    return mu.mutate_mlp(cfg, 1, experts=cfg.decoder.layer(1).mlp.experts + 1)
 
 
 #: field → breaker (see strategies.moe_common.broken)
 BREAKERS = {
     **mc.COMMON_BREAKERS,
-    "qk_norm": lambda cfg, i, draw: mc.mutate_attention(cfg, i, qk_norm=native.RMSNormConfig(eps=1e-6)),
-    "q_bias": lambda cfg, i, draw: mc.mutate_attention(cfg, i, q_bias=True),
-    "o_bias": lambda cfg, i, draw: mc.mutate_attention(cfg, i, o_bias=True),
-    "mlp.kind": lambda cfg, i, draw: mc.mutate_block(cfg, i, mlp=native.MLPConfig(
+    "qk_norm": lambda cfg, i, draw: mu.mutate_attention(cfg, i, qk_norm=native.RMSNormConfig(eps=1e-6)),
+    "q_bias": lambda cfg, i, draw: mu.mutate_attention(cfg, i, q_bias=True),
+    "o_bias": lambda cfg, i, draw: mu.mutate_attention(cfg, i, o_bias=True),
+    "mlp.kind": lambda cfg, i, draw: mu.mutate_block(cfg, i, mlp=native.MLPConfig(
         intermediate=cfg.decoder.layer(i).mlp.intermediate, activation=cfg.decoder.layer(i).mlp.activation)),
-    "normalize_top_k": lambda cfg, i, draw: mc.mutate_mlp(cfg, i, normalize_top_k=False),
-    "shared_intermediate": lambda cfg, i, draw: mc.mutate_mlp(cfg, i, shared_intermediate=draw(bb.intermediate_sizes(32))),
+    "normalize_top_k": lambda cfg, i, draw: mu.mutate_mlp(cfg, i, normalize_top_k=False),
+    "shared_intermediate": lambda cfg, i, draw: mu.mutate_mlp(cfg, i, shared_intermediate=draw(bb.intermediate_sizes(32))),
     "attention.window": mc.second_layer(mc.two_windows),
     "experts": mc.second_layer(_other_experts),
 }

@@ -1,12 +1,12 @@
-"""Pieces shared by the MoE strategies (mixtral, qwen2_moe, qwen3_moe; the DeepSeek ones use the
-mutations).
+"""Pieces shared by the MoE strategies (mixtral, qwen2_moe, qwen3_moe; the DeepSeek ones draw their
+refusals with :func:`broken` too).
 
 HF side: :func:`hf_base`, the keys the MoE classes share beyond the sizes (``_hf_common`` holds the
 pieces every architecture uses). Everything is small (hidden <= 48, <= 3 layers, <= 6 experts,
 vocab <= 97).
 
-Native side: :data:`COMMON_BREAKERS` (single changes no MoE format here can express, keyed by the
-field the refusal must name) and the ``mutate_*`` helpers the per-architecture modules add their own with.
+Native side: :data:`COMMON_BREAKERS`, single changes no MoE format here can express, keyed by the
+field the refusal must name (the per-architecture modules add their own, from :mod:`strategies._mutations`).
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import native
 
 from . import _hf_common as hc
 from . import building_blocks as bb
+from ._mutations import at_least_layers, mutate_attention, mutate_block, partial_rotary
 
 
 @st.composite
@@ -33,71 +34,19 @@ def hf_base(draw, model_type: str, architecture: str, *, null_head_dim: bool = F
                                   head_dim="any_or_null" if null_head_dim else "any"))
     hf.update(rms_norm_eps=draw(bb.epsilons()), tie_word_embeddings=draw(st.booleans()),
               hidden_act=draw(st.sampled_from(sorted(hc.ACTIVATIONS.values()))))
-    rotary = draw(hc.rotary_for(layout.head_dim, hf["max_position_embeddings"]))
-    if longrope_head_dim and rotary.kind == "longrope":
+    params = draw(hc.rope_parameters(layout.head_dim, hf["max_position_embeddings"]))
+    if longrope_head_dim and params["rope_type"] == "longrope":
         hf["head_dim"] = layout.head_dim
-    hf.update(draw(hc.rope_keys(rotary)))
+    hf.update(draw(hc.rope_keys(params)))
     hf.update(draw(hc.token_and_training_keys(hf["vocab_size"], training)))
     hf.update(draw(hc.file_keys(architecture, **hc.LATER_FILES)))
     return hf
 
 
-# ------------------------------------------------------------------------- native mutations
+# ------------------------------------------------------------------------------------ breakers
 # Unrepresentable configs are drawn field first (uniformly over a fixed list of breakers), then a
 # layer the breaker applies to; a breaker that needs a layer the config lacks (a second layer, a
 # sparse or a dense one) makes one. So every refusal is reached about equally often.
-
-def mutate_block(cfg: native.ModelConfig, layer: int, **changes) -> native.ModelConfig:
-    layers = cfg.decoder.layers()
-    layers[layer] = dataclasses.replace(layers[layer], **changes)
-    return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers(layers))
-
-
-def mutate_attention(cfg, layer, **changes):
-    block = cfg.decoder.layer(layer)
-    return mutate_block(cfg, layer, attention=dataclasses.replace(block.attention, **changes))
-
-
-def mutate_mlp(cfg, layer, **changes):
-    block = cfg.decoder.layer(layer)
-    return mutate_block(cfg, layer, mlp=dataclasses.replace(block.mlp, **changes))
-
-
-def at_least_layers(cfg: native.ModelConfig, n: int) -> native.ModelConfig:
-    """``cfg`` with its last layer repeated up to ``n`` layers."""
-    layers = cfg.decoder.layers()
-    layers += [layers[-1]] * (n - len(layers))
-    return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers(layers))
-
-
-def layers_of(cfg: native.ModelConfig, kind: type, make, count: int = 1) -> tuple[native.ModelConfig, list[int]]:
-    """``cfg`` with at least ``count`` layers whose ``mlp`` is a ``kind`` (made by ``make(cfg)`` from
-    the last layers when missing, adding layers if needed), and the indices of those layers."""
-    cfg = at_least_layers(cfg, count)
-    have = [i for i, b in enumerate(cfg.decoder.layers()) if isinstance(b.mlp, kind)]
-    for i in reversed(range(cfg.num_layers)):
-        if len(have) >= count:
-            break
-        if i not in have:
-            cfg = mutate_block(cfg, i, mlp=make(cfg))
-            have.append(i)
-    return cfg, sorted(have)
-
-
-def other_activation(activation: str) -> str:
-    return "relu" if activation != "relu" else "silu"
-
-
-def partial_rotary(cfg: native.ModelConfig) -> native.ModelConfig:
-    """Every layer rotating 2 of its (at least 4) head dims."""
-    layers = []
-    for block in cfg.decoder.layers():
-        head_dim = max(4, block.attention.head_dim)
-        rotary = native.DefaultRotary(theta=10000.0, fraction=bb.fraction_for(2, head_dim))
-        layers.append(dataclasses.replace(block, attention=dataclasses.replace(block.attention, head_dim=head_dim,
-                                                                                rotary=rotary)))
-    return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers(layers))
-
 
 def second_layer(mutate):
     """A breaker making layer 1 (added when missing) differ from layer 0: ``mutate(cfg, draw)``."""

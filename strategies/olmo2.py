@@ -6,12 +6,12 @@ from hypothesis import strategies as st
 import native
 
 from . import _hf_common as hc
+from . import _mutations as mu
 from . import building_blocks as bb
 from .generic import native_configs as generic_configs
 
 MODEL_TYPE = "olmo2"
 ARCHITECTURE = "Olmo2ForCausalLM"
-ROPE_KINDS = hc.ROPE_KINDS
 
 
 def native_configs() -> st.SearchStrategy[native.ModelConfig]:
@@ -31,13 +31,14 @@ def hf_configs(draw):
         "rms_norm_eps": draw(bb.epsilons()),
         "attention_bias": draw(st.booleans()),
         "tie_word_embeddings": draw(st.booleans()),
-        "rope_parameters": draw(hc.rope_parameters(layout.head_dim, hf["max_position_embeddings"], ROPE_KINDS)),
         **draw(hc.token_ids(hf["vocab_size"])),
     })
     hf.update(draw(hc.optional_keys({"attention_dropout": hc.dropouts(), "initializer_range": st.sampled_from([0.02]),
                                      "use_cache": st.booleans()})))
     hf.update(draw(hc.file_keys(ARCHITECTURE)))
-    return draw(hc.v4_or_v5(hf))
+    params = draw(hc.rope_parameters(layout.head_dim, hf["max_position_embeddings"]))
+    hf.update(draw(hc.rope_keys(params, default_scaling=("null",))))
+    return hf
 
 
 def hf_examples() -> list[dict]:
@@ -61,7 +62,7 @@ def unrepresentable_configs() -> st.SearchStrategy[tuple[native.ModelConfig, str
     norm, another placement, LayerNorm, a biased or plain MLP, partial or no rotary, a window, a lone
     q or o bias, two norm epsilons, an embedding multiplier, softcaps, a softmax scale, MoE), and the
     text the refusal must contain."""
-    return hc.unrepresentable(native_configs(), REFUSED, placements=("post",))
+    return mu.unrepresentable(native_configs(), REFUSED, placements=("post",))
 
 
 hf_configs = hc.with_real_file_forms(hf_configs, MODEL_TYPE)

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 import native
 
 from . import _hf_common as hc
+from . import _mutations as mu
 from . import building_blocks as bb
 from .generic import native_configs as generic_configs
 
@@ -75,7 +76,7 @@ def hf_configs(draw):
     if draw(st.booleans()):  # v4: both keys top-level, the rest in rope_scaling
         fraction = params.pop("partial_rotary_factor")
         params.pop("original_max_position_embeddings", None)
-        hf = hc.v4_rope(hf, draw(st.sampled_from(["type", "rope_type"])))
+        hf.update(draw(hc.v4_rope_keys(hf.pop("rope_parameters"), default_scaling=("null",))))
         if fraction != 1.0 or draw(st.booleans()):
             hf["partial_rotary_factor"] = fraction
     return hf
@@ -95,7 +96,7 @@ def hf_examples() -> list[dict]:
     return [real, small, longrope]
 
 
-#: Mutations every Phi-3 config refuses (see strategies._hf_common.MUTATIONS).
+#: Mutations every Phi-3 config refuses (see strategies._mutations.MUTATIONS).
 REFUSED = ("q_bias_flip", "o_bias_flip", "qk_norm", "mlp_gated_flip", "mlp_bias_flip", "norm_kind",
            "final_norm_eps", "placement", "no_rotary", "window_pattern", "multiplier", "final_softcap",
            "logit_softcap", "softmax_scale", "moe")
@@ -110,10 +111,8 @@ def _longrope_head_dim(draw):
     n = a.rotary.rotary_dim(a.head_dim) // 2
     rotary = native.LongRopeRotary(theta=10000.0, fraction=a.rotary.fraction, short_factor=(1.0,) * n,
                                    long_factor=(2.0,) * n, original_max_position_embeddings=4, factor=2.0)
-    layers = [dataclasses.replace(b, attention=dataclasses.replace(b.attention, rotary=rotary))
-              for b in cfg.decoder.layers()]
-    return dataclasses.replace(cfg, hidden_size=a.heads * a.head_dim + draw(st.integers(1, 3)),
-                               decoder=native.DecoderConfig.from_layers(layers)), "head_dim"
+    return dataclasses.replace(mu.every_attention(cfg, rotary=rotary),
+                               hidden_size=a.heads * a.head_dim + draw(st.integers(1, 3))), "head_dim"
 
 
 def unrepresentable_configs() -> st.SearchStrategy[tuple[native.ModelConfig, str]]:
@@ -121,7 +120,7 @@ def unrepresentable_configs() -> st.SearchStrategy[tuple[native.ModelConfig, str
     feature of an accepted config changed (a bias, a q/k norm, a plain or biased MLP, LayerNorm,
     another placement, no rotary, per-layer windows, two norm epsilons, an embedding multiplier,
     softcaps, a softmax scale, MoE), or LongRoPE with a free ``head_dim``."""
-    return st.one_of(hc.unrepresentable(native_configs(), REFUSED), _longrope_head_dim())
+    return st.one_of(mu.unrepresentable(native_configs(), REFUSED), _longrope_head_dim())
 
 
 hf_configs = hc.with_real_file_forms(hf_configs, MODEL_TYPE)

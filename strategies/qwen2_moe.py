@@ -21,6 +21,7 @@ import native
 from converters.sliding import FULL, SLIDING
 
 from . import _hf_common as hc
+from . import _mutations as mu
 from . import building_blocks as bb
 from . import moe_common as mc
 from .generic import native_configs as generic_configs
@@ -59,9 +60,8 @@ def with_dense_layers(draw, cfg: native.ModelConfig) -> native.ModelConfig:
         return cfg
     moe = cfg.decoder.layer(0).mlp
     mlp = native.MLPConfig(intermediate=draw(bb.intermediate_sizes(32)), gated=True, activation=moe.activation)
-    layers = [dataclasses.replace(block, mlp=mlp) if flag else block
-              for flag, block in zip(dense, cfg.decoder.layers())]
-    return dataclasses.replace(cfg, decoder=native.DecoderConfig.from_layers(layers))
+    return mu.with_layers(cfg, [dataclasses.replace(block, mlp=mlp) if flag else block
+                                for flag, block in zip(dense, cfg.decoder.layers())])
 
 
 @st.composite
@@ -130,15 +130,15 @@ def make_dense(cfg: native.ModelConfig) -> native.MLPConfig:
 def on_sparse(change, count: int = 1, make=make_moe):
     """A breaker changing the last of ``count`` sparse layers (made when missing)."""
     def breaker(cfg, i, draw):
-        cfg, sparse = mc.layers_of(cfg, native.MoEConfig, make, count)
-        return mc.mutate_mlp(cfg, sparse[-1], **change(cfg.decoder.layer(sparse[-1]).mlp, draw))
+        cfg, sparse = mu.layers_of(cfg, native.MoEConfig, make, count)
+        return mu.mutate_mlp(cfg, sparse[-1], **change(cfg.decoder.layer(sparse[-1]).mlp, draw))
     return breaker
 
 
 def on_dense(change):
     def breaker(cfg, i, draw):
-        cfg, dense = mc.layers_of(cfg, native.MLPConfig, make_dense)
-        return mc.mutate_mlp(cfg, dense[0], **change)
+        cfg, dense = mu.layers_of(cfg, native.MLPConfig, make_dense)
+        return mu.mutate_mlp(cfg, dense[0], **change)
     return breaker
 
 
@@ -147,16 +147,16 @@ QWEN_BREAKERS = {
     **mc.COMMON_BREAKERS,
     "gated": on_dense({"gated": False}),
     "bias": on_dense({"bias": True}),
-    "activation": mc.second_layer(lambda cfg, draw: mc.mutate_mlp(
-        cfg, 1, activation=mc.other_activation(cfg.decoder.layer(1).mlp.activation))),
+    "activation": mc.second_layer(lambda cfg, draw: mu.mutate_mlp(
+        cfg, 1, activation=mu.other_activation(cfg.decoder.layer(1).mlp.activation))),
 }
 
 #: field → breaker (see strategies.moe_common.broken)
 BREAKERS = {
     **QWEN_BREAKERS,
-    "qk_norm": lambda cfg, i, draw: mc.mutate_attention(cfg, i, qk_norm=native.RMSNormConfig(eps=1e-6)),
-    "o_bias": lambda cfg, i, draw: mc.mutate_attention(cfg, i, o_bias=True),
-    "k_bias": lambda cfg, i, draw: mc.mutate_attention(cfg, i, k_bias=not cfg.decoder.layer(i).attention.k_bias),
+    "qk_norm": lambda cfg, i, draw: mu.mutate_attention(cfg, i, qk_norm=native.RMSNormConfig(eps=1e-6)),
+    "o_bias": lambda cfg, i, draw: mu.mutate_attention(cfg, i, o_bias=True),
+    "k_bias": lambda cfg, i, draw: mu.mutate_attention(cfg, i, k_bias=not cfg.decoder.layer(i).attention.k_bias),
     "shared_gate": on_sparse(lambda moe, draw: {"shared_gate": False}),
     "shared_intermediate": on_sparse(lambda moe, draw: {"shared_intermediate": None, "shared_gate": False}),
     "experts": on_sparse(lambda moe, draw: {"experts": moe.experts + 1}, count=2),

@@ -37,6 +37,7 @@ def native_configs(**overrides) -> st.SearchStrategy:
 import native as _native  # noqa: E402
 
 from . import _llama_family as lf  # noqa: E402
+from . import _mutations as mu  # noqa: E402
 
 
 def hf_configs() -> st.SearchStrategy[dict]:
@@ -57,9 +58,9 @@ def hf_examples() -> list[dict]:
 
 def _qk_norm_breaks(cfg, layer):
     a = cfg.decoder.layer(layer).attention
-    return {"qk_norm": lf.mutate_attention(cfg, layer, qk_norm=None),  # replaces the shared "add one"
-            "qk_norm_scope": lf.mutate_attention(cfg, layer, qk_norm_scope="full"),
-            "qk_norm.kind": lf.mutate_attention(cfg, layer, qk_norm=_native.LayerNormConfig(eps=a.qk_norm.eps))}
+    return {"qk_norm": mu.mutate_attention(cfg, layer, qk_norm=None),  # replaces the shared "add one"
+            "qk_norm_scope": mu.mutate_attention(cfg, layer, qk_norm_scope="full"),
+            "qk_norm.kind": mu.mutate_attention(cfg, layer, qk_norm=_native.LayerNormConfig(eps=a.qk_norm.eps))}
 
 
 def unrepresentable_configs() -> st.SearchStrategy:

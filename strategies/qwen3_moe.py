@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 import native
 
 from . import _hf_common as hc
+from . import _mutations as mu
 from . import building_blocks as bb
 from . import moe_common as mc
 from .generic import native_configs as generic_configs
@@ -72,15 +73,15 @@ def make_moe(cfg: native.ModelConfig) -> native.MoEConfig:
 
 def _window_on_one_layer(cfg, draw):
     window = draw(bb.windows())
-    return mc.mutate_attention(mc.mutate_attention(cfg, 0, window=None), 1, window=window)
+    return mu.mutate_attention(mu.mutate_attention(cfg, 0, window=None), 1, window=window)
 
 
 #: field → breaker (see strategies.moe_common.broken)
 BREAKERS = {
     **QWEN_BREAKERS,
-    "qk_norm": lambda cfg, i, draw: mc.mutate_attention(cfg, i, qk_norm=None),
-    "qk_norm_scope": lambda cfg, i, draw: mc.mutate_attention(cfg, i, qk_norm_scope="full"),
-    "o_bias": lambda cfg, i, draw: mc.mutate_attention(cfg, i, o_bias=not cfg.decoder.layer(i).attention.o_bias),
+    "qk_norm": lambda cfg, i, draw: mu.mutate_attention(cfg, i, qk_norm=None),
+    "qk_norm_scope": lambda cfg, i, draw: mu.mutate_attention(cfg, i, qk_norm_scope="full"),
+    "o_bias": lambda cfg, i, draw: mu.mutate_attention(cfg, i, o_bias=not cfg.decoder.layer(i).attention.o_bias),
     "shared_intermediate": on_sparse(lambda moe, draw: {"shared_intermediate": draw(bb.intermediate_sizes(32))},
                                      make=make_moe),
     "top_k": on_sparse(lambda moe, draw: {"experts": max(2, moe.experts), "top_k": 1 if moe.top_k > 1 else 2},

@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 import native
 
 from . import _hf_common as hc
+from . import _mutations as mu
 from . import building_blocks as bb
 from .generic import native_configs as generic_configs
 
@@ -34,7 +35,6 @@ def hf_configs(draw):
         "norm_epsilon": draw(bb.epsilons()),
         "use_bias": draw(st.booleans()),
         "sliding_window": draw(st.one_of(st.none(), bb.windows())),
-        "rope_parameters": draw(hc.rope_parameters(layout.head_dim, hf["max_position_embeddings"], hc.ROPE_KINDS)),
         **draw(hc.token_ids(hf["vocab_size"])),
     })
     hf.update(draw(hc.optional_keys({
@@ -42,7 +42,9 @@ def hf_configs(draw):
         "residual_dropout": hc.dropouts(), "embedding_dropout": hc.dropouts(),
         "initializer_range": st.sampled_from([0.018042, 0.02]), "use_cache": st.booleans()})))
     hf.update(draw(hc.file_keys(ARCHITECTURE)))
-    return draw(hc.v4_or_v5(hf))
+    params = draw(hc.rope_parameters(layout.head_dim, hf["max_position_embeddings"]))
+    hf.update(draw(hc.rope_keys(params, default_scaling=("null",))))
+    return hf
 
 
 def hf_examples() -> list[dict]:
@@ -66,7 +68,7 @@ def unrepresentable_configs() -> st.SearchStrategy[tuple[native.ModelConfig, str
     gated MLP, an MLP bias apart from the attention biases, RMSNorm or a bias-free LayerNorm, another
     placement, partial or no rotary, per-layer windows, a lone q or o bias, two norm epsilons, an
     embedding multiplier, softcaps, a softmax scale, MoE), and the text the refusal must contain."""
-    return hc.unrepresentable(native_configs(), REFUSED, placements=("pre",))
+    return mu.unrepresentable(native_configs(), REFUSED, placements=("pre",))
 
 
 hf_configs = hc.with_real_file_forms(hf_configs, MODEL_TYPE)
