@@ -10,6 +10,9 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+from torch.overrides import TorchFunctionMode
+
 
 @contextlib.contextmanager
 def quiet_transformers():
@@ -65,3 +68,32 @@ def hf_config(hf: Mapping[str, Any]):
     from transformers import AutoConfig
 
     return AutoConfig.for_model(**copy.deepcopy(dict(hf)))
+
+
+class _Float32AsFloat64(TorchFunctionMode):
+    """Every conversion to float32 (``.float()``, ``.to(torch.float32)``, ``dtype=torch.float32``)
+    gives float64 instead."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func is torch.Tensor.float:
+            return args[0].to(torch.float64)
+        args = tuple(torch.float64 if a is torch.float32 else a for a in args)
+        if kwargs.get("dtype") is torch.float32:
+            kwargs["dtype"] = torch.float64
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def exact_float64():
+    """transformers computing in float64 the steps a float64 model otherwise rounds to float32
+    (rotary tables, RMSNorm upcasts, Gemma's float32 norms, eager softmax): build *and* run the
+    model inside it. What a float64 model's logits differ from this by is HF's own float64 error,
+    which in a tiny, ill-conditioned model can exceed the static float64 bound."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        with _Float32AsFloat64():
+            yield
+    finally:
+        torch.set_default_dtype(default)

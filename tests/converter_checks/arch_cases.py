@@ -6,7 +6,7 @@ option of :func:`standard_tests`:
 - ``on_disk``: transformers reads the exported checkpoint from a directory with ``from_pretrained``,
   the path on which MoE models turn per-expert tensors into their fused layout;
 - ``exact_hf``: a context in which transformers computes in float64 what it otherwise rounds to
-  float32 (Gemma's norms, :func:`gemma_norms_in_float64`); HF's error is then measured per case and
+  float32 (``converters.hf_reference.exact_float64``: Gemma's norms, rotary tables); HF's error is then measured per case and
   becomes the tolerance's baseline, and float32 can be compared too;
 - ``redraw``: how the HF source of the weight round trip is redrawn (:func:`small_norms`);
 - ``structures``/``saved``: the per-layer structure transformers builds from HF dicts, and a
@@ -25,7 +25,7 @@ import dataclasses
 import json
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import pytest
 import torch
@@ -232,33 +232,6 @@ def forward_check(converter, cfg: native.ModelConfig, *, seed: int = 0, dtype: t
     measured = relative_error(theirs, exact, mask.bool())
     baseline = tolerance_for(dtype).baseline_bound + measured if dtype == torch.float64 else measured
     return ForwardResult(compare(ours, theirs, dtype, mask=mask.bool(), baseline=baseline), length, float("inf"))
-
-
-@contextlib.contextmanager
-def gemma_norms_in_float64() -> Iterator[None]:
-    """transformers' Gemma/Gemma2/Gemma3 RMSNorm computing in the input's precision (float64) instead
-    of float32. Four such norms a layer (six in Gemma3) each round the residual stream, which in tiny,
-    ill-conditioned models moves HF's float64 logits by up to ~3e-5 from a true float64 reference,
-    above the static float64 tolerance; a single realistic bug moves them by 1e-2..1."""
-    from transformers.models.gemma import modeling_gemma
-    from transformers.models.gemma2 import modeling_gemma2
-    from transformers.models.gemma3 import modeling_gemma3
-
-    classes = (modeling_gemma.GemmaRMSNorm, modeling_gemma2.Gemma2RMSNorm, modeling_gemma3.Gemma3RMSNorm)
-    saved = [cls.forward for cls in classes]
-
-    def forward(self, x):
-        h = x.to(torch.promote_types(x.dtype, torch.float32))
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (h * (1.0 + self.weight.to(h.dtype))).type_as(x)
-
-    try:
-        for cls in classes:
-            cls.forward = forward
-        yield
-    finally:
-        for cls, f in zip(classes, saved):
-            cls.forward = f
 
 
 # ---------------------------------------------------------------------------------------- weights

@@ -7,8 +7,9 @@ import torch
 
 import native
 from arch_cases import (
-    assert_hf_roundtrip, gemma_norms_in_float64, import_refusal, small_norms, standard_tests, with_attention, with_layer,
+    assert_hf_roundtrip, import_refusal, small_norms, standard_tests, with_attention, with_layer,
 )
+from converters.hf_reference import exact_float64
 from converters.gemma import GemmaConverter
 from gemma_cases import block, model
 from strategies import _hf_common as hc
@@ -59,7 +60,7 @@ def check_example(cfg: native.ModelConfig) -> None:
 globals().update(standard_tests(
     CONVERTER, FORWARD_CASES, hf_examples=EXAMPLES, check_example=check_example,
     example_ids=hc.example_ids(EXAMPLES, ("default", "gemma-7b", "gemma-7b-small")), refusals=REFUSALS,
-    hf_refusals=HF_REFUSALS, dtypes=(torch.float64, torch.float32), exact_hf=gemma_norms_in_float64, redraw=small_norms,
+    hf_refusals=HF_REFUSALS, dtypes=(torch.float64, torch.float32), exact_hf=exact_float64, redraw=small_norms,
     class_defaults=CLASS_DEFAULTS))
 
 

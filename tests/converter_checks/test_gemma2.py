@@ -7,9 +7,10 @@ import torch
 
 import native
 from arch_cases import (
-    assert_hf_roundtrip, attention, gemma_norms_in_float64, small_norms, standard_tests, with_attention, with_layer,
+    assert_hf_roundtrip, attention, small_norms, standard_tests, with_attention, with_layer,
     with_layers,
 )
+from converters.hf_reference import exact_float64
 from converters.gemma2 import FULL, SLIDING, Gemma2Converter
 from gemma_cases import block, model
 from strategies import _hf_common as hc
@@ -64,7 +65,7 @@ def check_example(cfg: native.ModelConfig) -> None:
 globals().update(standard_tests(
     CONVERTER, FORWARD_CASES, hf_examples=EXAMPLES, check_example=check_example,
     example_ids=hc.example_ids(EXAMPLES, ("default", "gemma-2-2b", "gemma-2-2b-small")), refusals=REFUSALS,
-    hf_refusals=HF_REFUSALS, dtypes=(torch.float64, torch.float32), exact_hf=gemma_norms_in_float64, redraw=small_norms))
+    hf_refusals=HF_REFUSALS, dtypes=(torch.float64, torch.float32), exact_hf=exact_float64, redraw=small_norms))
 
 
 def test_transformers_default_config_roundtrips():

@@ -5,8 +5,9 @@ import torch
 
 import native
 from arch_cases import (
-    assert_hf_roundtrip, attention, gemma_norms_in_float64, small_norms, standard_tests, with_attention, with_layers,
+    assert_hf_roundtrip, attention, small_norms, standard_tests, with_attention, with_layers,
 )
+from converters.hf_reference import exact_float64
 from converters.gemma3_text import FULL, SLIDING, Gemma3TextConverter
 from gemma_cases import block, model
 from strategies import _hf_common as hc
@@ -71,7 +72,7 @@ HF_REFUSALS = [(key, {**CONVERTER.export_config(BASE), **extra}) for key, extra 
 globals().update(standard_tests(
     CONVERTER, FORWARD_CASES, hf_examples=EXAMPLES,
     example_ids=hc.example_ids(EXAMPLES, ("default", "1b", "4b", "1b-small", "4b-small")), refusals=REFUSALS,
-    hf_refusals=HF_REFUSALS, dtypes=(torch.float64, torch.float32), exact_hf=gemma_norms_in_float64, redraw=small_norms))
+    hf_refusals=HF_REFUSALS, dtypes=(torch.float64, torch.float32), exact_hf=exact_float64, redraw=small_norms))
 
 
 def test_transformers_default_config_roundtrips():

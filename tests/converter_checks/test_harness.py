@@ -8,9 +8,10 @@ import torch
 
 import native
 from arch_cases import (
-    assert_class_defaults, assert_hf_roundtrip, assert_weights_roundtrip, forward_check, gemma_norms_in_float64,
+    assert_class_defaults, assert_hf_roundtrip, assert_weights_roundtrip, forward_check,
     hf_structure, native_structure, save_pretrained_roundtrip, small_norms,
 )
+from converters.hf_reference import exact_float64
 from converters.gemma2 import Gemma2Converter
 from converters.llama import LlamaConverter
 from converters.mixtral import MixtralConverter
@@ -69,9 +70,9 @@ def test_forward_check_on_disk_rejects_reversed_experts():
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 def test_forward_check_with_a_measured_baseline_rejects_a_norm_offset(dtype):
-    assert forward_check(Gemma2Converter(), GEMMA2, dtype=dtype, exact_hf=gemma_norms_in_float64).ok
+    assert forward_check(Gemma2Converter(), GEMMA2, dtype=dtype, exact_hf=exact_float64).ok
     result = forward_check(broken.norm_offset_added(Gemma2Converter)(), GEMMA2, dtype=dtype,
-                           exact_hf=gemma_norms_in_float64)
+                           exact_hf=exact_float64)
     assert not result.ok, result.describe()
 
 
