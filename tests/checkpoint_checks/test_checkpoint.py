@@ -1,59 +1,19 @@
-"""Native checkpoint format: exact round trips, stage folders, atomic writes, and refusals."""
+"""Native checkpoint format: exact round trips, stage folders, the lazy reader, atomic and streaming
+writes. (Refusals of damaged checkpoints: test_native_reader_refusals.py; kernel page copies:
+test_pages.py.)"""
 from __future__ import annotations
 
-import errno
 import json
-import os
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
 import checkpoints
 import native
-from checkpoints import CheckpointError, native_format, native_reader, native_writer, pages
+from checkpoints import CheckpointError, native_format, native_reader, native_writer
 from checkpoints.source import LazyReader, TensorSource
 from native import layout
-
-
-@pytest.fixture(autouse=True)
-def _no_fsync(monkeypatch):
-    """Durability is checkpoints.atomic's own test; here fsync would only cost time."""
-    monkeypatch.setenv("CONVCHECK_FSYNC", "0")
-
-
-def tiny_config(num_layers: int = 4, *, tied: bool = False, moe: bool = False) -> native.ModelConfig:
-    attention = native.AttentionConfig(heads=4, kv_heads=2, head_dim=8, q_bias=True)
-    dense = native.BlockConfig(attention=attention, mlp=native.MLPConfig(intermediate=64))
-    blocks = [dense]
-    if moe:
-        blocks.append(native.BlockConfig(
-            norm=native.LayerNormConfig(), placement="sandwich", attention=attention,
-            mlp=native.MoEConfig(experts=3, top_k=2, intermediate=16, shared_intermediate=8, shared_gate=True)))
-    return native.ModelConfig(
-        hidden_size=32,
-        embeddings=native.EmbeddingConfig(vocab_size=40),
-        decoder=native.DecoderConfig(blocks=tuple(blocks), pattern=tuple(i % len(blocks) for i in range(num_layers))),
-        head=native.HeadConfig(tied=tied),
-    )
-
-
-def random_state(cfg: native.ModelConfig, dtype=torch.float32, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {n: torch.randn(s, generator=g, dtype=torch.float64).to(dtype) for n, s in layout.state_shapes(cfg).items()}
-
-
-def assert_same_state(a: dict, b: dict) -> None:
-    assert list(a) == list(b)
-    for name in a:
-        assert a[name].dtype == b[name].dtype, name
-        assert a[name].shape == b[name].shape, name
-        assert torch.equal(a[name].contiguous().view(torch.uint8), b[name].contiguous().view(torch.uint8)), name  # bit-exact
-
-
-def leftovers(parent: Path) -> list[str]:
-    return sorted(p.name for p in parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
+from native_checkpoint_cases import _no_fsync, assert_same_state, leftovers, random_state, tiny_config, tree_bytes  # noqa: F401
 
 
 # ---------------------------------------------------------------------------------- round trips
@@ -258,219 +218,6 @@ def test_failure_from_lazy_state_and_interrupt(tmp_path):
         assert not (tmp_path / "c").exists() and leftovers(tmp_path) == []
 
 
-# ------------------------------------------------------------------------------ load refusals
-@pytest.fixture
-def staged(tmp_path):
-    """A 4-layer checkpoint in 3 stages (layers [0,2), [2,3), [3,4)) and its state."""
-    cfg = tiny_config(num_layers=4)
-    state = random_state(cfg)
-    checkpoints.save_checkpoint(tmp_path / "c", cfg, state, pipeline_stages=3)
-    return tmp_path / "c", cfg, state
-
-
-def rewrite_stage(root: Path, stage: str, tensors: dict) -> None:
-    manifest = (root / stage / "stage.json").read_bytes()
-    shutil.rmtree(root / stage)
-    native_writer._save_dcp(root / stage, tensors)
-    (root / stage / "stage.json").write_bytes(manifest)
-
-
-def stage_tensors(state: dict, root: Path, stage: str) -> dict:
-    reader = checkpoints.open_checkpoint(root)
-    return {n: state[n] for n in state if reader.stage_of(n) == stage}
-
-
-def refused(path, *fragments):
-    with pytest.raises(CheckpointError) as info:
-        checkpoints.load_checkpoint(path)
-    with pytest.raises(CheckpointError):
-        checkpoints.open_checkpoint(path)
-    for fragment in fragments:
-        assert fragment in str(info.value), (fragment, str(info.value))
-    return str(info.value)
-
-
-def test_missing_stage(staged):
-    root, _, _ = staged
-    shutil.rmtree(root / "pp1")
-    refused(root, "pp1", "missing")
-
-
-def test_missing_last_stage(staged):
-    root, _, _ = staged
-    shutil.rmtree(root / "pp2")
-    refused(root, "pp2", "missing")
-
-
-def test_overlapping_stages_by_manifest(staged):
-    root, _, _ = staged
-    (root / "pp1" / "stage.json").write_text(json.dumps({"stage": 1, "num_stages": 3, "layers": [1, 3]}))
-    refused(root, "layer 1", "pp0", "pp1")
-
-
-def test_same_tensor_in_two_stages(staged):
-    root, _, state = staged
-    tensors = stage_tensors(state, root, "pp1")
-    rewrite_stage(root, "pp1", {**tensors, "layers.0.attn.o.weight": state["layers.0.attn.o.weight"]})
-    refused(root, "layers.0.attn.o.weight", "pp0", "pp1")
-
-
-def test_tensor_in_wrong_stage(staged):
-    root, _, state = staged
-    pp0 = stage_tensors(state, root, "pp0")
-    pp1 = stage_tensors(state, root, "pp1")
-    moved = "layers.1.mlp.fc1.weight"
-    rewrite_stage(root, "pp1", {**pp1, moved: pp0.pop(moved)})
-    rewrite_stage(root, "pp0", pp0)
-    refused(root, moved, "pp1")
-
-
-def test_layer_in_no_stage(staged):
-    root, _, _ = staged
-    (root / "pp1" / "stage.json").write_text(json.dumps({"stage": 1, "num_stages": 3, "layers": [2, 2]}))
-    refused(root, "layer 2", "no stage")
-
-
-def test_stage_beyond_declared_and_disagreeing_manifests(staged):
-    root, _, _ = staged
-    shutil.copytree(root / "pp2", root / "pp3")
-    refused(root, "pp3")  # its manifest says stage 2
-    (root / "pp3" / "stage.json").write_text(json.dumps({"stage": 3, "num_stages": 3, "layers": [4, 4]}))
-    refused(root, "pp3", "beyond")
-    (root / "pp3" / "stage.json").write_text(json.dumps({"stage": 3, "num_stages": 4, "layers": [4, 4]}))
-    refused(root, "disagree")
-
-
-@pytest.mark.parametrize("content", [None, b"{not json", b'{"stage": 1}', b"[1, 2]"])
-def test_missing_or_corrupt_stage_manifest(staged, content):
-    root, _, _ = staged
-    file = root / "pp1" / "stage.json"
-    if content is None:
-        file.unlink()
-    else:
-        file.write_bytes(content)
-    refused(root, "pp1", "stage.json")
-
-
-def test_missing_tensor(staged):
-    root, _, state = staged
-    tensors = stage_tensors(state, root, "pp2")
-    del tensors["final_norm.weight"]
-    rewrite_stage(root, "pp2", tensors)
-    refused(root, "missing tensor", "final_norm.weight", "pp2")
-
-
-def test_missing_tensor_single_stage(tmp_path):
-    cfg = tiny_config(num_layers=2)
-    state = random_state(cfg)
-    checkpoints.save_checkpoint(tmp_path / "c", cfg, state)
-    (tmp_path / "c" / ".metadata").unlink()
-    (tmp_path / "c" / "__0_0.distcp").unlink()
-    del state["layers.1.attn.q_bias"]
-    native_writer._save_dcp(tmp_path / "c", state)
-    refused(tmp_path / "c", "missing tensor", "layers.1.attn.q_bias")
-
-
-def test_extra_tensor(staged):
-    root, _, state = staged
-    tensors = stage_tensors(state, root, "pp0")
-    rewrite_stage(root, "pp0", {**tensors, "layers.0.attn.k_bias": torch.zeros(16)})
-    refused(root, "extra tensor", "layers.0.attn.k_bias", "pp0")
-
-
-def test_wrong_shape(staged):
-    root, _, state = staged
-    tensors = stage_tensors(state, root, "pp1")
-    tensors["layers.2.mlp.fc2.weight"] = torch.zeros(32, 63)
-    rewrite_stage(root, "pp1", tensors)
-    refused(root, "layers.2.mlp.fc2.weight", "(32, 63)", "(32, 64)", "pp1")
-
-
-@pytest.mark.parametrize("content", [None, b"", b"{\"hidden_size\": ", b"[]", b'{"format_version": 99}',
-                                     b'{"format_version": 1, "hidden_size": -3}', b'{"format_version": 1, "bogus": 1}'])
-def test_missing_or_corrupt_config(staged, content):
-    root, _, _ = staged
-    if content is None:
-        (root / "config.json").unlink()
-    else:
-        (root / "config.json").write_bytes(content)
-    refused(root, "config.json")
-
-
-def test_config_for_another_model(staged):
-    root, cfg, _ = staged
-    (root / "config.json").write_text(tiny_config(num_layers=4, tied=True).to_json())
-    refused(root, "extra tensor", "output.weight")
-
-
-@pytest.mark.parametrize("how", ["missing", "garbage", "truncated", "empty", "not-metadata"])
-def test_corrupt_dcp_metadata(staged, how):
-    root, _, _ = staged
-    file = root / "pp1" / ".metadata"
-    data = file.read_bytes()
-    if how == "missing":
-        file.unlink()
-    elif how == "garbage":
-        file.write_bytes(os.urandom(len(data)))
-    elif how == "truncated":
-        file.write_bytes(data[: len(data) // 2])
-    elif how == "empty":
-        file.write_bytes(b"")
-    else:
-        import pickle
-        file.write_bytes(pickle.dumps({"state_dict_metadata": 1}))
-    refused(root, "pp1", ".metadata")
-
-
-@pytest.mark.parametrize("fraction", [0.0, 0.3, 0.999])
-def test_truncated_or_missing_data_file(staged, fraction):
-    root, _, _ = staged
-    file = root / "pp2" / "__0_0.distcp"
-    data = file.read_bytes()
-    file.write_bytes(data[: int(len(data) * fraction)])
-    refused(root, "pp2", "__0_0.distcp", "truncated")
-    file.unlink()
-    refused(root, "pp2", "__0_0.distcp", "missing")
-
-
-def test_corrupt_data_bytes_reported_at_load(tmp_path):
-    cfg = tiny_config(num_layers=2)
-    checkpoints.save_checkpoint(tmp_path / "c", cfg, random_state(cfg))
-    file = tmp_path / "c" / "__0_0.distcp"
-    file.write_bytes(b"\0" * file.stat().st_size)  # same size, so only reading the data can tell
-    reader = checkpoints.open_checkpoint(tmp_path / "c")
-    with pytest.raises(CheckpointError, match="embedding.weight"):
-        reader["embedding.weight"]
-
-
-def test_not_a_checkpoint(tmp_path):
-    refused(tmp_path / "absent", "not a directory")
-    (tmp_path / "empty").mkdir()
-    refused(tmp_path / "empty", "config.json")
-    cfg = tiny_config(num_layers=2)
-    (tmp_path / "empty" / "config.json").write_text(cfg.to_json())
-    refused(tmp_path / "empty", "no weights")
-
-
-def test_flat_and_staged_together_is_ambiguous(tmp_path):
-    cfg = tiny_config(num_layers=2)
-    state = random_state(cfg)
-    checkpoints.save_checkpoint(tmp_path / "c", cfg, state)
-    checkpoints.save_checkpoint(tmp_path / "s", cfg, state, pipeline_stages=2)
-    shutil.copytree(tmp_path / "s" / "pp0", tmp_path / "c" / "pp0")
-    refused(tmp_path / "c", "ambiguous")
-
-
-def test_is_native_checkpoint(tmp_path, staged):
-    root, cfg, state = staged
-    assert native_format.is_native_checkpoint(root)
-    hf = tmp_path / "hf"
-    hf.mkdir()
-    (hf / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    assert not native_format.is_native_checkpoint(hf)
-    assert not native_format.is_native_checkpoint(tmp_path / "absent")
-
-
 def test_extra_files_copied_inside_the_atomic_write(tmp_path):
     cfg = tiny_config(num_layers=2)
     state = random_state(cfg)
@@ -586,10 +333,6 @@ def test_a_single_file_dcp_save_is_read_through_dcp(tmp_path):
 
 
 # ------------------------------------------------------------------- data files written block by block
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.int64])
 def test_data_files_are_the_bytes_dcp_itself_writes(tmp_path, monkeypatch, dtype):
     """The writer's own data files (archive saved without data, then the bytes at their offset)
@@ -647,106 +390,6 @@ def test_concatenation_refusals(tmp_path):
     with pytest.raises(CheckpointError, match="shape"):
         native_writer.write_checkpoint(tmp_path / "c", cfg, items, dtypes)
     assert not (tmp_path / "c").exists() and leftovers(tmp_path) == []
-
-
-# ----------------------------------------------------------------- kernel copies (checkpoints.pages)
-def file_slice(tmp_path: Path, tensor: torch.Tensor, lead: int = 123, name: str = "source.bin") -> pages.FileSlice:
-    """``tensor``'s bytes in a file after ``lead`` other bytes, as a file slice of that file."""
-    source = tmp_path / name
-    source.write_bytes(b"x" * lead + tensor.contiguous().view(torch.uint8).numpy().tobytes())
-    return pages.FileSlice(tensor, source, lead)
-
-
-def write_blocks(path: Path, blocks) -> bytes:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
-    try:
-        position = 5
-        for block in blocks:
-            position = pages.write_bytes(fd, block, position)
-        assert position == 5 + sum(b.nbytes for b in blocks)
-    finally:
-        os.close(fd)
-    return path.read_bytes()
-
-
-def kernel_copy(monkeypatch, behaviour):
-    """Replace os.copy_file_range by ``behaviour(real, *args)``; returns the list of calls."""
-    real, calls = os.copy_file_range, []
-
-    def fake(*args):
-        calls.append(args)
-        return behaviour(real, *args)
-
-    monkeypatch.setattr(pages.os, "copy_file_range", fake)
-    monkeypatch.setattr(pages, "_copy_supported", True)
-    return calls
-
-
-def test_file_slices_are_copied_by_the_kernel_byte_for_byte(tmp_path, monkeypatch):
-    tensor = torch.randn(300, 7).to(torch.bfloat16)
-    calls = kernel_copy(monkeypatch, lambda real, *a: real(*a))
-    plain = torch.arange(11, dtype=torch.int16)
-    copied = write_blocks(tmp_path / "a", [file_slice(tmp_path, tensor), plain])
-    assert len(calls) >= 1
-    assert copied == write_blocks(tmp_path / "b", [tensor, plain])  # the same bytes from memory
-    assert copied[5:5 + tensor.nbytes] == tensor.view(torch.uint8).numpy().tobytes()
-
-
-@pytest.mark.parametrize("error", [errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP])
-def test_file_slices_fall_back_to_memory_where_the_kernel_cannot_copy(tmp_path, monkeypatch, error):
-    tensor = torch.randn(64, 9)
-    expected = write_blocks(tmp_path / "memory", [tensor])
-
-    def refuse(real, *args):
-        raise OSError(error, os.strerror(error))
-
-    calls = kernel_copy(monkeypatch, refuse)
-    assert write_blocks(tmp_path / "a", [file_slice(tmp_path, tensor)]) == expected
-    assert len(calls) == 1
-    write_blocks(tmp_path / "b", [file_slice(tmp_path, tensor)])
-    assert len(calls) == (1 if error == errno.ENOSYS else 2)  # ENOSYS: never asked again
-
-
-def test_file_slices_partly_copied_finish_from_memory(tmp_path, monkeypatch):
-    tensor = torch.randn(64, 9)
-    expected = write_blocks(tmp_path / "memory", [tensor])
-    budget = [100]  # the kernel copies 100 bytes, then reports the file ended
-
-    def short(real, src, dst, count, offset_src, offset_dst):
-        n = min(count, budget[0])
-        budget[0] -= n
-        return real(src, dst, n, offset_src, offset_dst) if n else 0
-
-    kernel_copy(monkeypatch, short)
-    assert write_blocks(tmp_path / "a", [file_slice(tmp_path, tensor)]) == expected
-    monkeypatch.delattr(pages.os, "copy_file_range")  # systems without it: the flag is all that is asked
-    monkeypatch.setattr(pages, "_copy_supported", False)
-    assert write_blocks(tmp_path / "b", [file_slice(tmp_path, tensor)]) == expected
-
-
-def test_kernel_copy_errors_other_than_unsupported_are_raised(tmp_path, monkeypatch):
-    def full(real, *args):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    kernel_copy(monkeypatch, full)
-    with pytest.raises(OSError, match="No space"):
-        write_blocks(tmp_path / "a", [file_slice(tmp_path, torch.ones(8))])
-
-
-def test_file_slices_in_a_checkpoint_give_the_same_files(tmp_path, monkeypatch):
-    cfg = tiny_config(num_layers=2)
-    state = random_state(cfg, torch.bfloat16)
-    calls = kernel_copy(monkeypatch, lambda real, *a: real(*a))
-    items = [(n, native_format.Concatenation([file_slice(tmp_path, t, name=n)]) if t.dim() == 2 else t)
-             for n, t in state.items()]
-    native_writer.write_checkpoint(tmp_path / "slices", cfg, items, {n: t.dtype for n, t in state.items()})
-    assert len(calls) == sum(t.dim() == 2 for t in state.values())
-    checkpoints.save_checkpoint(tmp_path / "plain", cfg, state)
-    assert tree_bytes(tmp_path / "slices") == tree_bytes(tmp_path / "plain")
-    reader = checkpoints.open_checkpoint(tmp_path / "slices")
-    for name, tensor in state.items():  # the reader knows where each tensor's bytes lie
-        file, offset = reader.extent_of(name)
-        assert file.read_bytes()[offset:offset + tensor.nbytes] == tensor.view(torch.uint8).numpy().tobytes()
 
 
 def test_the_reader_is_a_declared_tensor_source(tmp_path):
