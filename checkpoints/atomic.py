@@ -38,7 +38,6 @@ import secrets
 import shutil
 import signal
 import socket
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -188,12 +187,15 @@ def atomic_directory(dst: str | os.PathLike, *, overwrite: bool = False,
         raise error(f"{dst}: cannot create the output there ({_reason(exc)})") from None
     if exists and not overwrite:
         raise error(f"{dst} already exists (pass overwrite=True / --overwrite to replace it)")
+    # The name is chosen before the directory exists and the directory is made inside the ``try``,
+    # so an interrupt at any instant either finds nothing to remove or removes what was made.
+    tmp = parent / f".{name}.tmp-{_owner_tag()}{secrets.token_hex(8)}"
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-{_owner_tag()}", dir=parent))
-    except OSError as exc:
-        raise error(f"{dst}: cannot create the output there ({_reason(exc)})") from None
-    try:
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            os.mkdir(tmp, 0o700)
+        except OSError as exc:
+            raise error(f"{dst}: cannot create the output there ({_reason(exc)})") from None
         yield tmp
         fsync_tree(tmp)
         with _signals_deferred():

@@ -150,3 +150,20 @@ def test_recover_removes_old_output_once_the_new_one_is_in_place(tmp_path):
     old.mkdir()
     atomic.recover(tmp_path / "out")
     assert leftovers(tmp_path) == [] and (tmp_path / "out" / "new").is_file()
+
+
+def test_an_interrupt_just_after_the_temp_dir_is_made_leaves_nothing(tmp_path, monkeypatch):
+    """A SIGINT landing between making the temporary directory and the cleanup's ``try`` (seen in
+    CI: a ``.out.tmp-*`` left by a conversion interrupted 20 ms in)."""
+    real = os.mkdir
+
+    def interrupted(path, *args, **kwargs):
+        real(path, *args, **kwargs)
+        if ".tmp-" in os.fspath(path):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "mkdir", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_directory(tmp_path / "out"):
+            pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
