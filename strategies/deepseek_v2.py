@@ -6,7 +6,7 @@
   groups scored by their best expert, never renormalised, any scaling factor), tied or not.
 - :func:`hf_configs`: DeepseekV2Config dicts in v4 and v5 rope forms, ``greedy`` (with inert
   ``n_group``/``topk_group`` or none) or ``group_limited_greedy``, with real configs' extra keys.
-- :func:`unrepresentable_configs`: ``(field, cfg)``, one inexpressible feature each.
+- :func:`unrepresentable_configs`: ``(cfg, field)``, one inexpressible feature each.
 - :func:`hf_examples`: the transformers default, the real DeepSeek-V2-Lite-Chat config, scaled down.
 """
 from __future__ import annotations
@@ -75,7 +75,7 @@ BREAKERS = {
 
 
 def unrepresentable_configs():
-    """``(field, cfg)``: ``export_config(cfg)`` must raise ConversionError naming ``field``."""
+    """``(cfg, field)``: ``export_config(cfg)`` must raise ConversionError naming ``field``."""
     return mc.broken(native_configs(), BREAKERS)
 
 

@@ -7,7 +7,7 @@
   interleaved (the default) or half-split (``rope_interleave`` in metadata).
 - :func:`hf_configs`: DeepseekV3Config dicts in v4 and v5 rope forms, with the keys real configs
   carry (``moe_layer_freq``, ``scoring_func``, ``topk_method``, ``num_nextn_predict_layers``, …).
-- :func:`unrepresentable_configs`: ``(field, cfg)``, one inexpressible feature each.
+- :func:`unrepresentable_configs`: ``(cfg, field)``, one inexpressible feature each.
 - :func:`hf_examples`: the transformers default, the real DeepSeek-V3 config, and it scaled down.
 """
 from __future__ import annotations
@@ -71,7 +71,7 @@ BREAKERS = {
 
 
 def unrepresentable_configs():
-    """``(field, cfg)``: ``export_config(cfg)`` must raise ConversionError naming ``field``."""
+    """``(cfg, field)``: ``export_config(cfg)`` must raise ConversionError naming ``field``."""
     return mc.broken(native_configs(), BREAKERS)
 
 

@@ -5,7 +5,7 @@
   (renormalised top-k, no shared expert), one sliding window for all layers or none, tied or not.
 - :func:`hf_configs`: MixtralConfig dicts in v4 and v5 rope forms, with ``num_experts`` or
   ``num_local_experts``, ``head_dim`` explicit, null or absent, and the carried keys.
-- :func:`unrepresentable_configs`: ``(field, cfg)``, one inexpressible feature each.
+- :func:`unrepresentable_configs`: ``(cfg, field)``, one inexpressible feature each.
 - :func:`hf_examples`: the transformers default and the real Mixtral-8x7B config (as is and scaled
   down), for ``@example``.
 """
@@ -63,7 +63,7 @@ BREAKERS = {
 
 
 def unrepresentable_configs():
-    """``(field, cfg)``: ``export_config(cfg)`` must raise ConversionError naming ``field``."""
+    """``(cfg, field)``: ``export_config(cfg)`` must raise ConversionError naming ``field``."""
     return mc.broken(native_configs(), BREAKERS)
 
 

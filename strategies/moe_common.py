@@ -77,10 +77,10 @@ COMMON_BREAKERS = {
 
 
 @st.composite
-def broken(draw, configs: st.SearchStrategy, breakers: dict) -> tuple[str, native.ModelConfig]:
-    """``(field, cfg)``: a drawn config broken by one drawn breaker (``breakers[field](cfg, layer,
+def broken(draw, configs: st.SearchStrategy, breakers: dict) -> tuple[native.ModelConfig, str]:
+    """``(cfg, field)``: a drawn config broken by one drawn breaker (``breakers[field](cfg, layer,
     draw)``), the field the refusal must name."""
     cfg = draw(configs)
     field = draw(st.sampled_from(sorted(breakers)))
     layer = draw(st.integers(0, cfg.num_layers - 1))
-    return field, breakers[field](cfg, layer, draw)
+    return breakers[field](cfg, layer, draw), field

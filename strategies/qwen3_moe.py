@@ -91,7 +91,7 @@ BREAKERS = {
 
 
 def unrepresentable_configs():
-    """``(field, cfg)``: ``export_config(cfg)`` must raise ConversionError naming ``field``."""
+    """``(cfg, field)``: ``export_config(cfg)`` must raise ConversionError naming ``field``."""
     return mc.broken(native_configs(), BREAKERS)
 
 
