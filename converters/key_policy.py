@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-from typing import Any, Mapping
+from typing import Any
 
 from .hf_reference import quiet_transformers
 
@@ -99,13 +99,6 @@ def _other_values(value: Any) -> tuple:
     if isinstance(value, str):
         return (value + "_probe",)
     return ()
-
-
-def carried_keys(model_type: str, hf: Mapping[str, Any], claimed: set[str]) -> dict[str, Any]:
-    """The keys of ``hf`` to carry verbatim: unclaimed, not file keys, and not understood by
-    transformers."""
-    return {key: value for key, value in hf.items()
-            if key not in claimed and key not in FILE_KEYS and not understood_by_transformers(model_type, key, value)}
 
 
 def _canonical_json(value: Any) -> str:

@@ -47,8 +47,6 @@ MAX_EXPERTS = 6
 #: Rotary kinds, simplest first. "none" draws nothing further, so it is also what the shrinker
 #: (shortlex on the choice sequence) prefers whenever a failure does not need positions.
 ROTARY_KINDS = ("none", "default", "linear", "dynamic", "llama3", "yarn", "longrope")
-#: Rotary kinds that read ``original_max_position_embeddings``.
-ORIGINAL_KINDS = ("llama3", "yarn", "longrope")
 ROTARY_FRACTIONS = ("full", "partial")
 NORM_KINDS = ("rms", "layer", "layer_no_bias")
 QK_NORMS = ("none", "head", "full")
@@ -439,9 +437,3 @@ def min_forward_length(cfg: native.ModelConfig) -> int:
     ``original_max_position_embeddings`` and, when a dynamic-NTK rotary is present, the model's
     ``max_position_embeddings`` (where dynamic scaling starts), so all of them are exercised."""
     return max([1, *length_thresholds(cfg, (native.DynamicRotary,))]) + 1
-
-
-def forward_lengths(cfg: native.ModelConfig, extra: int = 8) -> st.SearchStrategy[int]:
-    """Sequence lengths from :func:`min_forward_length` to ``extra`` beyond it (shrinks to the minimum)."""
-    low = min_forward_length(cfg)
-    return st.integers(low, low + extra)

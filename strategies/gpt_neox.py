@@ -27,12 +27,6 @@ def native_configs() -> st.SearchStrategy[native.ModelConfig]:
         "mlp_biases": (True,), "gated": (False,)}).map(hc.hf_buildable))
 
 
-def _pct_default_fits(head_dim: int) -> bool:
-    """Whether an absent ``rotary_pct`` (0.25) gives a valid (even, positive) rotary dim."""
-    dim = int(head_dim * DEFAULT_ROTARY_PCT)
-    return dim > 0 and dim % 2 == 0
-
-
 @st.composite
 def hf_configs(draw):
     """GPTNeoXConfig dicts: v5 (``rope_parameters``) or legacy (``rotary_emb_base``, ``rotary_pct``,
